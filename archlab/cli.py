@@ -146,12 +146,154 @@ def layers_cmd(pattern: Annotated[str, typer.Argument(help="Glob filter, e.g. 'c
     console.print(table)
 
 
+@app.command("train")
+def train_cmd(
+    spec: Annotated[str | None, typer.Argument(help="A YAML spec file or zoo:NAME (omit with --resume).")] = None,
+    data: Annotated[str, typer.Option(help="digits, mnist[:PATH], fashion-mnist[:PATH], cifar10[:PATH], csv:PATH.")] = "digits",
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, adam or adamw.")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum.")] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    schedule: Annotated[str | None, typer.Option(help="constant, cosine or step.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Linear warm-up steps.")] = None,
+    grad_clip: Annotated[float | None, typer.Option(help="Clip the global gradient norm.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    early_stop: Annotated[int | None, typer.Option(help="Stop after N epochs without improvement.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    task: Annotated[str | None, typer.Option(help="classify or regress (default: the data set's).")] = None,
+    target: Annotated[str | None, typer.Option(help="csv: the target column.")] = None,
+    crop_padding: Annotated[int | None, typer.Option(help="Augment: random crop with this padding.")] = None,
+    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Augment: random horizontal flips.")] = None,
+    set: SetOption = None,
+    resume: Annotated[str | None, typer.Option(help="Continue a stopped run from its last checkpoint.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train a spec on a data set; every run is recorded in the run store."""
+    from .train import fit
+    from .train import resume as resume_run
+
+    if resume:
+        run = resume_run(resume, quiet=quiet)
+    elif spec is None:
+        raise ArchlabError("train: give a SPEC (a YAML file or zoo:NAME) or --resume RUN_ID")
+    else:
+        settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+                        weight_decay=weight_decay, schedule=schedule, warmup=warmup, grad_clip=grad_clip,
+                        precision=precision, compile=compile, seed=seed, early_stop=early_stop, device=device,
+                        task=task, crop_padding=crop_padding, hflip=hflip)
+        run = fit(spec, data=data, quiet=quiet, target=target, vars=_vars(set), **settings)
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in run.test_metrics.items())
+    print(f"test  {metrics}")
+    print(f"run   {run.run_id}  (best epoch {run.best_epoch}; details: archlab show {run.run_id})")
+
+
+@app.command("runs")
+def runs_cmd(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many (newest first).")] = 50,
+) -> None:
+    """List recorded runs."""
+    from .store import open_store
+
+    store = open_store()
+    table = Table(title=f"runs in {store.root}", title_justify="left")
+    for col in ("id", "name", "data", "params", "best val", "test", "status", "time", "started"):
+        table.add_column(col, justify="right" if col in ("params", "best val", "test", "time") else "left")
+    for r in store.list_runs(status=status, limit=limit):
+        primary = _primary_metric(r)
+        best = r.best(f"val_{primary}") if primary else None
+        test = r.test_metrics.get(primary) if primary else None
+        table.add_row(r.run_id, r.name, r.data, f"{r.params:,}" if r.params else "-",
+                      f"{primary} {best:.4f}" if best is not None else "-",
+                      f"{test:.4f}" if test is not None else "-", r.status,
+                      f"{r.duration_s:.1f}s" if r.duration_s else "-", _when(r.created_at))
+    console.print(table)
+
+
+def _primary_metric(record) -> str | None:  # noqa: ANN001
+    for name in ("acc", "r2", "loss"):
+        if any(f"val_{name}" in e.metrics for e in record.history) or name in record.test_metrics:
+            return name
+    return None
+
+
+def _when(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+@app.command("show")
+def show_cmd(run_id: Annotated[str, typer.Argument(help="A run id (or a unique prefix).")]) -> None:
+    """One run's settings, history and test results."""
+    from .store import open_store
+
+    store = open_store()
+    r = store.get_run(run_id)
+    console.print(f"[bold]run {r.run_id}[/bold]  {r.name} on {r.data}  status {r.status}"
+                  + (f" ({r.message})" if r.message else ""))
+    console.print(f"params {r.params:,}" if r.params else "params -",
+                  f"  time {r.duration_s:.1f}s" if r.duration_s else "", f"  started {_when(r.created_at)}")
+    console.print("settings  " + "  ".join(f"{k}={v}" for k, v in r.settings.items() if v not in (None, False)))
+    console.print("env       " + "  ".join(f"{k}={v}" for k, v in r.env.items()))
+    if r.history:
+        keys = [k for k in r.history[0].metrics if k != "epoch"]
+        table = Table(title="history", title_justify="left")
+        table.add_column("epoch", justify="right")
+        for k in keys:
+            table.add_column(k, justify="right")
+        for e in r.history:
+            table.add_row(str(e.epoch), *(_cell(e.metrics.get(k)) for k in keys))
+        console.print(table)
+    if r.test_metrics:
+        console.print("test      " + "  ".join(f"{k} {v:.4f}" for k, v in r.test_metrics.items()))
+    report = store.run_dir(r.run_id) / "test_report.json"
+    if report.exists():
+        confusion = json.loads(report.read_text()).get("confusion")
+        if confusion and len(confusion) <= 20:
+            table = Table(title="test confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+            table.add_column("")
+            for j in range(len(confusion)):
+                table.add_column(str(j), justify="right")
+            for i, row in enumerate(confusion):
+                table.add_row(str(i), *(str(v) for v in row))
+            console.print(table)
+    console.print(f"files     {store.run_dir(r.run_id)}")
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_id: Annotated[str, typer.Argument(help="A run id (or a unique prefix).")],
+    data: Annotated[str | None, typer.Option(help="Another data set (default: the run's own).")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+) -> None:
+    """Re-evaluate a saved model."""
+    from .train import evaluate
+
+    result = evaluate(run_id, data, split=split)
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+    print(f"{result['run_id']} on {result['data']} ({split}): {metrics}")
+
+
 @app.command("demo")
 def demo_cmd() -> None:
-    """The main job on the bundled defaults."""
-    for name in ("cnn", "resnet-mini", "gpt-mini"):
-        print_inspection(inspect(f"zoo:{name}", batch=64, device_memory="8GB"), show_layers=name == "cnn")
-        console.print()
+    """The main job: train zoo:cnn on the bundled digits; print test accuracy and the run id."""
+    from .train import fit
+
+    print_inspection(inspect("zoo:cnn", input_shape=(1, 8, 8), batch=64), show_layers=False)
+    run = fit("zoo:cnn", data="digits")
+    print(f"zoo:cnn on digits: test accuracy {run.test_metrics['acc']:.2%} — run {run.run_id} "
+          f"(see `archlab show {run.run_id}`)")
 
 
 @app.command("version")

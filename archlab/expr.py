@@ -46,6 +46,9 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
 # A `**` whose result would need more bits than this is refused: specs are untrusted data,
 # and `2 ** 10 ** 10` must not hang the process.
 _MAX_POW_BITS = 4096
+# Parentheses and unary signs nested deeper than this are refused rather than exhausting
+# Python's recursion limit (the parser is recursive descent).
+_MAX_NESTING = 50
 
 
 def _tokenize(text: str) -> list[tuple[str, str]]:
@@ -68,6 +71,7 @@ class _Parser:
         self.names = names
         self.tokens = _tokenize(text)
         self.i = 0
+        self.nesting = 0
 
     def fail(self, why: str) -> SpecError:
         return SpecError(f"{why} in expression {self.text!r}")
@@ -107,12 +111,18 @@ class _Parser:
         return value
 
     def unary(self) -> Any:
-        if self.peek() in ("-", "+"):
-            op = self.take()[1]
-            value = self.unary()
-            self.check_number(value, op)
-            return -value if op == "-" else value
-        return self.power()
+        self.nesting += 1
+        if self.nesting > _MAX_NESTING:
+            raise self.fail(f"nesting deeper than {_MAX_NESTING} levels")
+        try:
+            if self.peek() in ("-", "+"):
+                op = self.take()[1]
+                value = self.unary()
+                self.check_number(value, op)
+                return -value if op == "-" else value
+            return self.power()
+        finally:
+            self.nesting -= 1
 
     def power(self) -> Any:
         base = self.atom()
@@ -124,7 +134,11 @@ class _Parser:
     def atom(self) -> Any:
         kind, text = self.take()
         if kind == "num":
-            return float(text) if any(c in text for c in ".eE") else int(text)
+            if not any(c in text for c in ".eE"):
+                return int(text)
+            if not math.isfinite(value := float(text)):
+                raise self.fail(f"number {text} is too large")
+            return value
         if kind == "name":
             if self.peek() == "(":
                 return self.call(text)
@@ -150,7 +164,7 @@ class _Parser:
             self.check_number(a, name)
         try:
             return FUNCTIONS[name](*args)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise self.fail(f"{name}() failed: {e}") from None
 
     def check_number(self, value: Any, op: str) -> None:
@@ -168,17 +182,26 @@ class _Parser:
                     raise self.fail(f"{a} ** {b} is too large")
             elif abs(b) > 1024:
                 raise self.fail(f"exponent {b} is too large")
-            try:
-                return a**b
-            except (OverflowError, ZeroDivisionError) as e:
-                raise self.fail(f"{a} ** {b}: {e}") from None
         if op == "*" and isinstance(a, int) and isinstance(b, int):
             if a.bit_length() + b.bit_length() > _MAX_POW_BITS:
                 raise self.fail(f"{a} * {b} is too large")
-        result = _BINARY[op](a, b)
+        try:
+            result = a**b if op == "**" else _BINARY[op](a, b)
+        except (OverflowError, ZeroDivisionError) as e:  # 10 ** 400 * 1.0, 0 ** -1
+            raise self.fail(f"{_show(a)} {op} {_show(b)}: {e}") from None
+        if isinstance(result, complex):  # (-8) ** 0.5
+            raise self.fail(f"{_show(a)} {op} {_show(b)} is not a real number")
         if isinstance(result, float) and not math.isfinite(result):
-            raise self.fail(f"{a} {op} {b} is not finite")
+            raise self.fail(f"{_show(a)} {op} {_show(b)} is not finite")
         return result
+
+
+def _show(v: Any) -> str:
+    """An operand for an error message: negative ones in parentheses, huge ones abridged."""
+    text = str(v)
+    if len(text) > 30:
+        text = f"<a {len(text)}-digit number>"
+    return f"({text})" if text.startswith("-") else text
 
 
 def evaluate(text: str, names: Mapping[str, Any]) -> Any:

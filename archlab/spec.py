@@ -43,12 +43,20 @@ _EXPR = re.compile(r"\$\{([^{}]*)\}")
 # ----------------------------------------------------------------------------- freezing
 
 
-def freeze(value: Any) -> Any:
+# Deeper data than this is refused: a spec is never that deep, and a YAML alias that refers
+# to itself (`model: &x [*x]`) would otherwise recurse until Python gives up.
+_MAX_DEPTH = 100
+
+
+def freeze(value: Any, _depth: int = 0) -> Any:
     """Deep-freeze plain data: dict -> read-only mapping, list -> tuple."""
+    if _depth > _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
+        raise SpecError(f"spec data is nested more than {_MAX_DEPTH} levels deep "
+                        f"(a YAML alias that refers to itself?)")
     if isinstance(value, Mapping):
-        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+        return MappingProxyType({str(k): freeze(v, _depth + 1) for k, v in value.items()})
     if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
+        return tuple(freeze(v, _depth + 1) for v in value)
     return value
 
 
@@ -148,7 +156,7 @@ def parse_space(name: str, value: Mapping) -> SearchSpace:
     else:
         bounds = value[kind]
         if (not isinstance(bounds, list | tuple) or len(bounds) != 2
-                or not all(_is_number(b) for b in bounds)):
+                or not all(_is_number(b) and math.isfinite(b) for b in bounds)):
             raise SpecError(f"{where}: expected [low, high] numbers, e.g. {{{kind}: [1, 8]}}. "
                             f"Received: {thaw(bounds)!r}")
         low, high = bounds
@@ -169,6 +177,8 @@ def parse_space(name: str, value: Mapping) -> SearchSpace:
                 raise SpecError(f"{where}: 'step' cannot be combined with 'log' (Optuna's rule)")
             space = IntSpace(low, high, log, step, default)
         else:
+            if default is not None and not _is_number(default):
+                raise SpecError(f"{where}: default must be a number. Received: {thaw(default)!r}")
             space = FloatSpace(float(low), float(high), log,
                                None if default is None else float(default))
     if default is not None and not space.contains(default):
@@ -265,6 +275,8 @@ class Spec:
         return self.with_vars({n: s.default for n, s in self.spaces.items()})
 
     def with_input(self, shape: tuple[int, ...] | None = None, dtype: str | None = None) -> Spec:
+        if dtype is not None and dtype not in INPUT_DTYPES:
+            raise SpecError(f"input.dtype: expected one of {', '.join(INPUT_DTYPES)}. Received: {dtype!r}")
         current = self.input or InputSpec(())
         return dataclasses.replace(self, input=InputSpec(
             tuple(shape) if shape is not None else current.shape, dtype or current.dtype))
@@ -342,8 +354,8 @@ def substitute(value: Any, names: Mapping[str, Any], where: str) -> Any:
             if full:
                 return evaluate(full.group(1), names)
             return _EXPR.sub(lambda mm: _format(evaluate(mm.group(1), names)), value)
-        except SpecError as e:
-            raise SpecError(f"{where}: {e}") from None
+        except SpecError as e:  # an error inside another var already names that var
+            raise SpecError(str(e) if str(e).startswith("vars.") else f"{where}: {e}") from None
     if isinstance(value, Mapping):
         return MappingProxyType({k: substitute(v, names, where) for k, v in value.items()})
     if isinstance(value, list | tuple):
@@ -505,6 +517,8 @@ def load_spec(source: str | Path | Mapping[str, Any] | Spec) -> Spec:
     text, where = (source, "spec") if _looks_like_yaml(source) else _read_text(str(source))
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise SpecError(f"{where}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

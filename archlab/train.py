@@ -1,0 +1,564 @@
+"""The trainer: one readable loop, with checkpoints, resume, precision and a run record.
+
+    run = archlab.fit("zoo:cnn", data="digits", epochs=5)
+    run.test_metrics["acc"]
+
+Data that fits in memory is served by slicing a per-epoch permutation of tensors already
+on the device (no per-sample Dataset/collate). Each epoch's order comes from a generator
+seeded by (seed, epoch), and the global RNG (dropout) is saved in every checkpoint, so a
+run resumed from a checkpoint computes exactly what an uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .build import Network, build
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .data import Augment, DataInfo, Dataset, Split, load_dataset
+from .errors import ArchlabError, SpecError, StoreError, TrainingError
+from .spec import Spec, load_spec, thaw
+from .store import SQLiteRunStorage, open_store
+from .tasks import Task, make_task
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+# ------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training settings. Precedence: these defaults < the spec's `train:` < explicit flags."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9           # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "constant"      # constant | cosine | step
+    warmup: int = 0                 # linear warm-up, in optimizer steps
+    step_size: int = 10             # step schedule: epochs between decays
+    gamma: float = 0.1              # step schedule: decay factor
+    grad_clip: float | None = None  # max global gradient norm
+    precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast)
+    compile: bool = False
+    seed: int = 0
+    early_stop: int | None = None   # patience in epochs on the validation primary metric
+    device: str = "auto"
+    task: str | None = None         # default: the data set's task
+    label_smoothing: float = 0.0
+    crop_padding: int = 0           # image augmentation: random crop with this zero padding
+    hflip: bool = False             # image augmentation: random horizontal flip
+    eval_batch_size: int = 1024
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key not in fields:
+                import difflib
+
+                close = difflib.get_close_matches(key, list(fields), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SpecError(f"{where}: unknown setting {key!r}.{hint} Settings: {', '.join(fields)}")
+            kwargs[key] = _convert(key, value, fields[key].type, where)
+        settings = cls(**kwargs)
+        settings.validate(where)
+        return settings
+
+    def validate(self, where: str = "train") -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise SpecError(f"{where}: {what}")
+
+        need(self.epochs >= 1, f"epochs must be >= 1. Received: {self.epochs}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1. Received: {self.batch_size}")
+        need(self.lr > 0, f"lr must be > 0. Received: {self.lr}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}. Received: {self.optimizer!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}. Received: {self.schedule!r}")
+        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}. Received: {self.precision!r}")
+        need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}. Received: {self.device!r}")
+        need(self.warmup >= 0, f"warmup must be >= 0 steps. Received: {self.warmup}")
+        need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0. Received: {self.grad_clip}")
+        need(self.early_stop is None or self.early_stop >= 1, f"early_stop must be >= 1 epoch. Received: {self.early_stop}")
+        need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _convert(key: str, value: Any, tp: Any, where: str) -> Any:
+    text = str(tp)
+    try:
+        if isinstance(value, bool) and ("int" in text or "float" in text):
+            raise ValueError
+        if text.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if text.startswith("float"):
+            return float(value)
+        if text == "bool":
+            if isinstance(value, str):
+                return {"true": True, "false": False, "1": True, "0": False}[value.lower()]
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        return str(value) if text.startswith("str") else value
+    except (ValueError, TypeError, KeyError):
+        raise SpecError(f"{where}.{key}: expected {text.replace(' | None', '')}. Received: {value!r}") from None
+
+
+def resolve_settings(spec: Spec, overrides: Mapping[str, Any]) -> TrainSettings:
+    return TrainSettings.from_mapping({**thaw(spec.train), **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------- the result
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) training run: the model, its history and test metrics."""
+
+    run_id: str
+    model: nn.Module
+    spec: Spec
+    settings: TrainSettings
+    data: DataInfo
+    history: list[dict[str, float]]
+    test_metrics: dict[str, float]
+    test_report: dict[str, Any] = field(default_factory=dict)
+    status: str = "finished"
+    best_epoch: int | None = None
+    directory: Path | None = None
+
+
+# ----------------------------------------------------------------------- batching
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:
+    """The permutation for one epoch, from a generator seeded by (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g), g
+
+
+def batches(split: Split, order: torch.Tensor, batch_size: int, start: int,
+            augment: Augment | None, generator: torch.Generator) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(step, x, y) from `start` on; the order is moved to the data's device once."""
+    order = order.to(split.x.device)
+    n = len(split)
+    for step in range(start, math.ceil(n / batch_size)):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        x, y = split.x.index_select(0, idx), split.y.index_select(0, idx)
+        if augment:
+            x = augment(x, generator)
+        yield step, x, y
+
+
+# ------------------------------------------------------------------------- pieces
+
+
+def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters (every layer is frozen)")
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    cls = torch.optim.Adam if s.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, s: TrainSettings, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step multiplier: linear warm-up, then constant, cosine to zero, or step decay."""
+    total = s.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if s.warmup and step < s.warmup:
+            return (step + 1) / s.warmup
+        if s.schedule == "cosine":
+            progress = (step - s.warmup) / max(1, total - s.warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if s.schedule == "step":
+            return s.gamma ** (step // (s.step_size * steps_per_epoch))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(device: torch.device, precision: str):  # noqa: ANN201
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, split: Split, task: Task, device: torch.device, precision: str = "fp32",
+                   batch_size: int = 1024, report: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of `model` on a split, in eval mode; with `report`, the task's extra results too."""
+    was_training = model.training
+    model.eval()
+    sums, outs = None, []
+    try:
+        for start in range(0, len(split), batch_size):
+            x = split.x[start:start + batch_size].to(device, non_blocking=True)
+            y = split.y[start:start + batch_size].to(device, non_blocking=True)
+            with autocast(device, precision):
+                out = model(x)
+            out = out.float()
+            s = task.stats(out, y, task.loss(out, y))
+            sums = s if sums is None else sums + s
+            if report:
+                outs.append(out.cpu())
+    finally:
+        model.train(was_training)
+    if sums is None:
+        return {}, {}
+    metrics = task.summarize(sums, len(split))
+    extra = task.report(torch.cat(outs), split.y.cpu()) if report else {}
+    return metrics, extra
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+           "host": socket.gethostname(), "threads": torch.get_num_threads(), "platform": sys.platform}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+# ------------------------------------------------------------------------ the loop
+
+
+class Trainer:
+    """Holds everything one run needs; `run()` is the loop. Use `fit` or `resume`."""
+
+    def __init__(self, spec: Spec, dataset: Dataset, settings: TrainSettings, store: SQLiteRunStorage,
+                 *, data_uri: str, quiet: bool = False, tags: Mapping[str, str] | None = None,
+                 run_id: str | None = None):
+        self.settings = s = settings
+        self.dataset = dataset
+        info = dataset.info
+        self.spec = spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype)
+        self.store = store
+        self.quiet = quiet
+        self.device = pick_device(s.device)
+        task_name = s.task or info.task
+        options = {"label_smoothing": s.label_smoothing} if task_name == "classify" else {}
+        self.task = make_task(task_name, info.num_classes, **options)
+
+        torch.manual_seed(s.seed)
+        self.net: Network = build(self.spec, seed=s.seed)
+        self.task.check_output(self.net.output_shape)
+        self.net.to(self.device)
+        self.model: nn.Module = torch.compile(self.net) if s.compile else self.net
+        self.optimizer = make_optimizer(self.net, s)
+        self.steps_per_epoch = math.ceil(len(dataset.train) / s.batch_size)
+        self.scheduler = make_schedule(self.optimizer, s, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16" and self.device.type == "cuda")
+        self.augment = Augment(crop_padding=s.crop_padding, hflip=s.hflip)
+        if self.augment and info.input_dtype != "float":
+            raise SpecError("train: crop_padding/hflip augment images; this data set has token input")
+        # Data lives on the device for the whole run: slicing beats a DataLoader for in-memory data.
+        self.train_split = dataset.train.to(self.device)
+        self.val_split = dataset.val.to(self.device)
+
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.history: list[dict[str, float]] = []
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.stale = 0
+        self.partial_sums: torch.Tensor | None = None
+        self.elapsed = 0.0
+        self.generator: torch.Generator | None = None
+        self.resume_generator: torch.Tensor | None = None
+        self.stop_requested = False
+        if run_id is None:
+            params = sum(p.numel() for p in self.net.parameters())
+            run_id = store.create_run(name=self.spec.name, data=data_uri, spec=self.spec.to_dict(),
+                                      settings=s.to_dict(), env=environment(self.device), params=params,
+                                      tags=dict(tags or {}))
+            (store.run_dir(run_id) / "spec.yaml").write_text(self.spec.to_yaml())
+        self.run_id = run_id
+        self.dir = store.run_dir(run_id)
+        self.data_uri = data_uri
+
+    # -- checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "history": self.history, "best": self.best, "best_epoch": self.best_epoch, "stale": self.stale,
+                "elapsed": self.elapsed, "partial_sums": self.partial_sums, "scaler": self.scaler.state_dict(),
+                # Mid-epoch only: where the augmentation draws had got to.
+                "generator": self.generator.get_state() if self.step_in_epoch and self.generator else None}
+
+    def save(self) -> None:
+        save_checkpoint(self.dir, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler,
+                        state=self._state())
+
+    def restore(self) -> None:
+        state = load_checkpoint(self.dir, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.history = state["global_step"], list(state["history"])
+        self.best, self.best_epoch, self.stale = state["best"], state["best_epoch"], state["stale"]
+        self.elapsed = state.get("elapsed", 0.0)
+        sums = state.get("partial_sums")
+        self.partial_sums = sums.to(self.device) if isinstance(sums, torch.Tensor) else None
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        gen = state.get("generator")
+        self.resume_generator = gen if isinstance(gen, torch.Tensor) and self.step_in_epoch else None
+
+    # -- the loop
+
+    def run(self) -> Run:
+        s = self.settings
+        status, message = "finished", ""
+        started = time.perf_counter() - self.elapsed
+        restore_handler = self._catch_sigint()
+        try:
+            from .progress import EpochProgress
+
+            with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
+                               batch_size=s.batch_size, primary=self.task.primary) as progress:
+                while self.epoch < s.epochs:
+                    if s.early_stop and self.stale >= s.early_stop:
+                        progress.note(f"early stop: val_{self.task.primary} has not improved for {self.stale} epochs")
+                        break
+                    record = self.train_epoch(progress)
+                    self.elapsed = time.perf_counter() - started
+                    self.store.log_epoch(self.run_id, record["epoch"], record)
+                    self.save()
+                    progress.epoch_done(record)
+        except KeyboardInterrupt:
+            status, message = "interrupted", "interrupted by the user; resume with `archlab train --resume " + self.run_id + "`"
+            self.elapsed = time.perf_counter() - started
+            self.save()  # mid-epoch: the position in the epoch and the RNG come along
+        except TrainingError as e:
+            status, message = "failed", str(e)
+        except BaseException as e:
+            self.store.set_status(self.run_id, "failed", message=f"{type(e).__name__}: {e}",
+                                  duration_s=time.perf_counter() - started)
+            raise
+        finally:
+            restore_handler()
+        duration = time.perf_counter() - started
+        if status != "finished":
+            self.store.set_status(self.run_id, status, message=message, duration_s=duration)
+            if status == "interrupted":
+                raise KeyboardInterrupt(message)
+            raise TrainingError(message)
+        return self.finish(duration)
+
+    def _catch_sigint(self):  # noqa: ANN202
+        """First Ctrl-C: finish the current step, checkpoint, stop. Second: stop at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def train_epoch(self, progress: Any) -> dict[str, float]:
+        s = self.settings
+        self.net.train()
+        order, self.generator = epoch_order(len(self.train_split), s.seed, self.epoch)
+        if self.resume_generator is not None:  # resumed mid-epoch: same order, same later draws
+            self.generator.set_state(self.resume_generator)
+            self.resume_generator = None
+        sums = self.partial_sums
+        t0 = time.perf_counter()
+        progress.start_epoch(self.epoch, self.step_in_epoch)
+        for step, x, y in batches(self.train_split, order, s.batch_size, self.step_in_epoch,
+                                  self.augment, self.generator):
+            with autocast(self.device, s.precision):
+                out = self.model(x)
+                loss = self.task.loss(out.float(), y)
+            if not torch.isfinite(loss):
+                lower = f"{s.lr / 10:g}"
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} (global step "
+                    f"{self.global_step + 1}); the last good checkpoint (end of epoch {self.epoch}) is intact "
+                    f"in {self.dir}. Try a lower learning rate (--lr {lower}) or gradient clipping (--grad-clip 1.0)")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if s.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), s.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            batch_sums = self.task.stats(out.detach().float(), y, loss)
+            sums = batch_sums if sums is None else sums + batch_sums
+            self.step_in_epoch, self.global_step = step + 1, self.global_step + 1
+            self.partial_sums = sums
+            progress.step(step + 1, loss)
+            if self.stop_requested:
+                raise KeyboardInterrupt
+        assert sums is not None
+        train = self.task.summarize(sums, len(self.train_split))
+        val, _ = evaluate_split(self.model, self.val_split, self.task, self.device, s.precision, s.eval_batch_size)
+        seconds = time.perf_counter() - t0
+        self.epoch += 1
+        self.step_in_epoch, self.partial_sums = 0, None
+        primary = val[self.task.primary]
+        if self.task.better(primary, self.best):
+            self.best, self.best_epoch, self.stale = primary, self.epoch, 0
+            save_weights(self.dir / "best.safetensors", self.net)
+        else:
+            self.stale += 1
+        record = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()},
+                  **{f"val_{k}": v for k, v in val.items()}, "lr": self.optimizer.param_groups[0]["lr"],
+                  "seconds": seconds, "samples_per_s": len(self.train_split) / max(seconds, 1e-9)}
+        self.history.append(record)
+        return record
+
+    def finish(self, duration: float) -> Run:
+        """Restore the best-validation weights, score the test split once, record it."""
+        best_path = self.dir / "best.safetensors"
+        if best_path.exists():
+            load_weights(best_path, self.net)
+        test, report = evaluate_split(self.net, self.dataset.test.to(self.device), self.task, self.device,
+                                      self.settings.precision, self.settings.eval_batch_size, report=True)
+        self.store.set_status(self.run_id, "finished", test_metrics=test, duration_s=duration)
+        if report:
+            import json
+
+            (self.dir / "test_report.json").write_text(json.dumps(report))
+        return Run(self.run_id, self.net, self.spec, self.settings, self.dataset.info, self.history, test,
+                   report, "finished", self.best_epoch, self.dir)
+
+
+# ----------------------------------------------------------------------- weights
+
+
+def save_weights(path: Path, model: nn.Module) -> None:
+    """Model weights alone, atomically (temp file + rename), shared tensors once."""
+    from safetensors.torch import save_model
+
+    tmp = path.with_suffix(".tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path, model: nn.Module) -> None:
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(path), device=str(next(model.parameters()).device))
+    except Exception as e:  # safetensors raises plain errors for truncated or foreign files
+        raise StoreError(f"{path}: cannot load weights ({type(e).__name__}: {e}); the file is damaged "
+                         f"or from another architecture") from None
+
+
+# ------------------------------------------------------------------------ the API
+
+
+def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQLiteRunStorage | str | Path | None = None,
+        quiet: bool = False, tags: Mapping[str, str] | None = None, data_root: str | Path | None = None,
+        target: str | None = None, vars: Mapping[str, Any] | None = None, **settings: Any) -> Run:
+    """Train a spec on a data set and record the run; returns the model, history and test metrics.
+
+    >>> run = fit("zoo:mlp", data="digits", epochs=1, quiet=True)   # doctest: +SKIP
+    >>> run.test_metrics["acc"]                                     # doctest: +SKIP
+    """
+    spec = load_spec(spec)
+    if vars:
+        spec = spec.with_vars(vars)
+    s = resolve_settings(spec, settings)
+    dataset = load_dataset(data, seed=s.seed, root=data_root, target=target)
+    st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
+    trainer = Trainer(spec, dataset, s, st, data_uri=data, quiet=quiet, tags=tags)
+    return trainer.run()
+
+
+def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, quiet: bool = False,
+           data_root: str | Path | None = None) -> Run:
+    """Continue a stopped run from its last checkpoint; the result equals an uninterrupted run."""
+    st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
+    record = st.get_run(run_id)
+    if record.status == "finished":
+        raise TrainingError(f"run {record.run_id} already finished; nothing to resume")
+    directory = st.run_dir(record.run_id)
+    if not has_checkpoint(directory):
+        raise TrainingError(f"run {record.run_id} has no checkpoint in {directory} (it stopped before its "
+                            f"first epoch ended); start it again with `archlab train`")
+    spec = Spec.from_dict(thaw(record.spec))
+    s = TrainSettings.from_mapping(thaw(record.settings))
+    dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=None)
+    trainer = Trainer(spec, dataset, s, st, data_uri=record.data, quiet=quiet, run_id=record.run_id)
+    trainer.restore()
+    st.set_status(record.run_id, "running", message="resumed")
+    return trainer.run()
+
+
+def load_run_model(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None,
+                   device: str = "cpu") -> tuple[Network, Any]:
+    """Rebuild a stored run's model with its best (else last) weights."""
+    st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
+    record = st.get_run(run_id)
+    directory = st.run_dir(record.run_id)
+    net = build(Spec.from_dict(thaw(record.spec)), seed=0)
+    best = directory / "best.safetensors"
+    if best.exists():
+        load_weights(best, net)
+    elif has_checkpoint(directory):
+        load_checkpoint(directory, model=net, restore_rng=False)
+    else:
+        raise StoreError(f"run {record.run_id} has no saved weights in {directory}")
+    return net.to(device), record
+
+
+def evaluate(run_id: str, data: str | None = None, *, store: SQLiteRunStorage | str | Path | None = None,
+             split: str = "test", data_root: str | Path | None = None) -> dict[str, Any]:
+    """Re-evaluate a saved model on a data set's split (default: the run's own data, test split)."""
+    st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
+    net, record = load_run_model(run_id, store=st)
+    settings = TrainSettings.from_mapping(thaw(record.settings))
+    dataset = load_dataset(data or record.data, seed=settings.seed, root=data_root)
+    if tuple(dataset.info.input_shape) != tuple(net.input_shape):
+        raise ArchlabError(f"--data {data}: samples of shape {dataset.info.input_shape} do not fit the model's "
+                           f"input {net.input_shape}")
+    task = make_task(settings.task or dataset.info.task, dataset.info.num_classes)
+    task.check_output(net.output_shape)
+    if split not in ("train", "val", "test"):
+        raise ArchlabError(f"--split must be train, val or test. Received: {split!r}")
+    metrics, report = evaluate_split(net, getattr(dataset, split), task, torch.device("cpu"), report=True)
+    return {"run_id": record.run_id, "data": data or record.data, "split": split, **metrics, **report}

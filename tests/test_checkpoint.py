@@ -1,0 +1,341 @@
+"""Checkpoints: exact round trips, RNG restore, tied weights, and crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import archlab.checkpoint as ckpt
+from archlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from archlab.errors import StoreError
+
+
+class Net(nn.Module):
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, width), nn.BatchNorm1d(width), nn.ReLU())
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class TiedLM(nn.Module):
+    """Embedding and output projection share one weight, as in GPT-2 / nanoGPT."""
+
+    def __init__(self, tie: bool = True):
+        super().__init__()
+        self.embed = nn.Embedding(11, 6)
+        self.out = nn.Linear(6, 11, bias=False)
+        if tie:
+            self.out.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.out(self.embed(tokens))  # (B, T, vocab)
+
+
+def _trained(steps: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for _ in range(steps):
+        x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model, opt, sched
+
+
+def _fresh():
+    torch.manual_seed(123)  # different init from _trained
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    return model, opt, sched
+
+
+def _same_tensors(a, b) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _same_tensors(a[k], b[k])
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _same_tensors(x, y)
+    else:
+        assert a == b
+
+
+def test_round_trip_model_optimizer_scheduler_rng(tmp_path):
+    model, opt, sched = _trained()
+    gen = torch.Generator().manual_seed(7)
+    state = {
+        "epoch": 3,
+        "step": 42,
+        "best": {"val_acc": 0.875, "val_loss": float("inf")},
+        "history": [{"epoch": 0, "loss": float("nan")}],
+        "shape": (1, 8, 8),
+        "by_fold": {0: "a", 1: "b"},
+        "generator": gen.get_state(),
+        "mask": torch.tensor([True, False]),
+        "array": np.arange(3, dtype=np.float32),
+    }
+    random.seed(5)
+    np.random.seed(5)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, state=state)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    x = torch.randn(5, 4)
+    model.eval()
+    want = model(x)
+
+    for f in ("checkpoint.safetensors", "optimizer.safetensors", "checkpoint.json"):
+        assert (tmp_path / f).is_file()
+    assert [p.name for p in tmp_path.glob("*.tmp")] == []
+
+    torch.manual_seed(999)  # scramble every RNG, then restore
+    random.seed(999)
+    np.random.seed(999)
+    model2, opt2, sched2 = _fresh()
+    got = load_checkpoint(tmp_path, model=model2, optimizer=opt2, scheduler=sched2)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert (random.random(), np.random.rand()) == expected[1:]
+    _same_tensors(model.state_dict(), model2.state_dict())
+    _same_tensors(opt.state_dict(), opt2.state_dict())
+    assert sched2.state_dict() == sched.state_dict() and sched2.get_last_lr() == sched.get_last_lr()
+    model2.eval()
+    assert torch.equal(model2(x), want)
+
+    assert got["epoch"] == 3 and got["best"]["val_loss"] == float("inf")
+    assert got["shape"] == (1, 8, 8) and got["by_fold"] == {0: "a", 1: "b"}
+    assert got["history"][0]["loss"] != got["history"][0]["loss"]  # NaN
+    assert torch.equal(got["mask"], state["mask"]) and got["mask"].dtype == torch.bool
+    assert isinstance(got["array"], np.ndarray) and got["array"].tolist() == [0.0, 1.0, 2.0]
+    gen2 = torch.Generator()
+    gen2.set_state(got["generator"])
+    assert torch.equal(torch.rand(4, generator=gen2), torch.rand(4, generator=gen))
+
+
+def test_rng_restore_gives_the_same_next_draw(tmp_path):
+    model, opt, _ = _trained(steps=1)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, state={})
+    after_save = torch.rand(5)
+    torch.rand(100)  # move on
+    load_checkpoint(tmp_path, model=model, optimizer=opt)
+    assert torch.equal(torch.rand(5), after_save)
+    torch.rand(100)
+    load_checkpoint(tmp_path, model=model, optimizer=opt, restore_rng=False)
+    assert not torch.equal(torch.rand(5), after_save)
+
+
+def test_resumed_training_matches_uninterrupted(tmp_path):
+    """Save after 3 steps, load into fresh objects, take 2 more: same as 5 straight steps."""
+    model, opt, sched = _trained(steps=3)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, state={"step": 3})
+
+    def more(m, o, s):
+        for _ in range(2):
+            loss = m(torch.randn(16, 4)).square().mean()
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            s.step()
+        return m
+
+    straight = more(model, opt, sched)
+    m2, o2, s2 = _fresh()
+    load_checkpoint(tmp_path, model=m2, optimizer=o2, scheduler=s2)
+    resumed = more(m2, o2, s2)
+    _same_tensors(straight.state_dict(), resumed.state_dict())
+
+
+def test_tied_weights_are_saved_once_and_stay_tied(tmp_path):
+    torch.manual_seed(0)
+    model = TiedLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path, model=model, optimizer=opt, state={})
+    meta = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert meta["aliases"] == {"out.weight": "embed.weight"}
+
+    tied = TiedLM()
+    load_checkpoint(tmp_path, model=tied, optimizer=torch.optim.AdamW(tied.parameters()))
+    assert tied.out.weight is tied.embed.weight
+    assert torch.equal(tied.embed.weight, model.embed.weight)
+
+    untied = TiedLM(tie=False)  # built without the tie: load restores it
+    load_checkpoint(tmp_path, model=untied)
+    assert untied.out.weight is untied.embed.weight
+    assert torch.equal(untied.out.weight, model.embed.weight)
+
+
+def test_weights_sharing_memory_without_being_the_same_view(tmp_path):
+    class Halves(nn.Module):
+        def __init__(self):
+            super().__init__()
+            whole = torch.arange(8.0)
+            self.register_buffer("a", whole[:4])
+            self.register_buffer("b", whole[4:])
+
+    save_checkpoint(tmp_path, model=Halves(), optimizer=None, state={}, rng=False)
+    m = Halves()
+    m.a.zero_()
+    m.b.zero_()
+    load_checkpoint(tmp_path, model=m)
+    assert m.a.tolist() == [0, 1, 2, 3] and m.b.tolist() == [4, 5, 6, 7]
+
+
+def test_truncated_weights_are_detected(tmp_path):
+    model, opt, _ = _trained(steps=1)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, state={"epoch": 1})
+    weights = tmp_path / "checkpoint.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert not has_checkpoint(tmp_path)
+    with pytest.raises(StoreError) as err:
+        load_checkpoint(tmp_path, model=model)
+    msg = str(err.value)
+    assert str(weights) in msg and "does not match" in msg and "\n" not in msg
+
+
+def test_altered_weights_same_size_are_detected(tmp_path):
+    model, _, _ = _trained(steps=1)
+    save_checkpoint(tmp_path, model=model, optimizer=None, state={})
+    weights = tmp_path / "checkpoint.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert has_checkpoint(tmp_path)  # cheap check: sizes only
+    with pytest.raises(StoreError, match="sha256"):
+        load_checkpoint(tmp_path, model=model)
+
+
+def test_missing_json_or_files(tmp_path):
+    assert not has_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(StoreError, match="no checkpoint here"):
+        load_checkpoint(tmp_path / "nowhere", model=Net())
+    model, opt, _ = _trained(steps=1)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, state={})
+    assert has_checkpoint(tmp_path)
+    (tmp_path / "optimizer.safetensors").unlink()
+    assert not has_checkpoint(tmp_path)
+    with pytest.raises(StoreError, match="optimizer.safetensors: does not match.*missing"):
+        load_checkpoint(tmp_path, model=model, optimizer=opt)
+    (tmp_path / "checkpoint.json").unlink()
+    assert not has_checkpoint(tmp_path)
+    (tmp_path / "checkpoint.json").write_text("{not json")
+    assert not has_checkpoint(tmp_path)
+    with pytest.raises(StoreError, match="unreadable checkpoint metadata"):
+        load_checkpoint(tmp_path, model=model)
+
+
+def test_mismatched_model_lists_the_differences(tmp_path):
+    model, _, _ = _trained(steps=1)
+    save_checkpoint(tmp_path, model=model, optimizer=None, state={})
+    wider = Net(width=16)
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(StoreError) as err:
+        load_checkpoint(tmp_path, model=wider)
+    msg = str(err.value)
+    assert "checkpoint.safetensors: weights do not fit Net" in msg
+    assert "shape mismatch [body.0.weight: checkpoint (8, 4) vs model (16, 4)" in msg
+    assert "(+" in msg and "more)" in msg and "\n" not in msg
+    _same_tensors(before, wider.state_dict())  # nothing was changed
+
+    with pytest.raises(StoreError, match=r"missing \[embed.weight.*unexpected \[body.0.bias, body.0.weight"):
+        load_checkpoint(tmp_path, model=TiedLM())
+
+
+def test_optimizer_and_scheduler_mismatch(tmp_path):
+    model, opt, _ = _trained(steps=1)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, state={})
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(StoreError, match="optimizer state is for AdamW, received a SGD"):
+        load_checkpoint(tmp_path, model=model, optimizer=sgd)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    with pytest.raises(StoreError, match="has no scheduler state"):
+        load_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched)
+    few = torch.optim.AdamW(list(model.parameters())[:2])
+    with pytest.raises(StoreError, match="does not fit"):
+        load_checkpoint(tmp_path, model=model, optimizer=few)
+
+
+def test_crash_before_commit_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt, sched = _trained(steps=2)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, state={"epoch": 1})
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    model2, opt2, sched2 = _trained(steps=4, seed=1)
+
+    real_replace = os.replace
+
+    def crash_on_json(src, dst):
+        if str(dst).endswith("checkpoint.json"):
+            raise OSError("simulated crash")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", crash_on_json)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_checkpoint(
+            tmp_path, model=model2, optimizer=opt2, scheduler=sched2, state={"epoch": 2}
+        )
+    monkeypatch.undo()
+
+    assert [p.name for p in tmp_path.glob("*.tmp")] == []  # temporaries cleaned up
+    fresh, fopt, fsched = _fresh()
+    assert load_checkpoint(tmp_path, model=fresh, optimizer=fopt, scheduler=fsched) == {"epoch": 1}
+    _same_tensors(old, fresh.state_dict())
+
+
+def test_crash_after_commit_loads_the_new_checkpoint(tmp_path, monkeypatch):
+    model, opt, _ = _trained(steps=2)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, state={"epoch": 1})
+    model2, opt2, _ = _trained(steps=4, seed=1)
+
+    real_replace = os.replace
+
+    def crash_after_json(src, dst):
+        if str(dst).endswith(".safetensors"):
+            raise OSError("simulated crash")  # the JSON is in, the tensor renames are not
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", crash_after_json)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_checkpoint(tmp_path, model=model2, optimizer=opt2, state={"epoch": 2})
+    monkeypatch.undo()
+
+    assert has_checkpoint(tmp_path)
+    fresh, fopt, _ = _fresh()
+    assert load_checkpoint(tmp_path, model=fresh, optimizer=fopt) == {"epoch": 2}
+    _same_tensors(model2.state_dict(), fresh.state_dict())
+    # the next save completes the pending renames and leaves no temporaries behind
+    save_checkpoint(tmp_path, model=model2, optimizer=opt2, state={"epoch": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.json",
+        "checkpoint.safetensors",
+        "optimizer.safetensors",
+    ]
+    assert load_checkpoint(tmp_path, model=fresh, optimizer=fopt) == {"epoch": 3}
+
+
+def test_state_must_be_json_able(tmp_path):
+    with pytest.raises(StoreError, match=r"checkpoint state.fn: cannot save a value of type"):
+        save_checkpoint(tmp_path, model=Net(), optimizer=None, state={"fn": object()})
+    assert not has_checkpoint(tmp_path) and list(tmp_path.iterdir()) == []
+
+
+def test_no_pickle_anywhere():
+    source = Path(ckpt.__file__).read_text()
+    assert "import pickle" not in source and "torch.load(" not in source
