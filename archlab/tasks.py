@@ -121,7 +121,12 @@ class Regress(Task):
 
     def _align(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = y.to(out.dtype)
-        return (out.squeeze(-1), y) if y.dim() == 1 else (out, y)
+        p = out.squeeze(-1) if y.dim() == 1 and out.dim() == 2 and out.shape[-1] == 1 else out
+        if p.shape != y.shape:  # mse_loss would broadcast (B, k) against (B,) without a word
+            want = 1 if y.dim() == 1 else tuple(y.shape[1:])
+            raise SpecError(f"model output {tuple(out.shape[1:])} does not fit regression targets of "
+                            f"{want} value(s) per sample; end the model with `linear: {want}`")
+        return p, y
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(*self._align(out, y))

@@ -67,6 +67,7 @@ class TrainSettings:
     early_stop: int | None = None   # patience in epochs on the validation primary metric
     device: str = "auto"
     task: str | None = None         # default: the data set's task
+    target: str | None = None       # csv: the target column (default: the last one)
     label_smoothing: float = 0.0
     crop_padding: int = 0           # image augmentation: random crop with this zero padding
     hflip: bool = False             # image augmentation: random horizontal flip
@@ -103,6 +104,12 @@ class TrainSettings:
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}. Received: {self.precision!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}. Received: {self.device!r}")
         need(self.warmup >= 0, f"warmup must be >= 0 steps. Received: {self.warmup}")
+        need(self.step_size >= 1, f"step_size must be >= 1 epoch. Received: {self.step_size}")
+        need(self.gamma > 0, f"gamma must be > 0. Received: {self.gamma}")
+        need(self.momentum >= 0, f"momentum must be >= 0. Received: {self.momentum}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0. Received: {self.weight_decay}")
+        need(self.crop_padding >= 0, f"crop_padding must be >= 0. Received: {self.crop_padding}")
+        need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1. Received: {self.eval_batch_size}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0. Received: {self.grad_clip}")
         need(self.early_stop is None or self.early_stop >= 1, f"early_stop must be >= 1 epoch. Received: {self.early_stop}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
@@ -305,6 +312,8 @@ class Trainer:
         self.generator: torch.Generator | None = None
         self.resume_generator: torch.Tensor | None = None
         self.stop_requested = False
+        self.forced_stop = False  # a second Ctrl-C: stopped mid-step, the state is not consistent
+        self.saved_at: str | None = None  # where the last checkpoint was taken, for messages
         if run_id is None:
             params = sum(p.numel() for p in self.net.parameters())
             run_id = store.create_run(name=self.spec.name, data=data_uri, spec=self.spec.to_dict(),
@@ -327,6 +336,12 @@ class Trainer:
     def save(self) -> None:
         save_checkpoint(self.dir, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler,
                         state=self._state())
+        self.saved_at = self._position()
+
+    def _position(self) -> str:
+        if self.step_in_epoch:
+            return f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        return f"end of epoch {self.epoch}"
 
     def restore(self) -> None:
         state = load_checkpoint(self.dir, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler)
@@ -340,6 +355,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         gen = state.get("generator")
         self.resume_generator = gen if isinstance(gen, torch.Tensor) and self.step_in_epoch else None
+        self.saved_at = self._position()
 
     # -- the loop
 
@@ -365,7 +381,10 @@ class Trainer:
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted by the user; resume with `archlab train --resume " + self.run_id + "`"
             self.elapsed = time.perf_counter() - started
-            self.save()  # mid-epoch: the position in the epoch and the RNG come along
+            if not self.forced_stop:
+                self.save()  # mid-epoch: the position in the epoch and the RNG come along
+            # A forced stop may land between a weight update and the step counter: saving
+            # that would make the resumed run differ, so the last saved checkpoint stays.
         except TrainingError as e:
             status, message = "failed", str(e)
         except BaseException as e:
@@ -390,6 +409,7 @@ class Trainer:
 
         def handler(signum: int, frame: Any) -> None:
             if self.stop_requested:
+                self.forced_stop = True
                 raise KeyboardInterrupt
             self.stop_requested = True
 
@@ -413,10 +433,12 @@ class Trainer:
                 loss = self.task.loss(out.float(), y)
             if not torch.isfinite(loss):
                 lower = f"{s.lr / 10:g}"
+                saved = (f"the last good checkpoint ({self.saved_at}) is intact in {self.dir}" if self.saved_at
+                         else "no checkpoint was saved before it")
                 raise TrainingError(
                     f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} (global step "
-                    f"{self.global_step + 1}); the last good checkpoint (end of epoch {self.epoch}) is intact "
-                    f"in {self.dir}. Try a lower learning rate (--lr {lower}) or gradient clipping (--grad-clip 1.0)")
+                    f"{self.global_step + 1}); {saved}. Try a lower learning rate (--lr {lower}) or "
+                    f"gradient clipping (--grad-clip 1.0)")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if s.grad_clip:
@@ -502,8 +524,8 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
     spec = load_spec(spec)
     if vars:
         spec = spec.with_vars(vars)
-    s = resolve_settings(spec, settings)
-    dataset = load_dataset(data, seed=s.seed, root=data_root, target=target)
+    s = resolve_settings(spec, {**settings, "target": target})
+    dataset = load_dataset(data, seed=s.seed, root=data_root, target=s.target)
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     trainer = Trainer(spec, dataset, s, st, data_uri=data, quiet=quiet, tags=tags)
     return trainer.run()
@@ -522,7 +544,7 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
                             f"first epoch ended); start it again with `archlab train`")
     spec = Spec.from_dict(thaw(record.spec))
     s = TrainSettings.from_mapping(thaw(record.settings))
-    dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=None)
+    dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target)
     trainer = Trainer(spec, dataset, s, st, data_uri=record.data, quiet=quiet, run_id=record.run_id)
     trainer.restore()
     st.set_status(record.run_id, "running", message="resumed")
@@ -552,13 +574,21 @@ def evaluate(run_id: str, data: str | None = None, *, store: SQLiteRunStorage | 
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     net, record = load_run_model(run_id, store=st)
     settings = TrainSettings.from_mapping(thaw(record.settings))
-    dataset = load_dataset(data or record.data, seed=settings.seed, root=data_root)
+    uri = data or record.data
+    name, sep, _ = uri.partition(":")
+    is_csv = name == "csv" or (not sep and uri.lower().endswith(".csv"))
+    # The run's own target column; another table is read with the same column name.
+    dataset = load_dataset(uri, seed=settings.seed, root=data_root, target=settings.target if is_csv else None)
     if tuple(dataset.info.input_shape) != tuple(net.input_shape):
         raise ArchlabError(f"--data {data}: samples of shape {dataset.info.input_shape} do not fit the model's "
                            f"input {net.input_shape}")
-    task = make_task(settings.task or dataset.info.task, dataset.info.num_classes)
+    task_name = settings.task or dataset.info.task
+    # The same loss as in training (label smoothing included), so the stored test loss is reproduced.
+    options = {"label_smoothing": settings.label_smoothing} if task_name == "classify" else {}
+    task = make_task(task_name, dataset.info.num_classes, **options)
     task.check_output(net.output_shape)
     if split not in ("train", "val", "test"):
         raise ArchlabError(f"--split must be train, val or test. Received: {split!r}")
-    metrics, report = evaluate_split(net, getattr(dataset, split), task, torch.device("cpu"), report=True)
+    metrics, report = evaluate_split(net, getattr(dataset, split), task, torch.device("cpu"),
+                                     batch_size=settings.eval_batch_size, report=True)
     return {"run_id": record.run_id, "data": data or record.data, "split": split, **metrics, **report}

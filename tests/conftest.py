@@ -1,0 +1,13 @@
+"""Shared test set-up: every test gets its own run store, so none writes ./archlab-runs."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def archlab_home(tmp_path_factory, monkeypatch):
+    """Point ARCHLAB_HOME (the default run store) at a fresh folder for each test."""
+    home = tmp_path_factory.mktemp("archlab-home")
+    monkeypatch.setenv("ARCHLAB_HOME", str(home))
+    return home
