@@ -168,27 +168,36 @@ def train_cmd(
     target: Annotated[str | None, typer.Option(help="csv: the target column.")] = None,
     crop_padding: Annotated[int | None, typer.Option(help="Augment: random crop with this padding.")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Augment: random horizontal flips.")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Classification label smoothing.")] = None,
     set: SetOption = None,
     resume: Annotated[str | None, typer.Option(help="Continue a stopped run from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Train a spec on a data set; every run is recorded in the run store."""
+    try:
+        run = _train(spec, data, resume, quiet, target, set, dict(
+            epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+            weight_decay=weight_decay, schedule=schedule, warmup=warmup, grad_clip=grad_clip,
+            precision=precision, compile=compile, seed=seed, early_stop=early_stop, device=device,
+            task=task, crop_padding=crop_padding, hflip=hflip, label_smoothing=label_smoothing))
+    except KeyboardInterrupt as e:
+        # typer would swallow the interrupt into a bare exit code; say how to go on.
+        print(f"stopped: {e}" if str(e) else "stopped", file=sys.stderr)
+        raise typer.Exit(130) from None
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in run.test_metrics.items())
+    print(f"test  {metrics}")
+    print(f"run   {run.run_id}  (best epoch {run.best_epoch}; details: archlab show {run.run_id})")
+
+
+def _train(spec, data, resume, quiet, target, assignments, settings):  # noqa: ANN001, ANN202
     from .train import fit
     from .train import resume as resume_run
 
     if resume:
-        run = resume_run(resume, quiet=quiet)
-    elif spec is None:
+        return resume_run(resume, quiet=quiet)
+    if spec is None:
         raise ArchlabError("train: give a SPEC (a YAML file or zoo:NAME) or --resume RUN_ID")
-    else:
-        settings = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-                        weight_decay=weight_decay, schedule=schedule, warmup=warmup, grad_clip=grad_clip,
-                        precision=precision, compile=compile, seed=seed, early_stop=early_stop, device=device,
-                        task=task, crop_padding=crop_padding, hflip=hflip)
-        run = fit(spec, data=data, quiet=quiet, target=target, vars=_vars(set), **settings)
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in run.test_metrics.items())
-    print(f"test  {metrics}")
-    print(f"run   {run.run_id}  (best epoch {run.best_epoch}; details: archlab show {run.run_id})")
+    return fit(spec, data=data, quiet=quiet, target=target, vars=_vars(assignments), **settings)
 
 
 @app.command("runs")
@@ -209,9 +218,18 @@ def runs_cmd(
         test = r.test_metrics.get(primary) if primary else None
         table.add_row(r.run_id, r.name, r.data, f"{r.params:,}" if r.params else "-",
                       f"{primary} {best:.4f}" if best is not None else "-",
-                      f"{test:.4f}" if test is not None else "-", r.status,
+                      f"{test:.4f}" if test is not None else "-", _status(store, r),
                       f"{r.duration_s:.1f}s" if r.duration_s else "-", _when(r.created_at))
     console.print(table)
+
+
+def _status(store, record) -> str:  # noqa: ANN001
+    """A 'running' run whose process is gone was killed: say so, and how to go on."""
+    from .train import is_alive
+
+    if record.status == "running" and not is_alive(store.run_dir(record.run_id)):
+        return "stopped (resume with --resume)"
+    return record.status
 
 
 def _primary_metric(record) -> str | None:  # noqa: ANN001
@@ -234,7 +252,7 @@ def show_cmd(run_id: Annotated[str, typer.Argument(help="A run id (or a unique p
 
     store = open_store()
     r = store.get_run(run_id)
-    console.print(f"[bold]run {r.run_id}[/bold]  {r.name} on {r.data}  status {r.status}"
+    console.print(f"[bold]run {r.run_id}[/bold]  {r.name} on {r.data}  status {_status(store, r)}"
                   + (f" ({r.message})" if r.message else ""))
     console.print(f"params {r.params:,}" if r.params else "params -",
                   f"  time {r.duration_s:.1f}s" if r.duration_s else "", f"  started {_when(r.created_at)}")

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,8 @@ def evaluate_split(model: nn.Module, split: Split, task: Task, device: torch.dev
 
 def environment(device: torch.device) -> dict[str, Any]:
     env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-           "host": socket.gethostname(), "threads": torch.get_num_threads(), "platform": sys.platform}
+           "host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads(),
+           "platform": sys.platform}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -360,6 +361,10 @@ class Trainer:
     # -- the loop
 
     def run(self) -> Run:
+        with run_lock(self.dir, self.run_id):
+            return self._run()
+
+    def _run(self) -> Run:
         s = self.settings
         status, message = "finished", ""
         started = time.perf_counter() - self.elapsed
@@ -488,6 +493,59 @@ class Trainer:
                    report, "finished", self.best_epoch, self.dir)
 
 
+# ----------------------------------------------------------------------- locking
+
+
+@contextmanager
+def run_lock(directory: Path, run_id: str) -> Iterator[None]:
+    """Only one process trains a run at a time (two resumes would interleave checkpoints).
+
+    An OS file lock: it is released when the process dies, even by SIGKILL.
+    """
+    import fcntl
+
+    handle = open(directory / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"run {run_id} is being trained by another process right now; "
+                                f"wait for it or stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def is_alive(directory: Path) -> bool:
+    """Whether a process holds the run's lock (i.e. is training it now)."""
+    import fcntl
+
+    path = directory / ".lock"
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def absolute_data_uri(uri: str) -> str:
+    """`csv:rel.csv` -> `csv:/abs/rel.csv`, so a run resumes from any working directory."""
+    name, sep, arg = uri.partition(":")
+    if sep and arg and "?" not in arg and Path(arg).exists():
+        return f"{name}:{Path(arg).resolve()}"
+    if not sep and uri.endswith(".csv") and Path(uri).exists():
+        return f"csv:{Path(uri).resolve()}"
+    return uri
+
+
 # ----------------------------------------------------------------------- weights
 
 
@@ -527,7 +585,7 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
     s = resolve_settings(spec, {**settings, "target": target})
     dataset = load_dataset(data, seed=s.seed, root=data_root, target=s.target)
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
-    trainer = Trainer(spec, dataset, s, st, data_uri=data, quiet=quiet, tags=tags)
+    trainer = Trainer(spec, dataset, s, st, data_uri=absolute_data_uri(data), quiet=quiet, tags=tags)
     return trainer.run()
 
 

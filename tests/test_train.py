@@ -684,3 +684,29 @@ def test_zoo_models_reach_their_accuracy_on_digits(store, name, target):
     run = fit(name, data="digits", store=store, quiet=True)
     assert run.settings == resolve_settings(load_spec(name), {})  # nothing overridden
     assert run.test_metrics["acc"] >= target, f"{name}: test accuracy {run.test_metrics['acc']:.4f}"
+
+
+# ---------------------------------------------------------------- run lock and data paths
+
+
+def test_run_lock_refuses_a_second_trainer_and_is_released(tmp_path):
+    from archlab.train import is_alive, run_lock
+
+    assert not is_alive(tmp_path)
+    with run_lock(tmp_path, "r1"):
+        assert is_alive(tmp_path)
+        with pytest.raises(TrainingError, match="being trained by another process"):
+            with run_lock(tmp_path, "r1"):
+                pass
+    assert not is_alive(tmp_path)
+
+
+def test_relative_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    from archlab.train import absolute_data_uri
+
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    monkeypatch.chdir(tmp_path)
+    assert absolute_data_uri("csv:t.csv") == f"csv:{tmp_path / 't.csv'}"
+    assert absolute_data_uri("t.csv") == f"csv:{tmp_path / 't.csv'}"
+    assert absolute_data_uri("digits") == "digits"
+    assert absolute_data_uri("synthetic:images?n=10") == "synthetic:images?n=10"
