@@ -83,3 +83,41 @@ class EpochProgress:
     def note(self, text: str) -> None:
         if not self.quiet:
             self.console.print(text)
+
+
+class TaskProgress:
+    """Progress over a fixed number of tasks (folds, trials): a bar with ETA on a terminal,
+    one line per finished task elsewhere, nothing when quiet."""
+
+    def __init__(self, total: int, what: str, *, quiet: bool = False, console: Console | None = None):
+        self.total, self.what, self.quiet = total, what, quiet
+        self.console = console or Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.live = not quiet and self.console.is_terminal
+        self.done = 0
+        self.started = time.perf_counter()
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> TaskProgress:
+        if self.live:
+            self.progress = Progress(TextColumn(f"[bold]{self.what}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
+            self.progress.start()
+            self.task_id = self.progress.add_task(self.what, total=self.total)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def advance(self, line: str = "") -> None:
+        self.done += 1
+        if self.quiet:
+            return
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        text = f"[{self.done}/{self.total}] {line}" + (f"  eta {eta:.0f}s" if self.done < self.total else "")
+        if self.progress is not None:
+            self.progress.console.print(text)
+            self.progress.advance(self.task_id)
+        else:
+            self.console.print(text)

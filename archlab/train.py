@@ -170,6 +170,7 @@ class Run:
     status: str = "finished"
     best_epoch: int | None = None
     directory: Path | None = None
+    train_metrics: dict[str, float] = field(default_factory=dict)   # with evaluate_train, eval mode
 
 
 # ----------------------------------------------------------------------- batching
@@ -275,7 +276,7 @@ class Trainer:
 
     def __init__(self, spec: Spec, dataset: Dataset, settings: TrainSettings, store: SQLiteRunStorage,
                  *, data_uri: str, quiet: bool = False, tags: Mapping[str, str] | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, evaluate_test: bool = True, evaluate_train: bool = False):
         self.settings = s = settings
         self.dataset = dataset
         info = dataset.info
@@ -324,6 +325,9 @@ class Trainer:
         self.run_id = run_id
         self.dir = store.run_dir(run_id)
         self.data_uri = data_uri
+        # Cross-validation folds never look at the test split; their train metric is
+        # measured in eval mode after training, for the train-validation gap.
+        self.evaluate_test, self.evaluate_train = evaluate_test, evaluate_train
 
     # -- checkpoints
 
@@ -465,12 +469,13 @@ class Trainer:
         seconds = time.perf_counter() - t0
         self.epoch += 1
         self.step_in_epoch, self.partial_sums = 0, None
-        primary = val[self.task.primary]
-        if self.task.better(primary, self.best):
-            self.best, self.best_epoch, self.stale = primary, self.epoch, 0
-            save_weights(self.dir / "best.safetensors", self.net)
-        else:
-            self.stale += 1
+        if val:  # with no validation split (a final retrain) the last weights are kept
+            primary = val[self.task.primary]
+            if self.task.better(primary, self.best):
+                self.best, self.best_epoch, self.stale = primary, self.epoch, 0
+                save_weights(self.dir / "best.safetensors", self.net)
+            else:
+                self.stale += 1
         record = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()},
                   **{f"val_{k}": v for k, v in val.items()}, "lr": self.optimizer.param_groups[0]["lr"],
                   "seconds": seconds, "samples_per_s": len(self.train_split) / max(seconds, 1e-9)}
@@ -482,15 +487,22 @@ class Trainer:
         best_path = self.dir / "best.safetensors"
         if best_path.exists():
             load_weights(best_path, self.net)
-        test, report = evaluate_split(self.net, self.dataset.test.to(self.device), self.task, self.device,
-                                      self.settings.precision, self.settings.eval_batch_size, report=True)
+        s = self.settings
+        test, report = {}, {}
+        if self.evaluate_test:
+            test, report = evaluate_split(self.net, self.dataset.test.to(self.device), self.task, self.device,
+                                          s.precision, s.eval_batch_size, report=True)
+        train_metrics = {}
+        if self.evaluate_train:
+            train_metrics, _ = evaluate_split(self.net, self.train_split, self.task, self.device, s.precision,
+                                              s.eval_batch_size)
         self.store.set_status(self.run_id, "finished", test_metrics=test, duration_s=duration)
         if report:
             import json
 
             (self.dir / "test_report.json").write_text(json.dumps(report))
         return Run(self.run_id, self.net, self.spec, self.settings, self.dataset.info, self.history, test,
-                   report, "finished", self.best_epoch, self.dir)
+                   report, "finished", self.best_epoch, self.dir, train_metrics)
 
 
 # ----------------------------------------------------------------------- locking
