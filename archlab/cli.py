@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -64,7 +65,7 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
         table.add_column("fwd FLOPs/sample", justify="right")
         for row in r.layers:
             params = f"{row.params:,}" + (f" ({row.note})" if row.note else "")
-            table.add_row(row.path, row.kind, shape_text(row.output_shape), params, human(row.flops))
+            table.add_row(escape(row.path), row.kind, shape_text(row.output_shape), params, human(row.flops))
         console.print(table)
     else:
         console.print(f"[bold]{title}[/bold]")
@@ -74,7 +75,7 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
                   f"(= {human(r.macs_per_sample, 'MACs')}; 1 MAC = 2 FLOPs); "
                   f"training step ~3x forward = {human(3 * r.flops_per_sample, 'FLOPs')}")
     if r.uncounted:
-        ops = ", ".join(f"{u.op} x{u.calls} (in {u.first_seen_in})" for u in r.uncounted)
+        ops = escape(", ".join(f"{u.op} x{u.calls} (in {u.first_seen_in})" for u in r.uncounted))
         console.print(f"[yellow]uncounted ops     {ops} — not priced, so FLOPs are a lower bound[/yellow]")
     console.print(f"training memory   batch {m.batch}, {r.dtype} compute, {r.optimizer}: "
                   f"{nbytes(m.total)} = weights {nbytes(m.weights)} + gradients {nbytes(m.gradients)} "
@@ -216,7 +217,7 @@ def runs_cmd(
         primary = _primary_metric(r)
         best = r.best(f"val_{primary}") if primary else None
         test = r.test_metrics.get(primary) if primary else None
-        table.add_row(r.run_id, r.name, r.data, f"{r.params:,}" if r.params else "-",
+        table.add_row(r.run_id, escape(r.name), escape(r.data), f"{r.params:,}" if r.params else "-",
                       f"{primary} {best:.4f}" if best is not None else "-",
                       f"{test:.4f}" if test is not None else "-", _status(store, r),
                       f"{r.duration_s:.1f}s" if r.duration_s else "-", _when(r.created_at))
@@ -337,15 +338,15 @@ def print_comparison(result) -> None:  # noqa: ANN001
         table.add_column(col, justify="left" if col in ("candidate", "diagnosis") else "right")
     for c in result.candidates:
         star = " *" if c.label == result.recommended else ""
-        table.add_row(c.label + star, f"{c.params:,}", human(c.flops), f"{c.train_seconds:.1f}",
+        table.add_row(escape(c.label + star), f"{c.params:,}", human(c.flops), f"{c.train_seconds:.1f}",
                       f"{c.latency_ms_b1:.2f}", f"{c.latency_ms_b256:.1f}", f"{c.val_mean:.4f} ± {c.val_std:.4f}",
                       f"{c.gap_mean:+.4f}", c.diagnosis)
     console.print(table)
-    console.print(f"recommended       {result.recommended} — {result.rule}")
+    console.print(escape(f"recommended       {result.recommended} — {result.rule}"))
     if result.test_metrics:
         test = "  ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
-        console.print(f"test (once)       {result.recommended} retrained on train+validation: {test}  "
-                      f"(run {result.final_run_id})")
+        console.print(escape(f"test (once)       {result.recommended} retrained on train+validation: {test}  "
+                             f"(run {result.final_run_id})"))
 
 
 @app.command("report")
