@@ -52,7 +52,7 @@ __all__ = [
     "thaw",
 ]
 
-STATUSES = ("running", "finished", "failed", "interrupted")
+STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
 SCHEMA_VERSION = 1
 DB_NAME = "archlab.db"
 

@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,14 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+class StopRun(Exception):  # noqa: N818 - a control signal, not an error
+    """Raised by an `on_epoch` callback to end a run early with a status (e.g. "pruned")."""
+
+    def __init__(self, status: str, message: str = ""):
+        super().__init__(message or status)
+        self.status, self.message = status, message
 
 
 # ------------------------------------------------------------------------- settings
@@ -276,7 +284,8 @@ class Trainer:
 
     def __init__(self, spec: Spec, dataset: Dataset, settings: TrainSettings, store: SQLiteRunStorage,
                  *, data_uri: str, quiet: bool = False, tags: Mapping[str, str] | None = None,
-                 run_id: str | None = None, evaluate_test: bool = True, evaluate_train: bool = False):
+                 run_id: str | None = None, evaluate_test: bool = True, evaluate_train: bool = False,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None):
         self.settings = s = settings
         self.dataset = dataset
         info = dataset.info
@@ -328,6 +337,8 @@ class Trainer:
         # Cross-validation folds never look at the test split; their train metric is
         # measured in eval mode after training, for the train-validation gap.
         self.evaluate_test, self.evaluate_train = evaluate_test, evaluate_train
+        # Called after each epoch is logged and checkpointed; it may raise StopRun (a pruner).
+        self.on_epoch = on_epoch
 
     # -- checkpoints
 
@@ -387,6 +398,8 @@ class Trainer:
                     self.store.log_epoch(self.run_id, record["epoch"], record)
                     self.save()
                     progress.epoch_done(record)
+                    if self.on_epoch is not None:
+                        self.on_epoch(record)
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted by the user; resume with `archlab train --resume " + self.run_id + "`"
             self.elapsed = time.perf_counter() - started
@@ -394,6 +407,10 @@ class Trainer:
                 self.save()  # mid-epoch: the position in the epoch and the RNG come along
             # A forced stop may land between a weight update and the step counter: saving
             # that would make the resumed run differ, so the last saved checkpoint stays.
+        except StopRun as e:
+            self.store.set_status(self.run_id, e.status, message=e.message,
+                                  duration_s=time.perf_counter() - started)
+            raise
         except TrainingError as e:
             status, message = "failed", str(e)
         except BaseException as e:

@@ -710,3 +710,26 @@ def test_relative_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
     assert absolute_data_uri("t.csv") == f"csv:{tmp_path / 't.csv'}"
     assert absolute_data_uri("digits") == "digits"
     assert absolute_data_uri("synthetic:images?n=10") == "synthetic:images?n=10"
+
+
+def test_an_epoch_callback_can_stop_a_run_with_a_status():
+    from archlab.data import load_dataset
+    from archlab.spec import load_spec
+    from archlab.store import open_store
+    from archlab.train import StopRun, Trainer, TrainSettings
+
+    seen = []
+
+    def prune_after_two(record):
+        seen.append(record["epoch"])
+        if record["epoch"] == 2:
+            raise StopRun("pruned", "below the median at epoch 2")
+
+    store = open_store()
+    trainer = Trainer(load_spec("zoo:mlp"), load_dataset("digits"), TrainSettings(epochs=5), store,
+                      data_uri="digits", quiet=True, on_epoch=prune_after_two)
+    with pytest.raises(StopRun):
+        trainer.run()
+    record = store.get_run(trainer.run_id)
+    assert seen == [1, 2] and record.status == "pruned" and len(record.history) == 2
+    assert "median" in record.message
