@@ -33,6 +33,13 @@ from .layers import LAYERS, BuildContext, TensorType, default_layout
 from .spec import Spec, check_shape, load_spec, substitute, thaw
 
 COMPOSITES = ("parallel", "residual", "repeat")
+# Each level costs a few Python frames; this stays well inside the default recursion limit
+# even when build is called from deep inside another program (a test runner, a search).
+_MAX_DEPTH = 100
+# Far beyond any real model, but `repeat: 1e9` (a typo, or a search gone wrong) fails at once
+# instead of building modules until memory runs out.
+_MAX_REPEAT = 10_000
+_MAX_LAYERS = 100_000
 MERGES = ("concat", "add", "mean")
 
 
@@ -152,8 +159,9 @@ class _Builder:
 
     def node(self, node: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         self.depth += 1
-        if self.depth > 200:
-            raise SpecError(f"{path}: nesting is deeper than 200 levels; is a block referring to itself?")
+        if self.depth > _MAX_DEPTH:
+            raise SpecError(f"{path}: nesting is deeper than {_MAX_DEPTH} levels; "
+                            f"is a block referring to itself?")
         try:
             return self._node(node, x, path, qual, env)
         finally:
@@ -198,6 +206,8 @@ class _Builder:
 
     def leaf(self, name: str, args: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         where = f"{path}.{name}"
+        if len(self.leaves) >= _MAX_LAYERS:
+            raise SpecError(f"{where}: the model has more than {_MAX_LAYERS:,} layers; is a repeat count too large?")
         layer = LAYERS.get(name)
         args = substitute(args, env, where)
         freeze = False
@@ -213,6 +223,11 @@ class _Builder:
             module, out = layer.fn(x, **kwargs)
         except SpecError as e:  # ShapeError included: prefix the path once
             raise type(e)(f"{where}: {e}") from None
+        except RuntimeError as e:  # weights too large for PyTorch to describe (> 2**63 bytes)
+            if "overflow" not in str(e).lower():
+                raise
+            raise SpecError(f"{where}: its weights are too large for PyTorch "
+                            f"({str(e).splitlines()[0]}); reduce its sizes") from None
         out = TensorType(out.shape, out.dtype, out.layout, where)
         if freeze:
             module.requires_grad_(False)
@@ -269,6 +284,9 @@ class _Builder:
             outs.append(out)
         dim = 0 if outs[0].layout in ("channels", "flat") else outs[0].rank - 1
         shapes = ", ".join(f"{o.describe()} from {o.source}" for o in outs)
+        if len({o.dtype for o in outs}) != 1:
+            raise ShapeError(f"{where}: branches give different dtypes ({shapes}); "
+                             f"embed token ids in every branch or in none")
         if merge == "concat":
             ranks_ok = len({o.rank for o in outs}) == 1
             rest_ok = ranks_ok and len({o.shape[:dim] + o.shape[dim + 1:] for o in outs}) == 1
@@ -340,6 +358,8 @@ class _Builder:
         times = substitute(times, env, where)
         if isinstance(times, bool) or not isinstance(times, int) or times < 0:
             raise SpecError(f"{where}: expected a non-negative integer count. Received: {thaw(times)!r}")
+        if times > _MAX_REPEAT:
+            raise SpecError(f"{where}: {times} copies is more than the {_MAX_REPEAT:,} a spec may repeat")
         if "block" not in options:
             raise SpecError(f"{where}: missing 'block' (the layers to repeat), e.g. "
                             f"{{repeat: 3, block: [linear: 64, relu]}}")

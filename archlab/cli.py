@@ -304,6 +304,36 @@ def evaluate_cmd(
     print(f"{result['run_id']} on {result['data']} ({split}): {metrics}")
 
 
+@app.command("generate")
+def generate_cmd(
+    run_id: Annotated[str, typer.Argument(help="A language-model run (see `archlab runs`).")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "\n",
+    max_tokens: Annotated[int, typer.Option(help="How many tokens to generate.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely tokens.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the key/value cache.")] = True,
+) -> None:
+    """Stream text from a trained language model."""
+    from .generate import generate
+    from .store import open_store
+    from .text import tokenizer_from_dict
+    from .train import load_run_model
+
+    store = open_store()
+    net, record = load_run_model(run_id, store=store)
+    path = store.run_dir(record.run_id) / "tokenizer.json"
+    if not path.exists():
+        raise ArchlabError(f"run {record.run_id} has no tokenizer.json: it was not trained on a text data set")
+    tokenizer = tokenizer_from_dict(json.loads(path.read_text()))
+    sys.stdout.write(prompt)
+    for token in generate(net, tokenizer.encode(prompt), max_tokens, temperature=temperature, top_k=top_k,
+                          seed=seed, use_cache=cache):
+        sys.stdout.write(tokenizer.decode([token]))
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
 @app.command("compare")
 def compare_cmd(
     specs: Annotated[list[str], typer.Argument(help="Spec files or zoo:NAMEs to compare.")],

@@ -276,7 +276,7 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
         spec = c.spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype)
         s = resolve_settings(spec, overrides)
         net = build(spec, device="meta")
-        make_task(s.task or info.task, info.num_classes).check_output(net.output_shape)
+        make_task(s.task or info.task, info.num_classes, info.vocab_size).check_output(net.output_shape)
         concrete[c.label] = spec
 
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
@@ -291,7 +291,8 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
     results = _run_jobs(jobs_list, jobs, quiet)
 
     by_candidate = {c.label: [r for r in results if r.candidate == c.label] for c in cands}
-    task = make_task(resolve_settings(concrete[cands[0].label], overrides).task or info.task, info.num_classes)
+    task = make_task(resolve_settings(concrete[cands[0].label], overrides).task or info.task, info.num_classes,
+                     info.vocab_size)
     mode, metric = task.mode, task.primary
     sign = 1 if mode == "max" else -1
     means = {label: statistics.fmean(f.val_metric for f in folds) for label, folds in by_candidate.items()}

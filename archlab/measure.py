@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .build import Network, build
 from .errors import SpecError
-from .spec import Spec, load_spec
+from .spec import Spec, load_spec, thaw
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 copies of each trainable weight
@@ -254,7 +254,7 @@ def parse_bytes(text: str | int | float) -> int:
     """'80GB' (10^9), '80GiB' (2^30), '512MB', '16G' (=GiB), or a number of bytes."""
     if isinstance(text, int | float):
         return int(text)
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
     if not m:
         raise SpecError(f"--device-memory: expected a size such as 80GB or 24GiB. Received: {text!r}")
     value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
@@ -329,10 +329,12 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         net = net.to(torch_dtype)
 
     mode1, act1 = _forward_cost(net, 1, torch_dtype)
-    mode2, act2 = _forward_cost(net, 2, torch_dtype)
-    per_sample = act2 - act1
-    fixed = act1 - per_sample
-    act_b = act1 if batch == 1 else (act2 if batch == 2 else _forward_cost(net, batch, torch_dtype)[1])
+    # The line through batches 2 and 3, not 1 and 2: at batch 1 PyTorch often skips a copy
+    # (a transpose across a size-1 dim is already contiguous), so batch 1 may save less.
+    measured = {1: act1, 2: _forward_cost(net, 2, torch_dtype)[1], 3: _forward_cost(net, 3, torch_dtype)[1]}
+    per_sample = measured[3] - measured[2]
+    fixed = measured[2] - 2 * per_sample
+    act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype)[1]
 
     seen: set[int] = set()
     rows = []
@@ -360,7 +362,7 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         optimizer=optimizer, layers=tuple(rows), params=params, trainable=trainable,
         flops_per_sample=sum(mode1.flops.values()), uncounted=uncounted, memory=memory,
         device_memory=None if device_memory is None else parse_bytes(device_memory),
-        vars=dict(net.spec.resolved_vars()),
+        vars=thaw(net.spec.resolved_vars()),  # plain data: to_dict() must deep-copy it
     )
 
 

@@ -1,6 +1,6 @@
 """Specs: YAML or dict -> a frozen, validated `Spec`.
 
-A spec is data. It is read with `yaml.safe_load`, checked section by section, and frozen
+A spec is data. It is read with a safe YAML loader, checked section by section, and frozen
 (mappings become read-only, lists become tuples) so `Spec.from_dict(s.to_dict()) == s`.
 Layer-level checks (names, arguments, shapes) happen in `build`, where shapes are known;
 this module owns the top-level sections, vars, expressions and search-space markers.
@@ -38,6 +38,22 @@ DATA_VARS = ("num_classes", "vocab_size")
 
 _VAR_REF = re.compile(r"^\$([A-Za-z_]\w*)$")
 _EXPR = re.compile(r"\$\{([^{}]*)\}")
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but `1e-3` is a float (as in YAML 1.2 and JSON), not the
+    string YAML 1.1 makes of an exponent without a dot."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
 
 
 # ----------------------------------------------------------------------------- freezing
@@ -446,7 +462,7 @@ def _parse_input(raw: Any, where: str) -> InputSpec | None:
 def check_shape(shape: Any, where: str) -> tuple[int, ...]:
     """A per-sample shape must be a non-empty tuple of positive integers."""
     if (not isinstance(shape, list | tuple) or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**48 for d in shape)):
         raise SpecError(f"{where}: expected a per-sample shape of positive integers such as "
                         f"[1, 28, 28]. Received: {thaw(shape)!r}")
     return tuple(shape)
@@ -469,7 +485,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise SpecError(f"--set: expected NAME=VALUE, e.g. --set depth=3. Received: {text!r}")
     name, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = _yaml_load(raw)
     except yaml.YAMLError:
         value = raw
     return name.strip(), value
@@ -516,7 +532,7 @@ def load_spec(source: str | Path | Mapping[str, Any] | Spec) -> Spec:
         return _parse(source, "spec")
     text, where = (source, "spec") if _looks_like_yaml(source) else _read_text(str(source))
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_load(text)
     except RecursionError:
         raise SpecError(f"{where}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as e:

@@ -25,9 +25,11 @@ class Task(ABC):
     name: str = ""
     primary: str = ""       # e.g. "acc": reported as val_acc
     mode: str = "max"       # whether a larger primary metric is better
+    has_report = False      # whether `report` adds anything (then test outputs are kept)
 
-    def __init__(self, num_classes: int | None = None):
+    def __init__(self, num_classes: int | None = None, vocab_size: int | None = None):
         self.num_classes = num_classes
+        self.vocab_size = vocab_size
 
     @abstractmethod
     def check_output(self, shape: tuple[int, ...]) -> None:
@@ -58,8 +60,10 @@ class Classify(Task):
     """Cross-entropy over C logits, or binary cross-entropy over one logit when C == 2."""
 
     name, primary, mode = "classify", "acc", "max"
+    has_report = True
 
-    def __init__(self, num_classes: int | None = None, label_smoothing: float = 0.0):
+    def __init__(self, num_classes: int | None = None, vocab_size: int | None = None,
+                 label_smoothing: float = 0.0):
         super().__init__(num_classes)
         self.label_smoothing = label_smoothing
         self.binary = False
@@ -144,10 +148,40 @@ class Regress(Task):
         return {"loss": loss_sum / n, "mae": abs_sum / n, "r2": r2}
 
 
-def make_task(name: str, num_classes: int | None, **options: Any) -> Task:
+@TASKS.register("language_model")
+class LanguageModel(Task):
+    """Next-token cross-entropy at every position: outputs (T, V) logits, targets (T,) ids.
+
+    Reports loss (nats per token), perplexity, bits per token (bits per character for a
+    character-level tokenizer) and next-token accuracy. Lower loss is better.
+    """
+
+    name, primary, mode = "language_model", "loss", "min"
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        v = self.vocab_size
+        if len(shape) != 2 or (v is not None and shape[1] != v):
+            raise SpecError(f"model output {shape} does not fit language modelling: expected (T, {v}) "
+                            f"logits per position; end the model with `unembed` or `linear: $vocab_size`")
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+    def stats(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        n = y.shape[0]
+        correct = (out.argmax(dim=-1) == y).float().mean(dim=-1).sum()  # per-sample token accuracy
+        return torch.stack([loss.detach().float() * n, correct])
+
+    def summarize(self, sums: torch.Tensor, n: int) -> dict[str, float]:
+        loss_sum, correct = sums.tolist()
+        loss = loss_sum / n
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits": loss / math.log(2), "acc": correct / n}
+
+
+def make_task(name: str, num_classes: int | None = None, vocab_size: int | None = None, **options: Any) -> Task:
     cls = TASKS.get(name, "task")
     if cls is Classify:
         if not num_classes:
             raise SpecError("task classify needs num_classes; the data set did not give it")
-        return Classify(num_classes, **options)
-    return cls(num_classes)
+        return Classify(num_classes, vocab_size, **options)
+    return cls(num_classes, vocab_size)

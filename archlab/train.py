@@ -256,14 +256,14 @@ def evaluate_split(model: nn.Module, split: Split, task: Task, device: torch.dev
             out = out.float()
             s = task.stats(out, y, task.loss(out, y))
             sums = s if sums is None else sums + s
-            if report:
+            if report and task.has_report:
                 outs.append(out.cpu())
     finally:
         model.train(was_training)
     if sums is None:
         return {}, {}
     metrics = task.summarize(sums, len(split))
-    extra = task.report(torch.cat(outs), split.y.cpu()) if report else {}
+    extra = task.report(torch.cat(outs), split.y.cpu()) if outs else {}
     return metrics, extra
 
 
@@ -295,7 +295,7 @@ class Trainer:
         self.device = pick_device(s.device)
         task_name = s.task or info.task
         options = {"label_smoothing": s.label_smoothing} if task_name == "classify" else {}
-        self.task = make_task(task_name, info.num_classes, **options)
+        self.task = make_task(task_name, info.num_classes, info.vocab_size, **options)
 
         torch.manual_seed(s.seed)
         self.net: Network = build(self.spec, seed=s.seed)
@@ -331,6 +331,11 @@ class Trainer:
                                       settings=s.to_dict(), env=environment(self.device), params=params,
                                       tags=dict(tags or {}))
             (store.run_dir(run_id) / "spec.yaml").write_text(self.spec.to_yaml())
+            tokenizer = getattr(info, "tokenizer", None)
+            if tokenizer:  # so `archlab generate` can encode prompts and decode samples later
+                import json
+
+                (store.run_dir(run_id) / "tokenizer.json").write_text(json.dumps(thaw(tokenizer)))
         self.run_id = run_id
         self.dir = store.run_dir(run_id)
         self.data_uri = data_uri
@@ -672,7 +677,7 @@ def evaluate(run_id: str, data: str | None = None, *, store: SQLiteRunStorage | 
     task_name = settings.task or dataset.info.task
     # The same loss as in training (label smoothing included), so the stored test loss is reproduced.
     options = {"label_smoothing": settings.label_smoothing} if task_name == "classify" else {}
-    task = make_task(task_name, dataset.info.num_classes, **options)
+    task = make_task(task_name, dataset.info.num_classes, dataset.info.vocab_size, **options)
     task.check_output(net.output_shape)
     if split not in ("train", "val", "test"):
         raise ArchlabError(f"--split must be train, val or test. Received: {split!r}")

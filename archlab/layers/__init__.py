@@ -28,6 +28,9 @@ from ..errors import ShapeError, SpecError
 from ..registry import Registry
 
 LAYOUTS = ("flat", "channels", "sequence", "tokens")
+# No size, argument or dimension may exceed this: far above any real model, and far enough
+# below 2**63 that PyTorch never sees a number it cannot hold.
+MAX_SIZE = 2**48
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class TensorType:
         if any(d <= 0 for d in shape):
             raise ShapeError(f"would produce an empty shape {shape} from {self.describe()} "
                              f"(input produced by {self.source}); the input is too small")
+        if any(d > MAX_SIZE for d in shape):
+            raise ShapeError(f"would produce a dimension larger than 2**48 from {self.describe()} "
+                             f"(input produced by {self.source})")
         return TensorType(shape, dtype, layout or self.layout, self.source)
 
 
@@ -191,8 +197,9 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in get_args(tp))
     if origin is tuple:
         inner = get_args(tp)
-        return f"a list of {len(inner)} {_describe(inner[0])}s" if inner[-1] is not ... else \
-            f"a list of {_describe(inner[0])}s"
+        items = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}.get(
+            inner[0], _describe(inner[0]))
+        return f"a list of {len(inner)} {items}" if inner[-1] is not ... else f"a list of {items}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
             type(None): "null"}.get(tp, str(tp))
 
@@ -254,9 +261,13 @@ def _coerce_one(value: Any, tp: Any) -> Any:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     try:
-        return _coerce_one(value, tp)
+        out = _coerce_one(value, tp)
     except _NoMatch:
         raise SpecError(f"{where} expected {_describe(tp)}. Received: {_show_value(value)}") from None
+    ints = out if isinstance(out, tuple) else (out,)
+    if any(isinstance(v, int) and abs(v) > MAX_SIZE for v in ints):
+        raise SpecError(f"{where} is too large (at most 2**48). Received: {_show_value(value)}")
+    return out
 
 
 def _show_value(value: Any) -> str:

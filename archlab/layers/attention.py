@@ -45,6 +45,23 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)[0]
 
 
+class LayerCache:
+    """Keys and values one attention layer has seen while decoding."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention through F.scaled_dot_product_attention.
 
@@ -60,6 +77,8 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=bias)
         self.proj = nn.Linear(heads * head_dim, dim, bias=bias)
         self.rope = rope
+        # Set by archlab.generate.KVCache during decoding: keys and values of earlier steps.
+        self.cache: LayerCache | None = None
         if rope:
             cos, sin = rope_tables(max_len, head_dim, rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -72,10 +91,20 @@ class SelfAttention(nn.Module):
         q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
         v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        start = self.cache.length if self.cache is not None else 0
         if self.rope:
-            q = apply_rope(q, self.rope_cos[:t], self.rope_sin[:t])
-            k = apply_rope(k, self.rope_cos[:t], self.rope_sin[:t])
-        y = scaled_dot_product(q, k, v, self.dropout if self.training else 0.0, self.causal)  # (B, H, T, hd)
+            cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.cache is not None and start > 0:
+            k, v = self.cache.extend(k, v)  # (B, KV, start + T, hd)
+            # One new token attends to everything cached; several need the causal offset mask.
+            mask = None if (t == 1 or not self.causal) else torch.ones(
+                t, start + t, dtype=torch.bool, device=q.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+        else:
+            if self.cache is not None:
+                self.cache.extend(k, v)
+            y = scaled_dot_product(q, k, v, self.dropout if self.training else 0.0, self.causal)  # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
     def extra_repr(self) -> str:
@@ -105,6 +134,8 @@ def attention(x: TensorType, heads: int, kv_heads: int | None = None, head_dim: 
     kv, hd = attention_dims(d, heads, kv_heads, head_dim)
     if rope and hd % 2:
         raise SpecError(f"rope needs an even head_dim. Received: head_dim={hd}")
+    if not rope_base > 0:
+        raise SpecError(f"argument 'rope_base' must be positive. Received: {rope_base}")
     module = SelfAttention(d, heads, kv, hd, causal, rope, probability(dropout, "dropout"), bias, t, rope_base)
     return module, x.derive((t, d), layout="sequence")
 

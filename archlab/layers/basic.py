@@ -154,7 +154,7 @@ def reshape(x: TensorType, shape: tuple[int, ...],
             layout: Literal["flat", "channels", "sequence"] | None = None) -> Built:
     """Reshapes per sample; one entry may be -1. Example: reshape: [1, 28, 28]."""
     total = math.prod(x.expect(min_rank=1, dtype=None))
-    if shape.count(-1) > 1 or any(d == 0 or d < -1 for d in shape):
+    if not shape or shape.count(-1) > 1 or any(d == 0 or d < -1 for d in shape):
         raise SpecError(f"argument 'shape' takes positive sizes and at most one -1. Received: {list(shape)}")
     known = math.prod(d for d in shape if d != -1)
     if -1 in shape:
@@ -192,6 +192,9 @@ def embedding(x: TensorType, vocab: int, dim: int, padding_idx: int | None = Non
     shape = x.expect(rank=1, dtype="long", what="token ids (T,)")
     positive(vocab, "vocab")
     positive(dim, "dim")
+    if padding_idx is not None and not -vocab <= padding_idx < vocab:
+        raise SpecError(f"argument 'padding_idx' must be a token id below vocab {vocab}. "
+                        f"Received: {padding_idx}")
     return nn.Embedding(vocab, dim, padding_idx=padding_idx), x.derive((*shape, dim), layout="sequence")
 
 
@@ -200,9 +203,10 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(max_len, dim))
         nn.init.normal_(self.weight, std=0.02)
+        self.offset = 0  # position of x's first step; set while decoding with a KV cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
-        return x + self.weight[: x.shape[1]]
+        return x + self.weight[self.offset:self.offset + x.shape[1]]
 
 
 class SinusoidalPositions(nn.Module):
@@ -212,6 +216,7 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.max_len, self.dim, self.base = max_len, dim, base
         self.register_buffer("table", self._table(), persistent=False)
+        self.offset = 0  # position of x's first step; set while decoding with a KV cache
 
     def _table(self) -> torch.Tensor:
         pos = torch.arange(self.max_len, dtype=torch.float32)[:, None]
@@ -223,7 +228,7 @@ class SinusoidalPositions(nn.Module):
         return table
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
-        return x + self.table[: x.shape[1]].to(x.dtype)
+        return x + self.table[self.offset:self.offset + x.shape[1]].to(x.dtype)
 
 
 @register_layer("pos_embedding")
@@ -244,6 +249,8 @@ def sinusoidal(x: TensorType, max_len: int | None = None, base: float = 10000.0)
     max_len = positive(max_len or t, "max_len")
     if max_len < t:
         raise ShapeError(f"max_len {max_len} is shorter than the sequence length {t}")
+    if not base > 0:
+        raise SpecError(f"argument 'base' must be positive. Received: {base}")
     return SinusoidalPositions(max_len, d, base), x.derive((t, d))
 
 

@@ -14,7 +14,18 @@ from . import Built, IntOrList, TensorType, pair, positive, register_layer
 def _out_size(size: int, kernel: int, stride: int, pad: int, dilation: int, ceil: bool = False) -> int:
     span = dilation * (kernel - 1) + 1
     num = size + 2 * pad - span
-    return (-(-num // stride) if ceil else num // stride) + 1
+    out = (-(-num // stride) if ceil else num // stride) + 1
+    if ceil and (out - 1) * stride >= size + pad:  # PyTorch: the last window must start in the input
+        out -= 1
+    return out
+
+
+def _at_least(values: tuple[int, ...], low: int, name: str) -> tuple[int, ...]:
+    """Kernel sizes, strides and dilations must be >= 1, paddings >= 0 (PyTorch's rules)."""
+    if any(v < low for v in values):
+        what = "positive" if low > 0 else "non-negative"
+        raise SpecError(f"argument {name!r} must be {what}. Received: {list(values)}")
+    return values
 
 
 def _conv(x: TensorType, n: int, out: int, kernel: IntOrList, stride: IntOrList,
@@ -26,6 +37,8 @@ def _conv(x: TensorType, n: int, out: int, kernel: IntOrList, stride: IntOrList,
     c, *spatial = x.expect(rank=n + 1, what=what)
     positive(out, "out")
     k, s, d = pair(kernel, n, "kernel"), pair(stride, n, "stride"), pair(dilation, n, "dilation")
+    for values, name in ((k, "kernel"), (s, "stride"), (d, "dilation")):
+        _at_least(values, 1, name)
     if groups < 1 or c % groups or out % groups:
         raise SpecError(f"argument 'groups'={groups} must divide both in channels {c} and out {out}")
     if padding == "same":
@@ -40,7 +53,7 @@ def _conv(x: TensorType, n: int, out: int, kernel: IntOrList, stride: IntOrList,
     elif isinstance(padding, str):
         raise SpecError(f"argument 'padding' expected an integer, 'same' or 'valid'. Received: {padding!r}")
     else:
-        p = pair(padding, n, "padding")
+        p = _at_least(pair(padding, n, "padding"), 0, "padding")
         p_arg = p
         out_spatial = [_out_size(z, ki, si, pi, di) for z, ki, si, pi, di in zip(spatial, k, s, p, d, strict=True)]
     if any(o <= 0 for o in out_spatial):
@@ -73,9 +86,9 @@ def _pool(x: TensorType, n: int | None, kind: str, kernel: IntOrList, stride: In
         x.expect(rank=(2, 3), what="(C,L) or (C,H,W)")
         n = x.rank - 1
     c, *spatial = x.expect(rank=n + 1, what="(C,L)" if n == 1 else "(C,H,W)")
-    k = pair(kernel, n, "kernel")
-    s = pair(stride if stride is not None else kernel, n, "stride")
-    p = pair(padding, n, "padding")
+    k = _at_least(pair(kernel, n, "kernel"), 1, "kernel")
+    s = _at_least(pair(stride if stride is not None else kernel, n, "stride"), 1, "stride")
+    p = _at_least(pair(padding, n, "padding"), 0, "padding")
     if any(pi * 2 > ki for pi, ki in zip(p, k, strict=True)):
         raise SpecError(f"padding {list(p)} must be at most half the kernel {list(k)} (PyTorch's rule)")
     out_spatial = [_out_size(z, ki, si, pi, 1, ceil) for z, ki, si, pi in zip(spatial, k, s, p, strict=True)]
@@ -144,6 +157,6 @@ def _global(x: TensorType, mode: str) -> Built:
 def adaptive_avgpool(x: TensorType, size: IntOrList = 1) -> Built:
     """Average-pools (C, H, W) to a fixed (C, *size), whatever the input size."""
     c, *spatial = x.expect(rank=(2, 3), what="(C,L) or (C,H,W)")
-    out = pair(size, len(spatial), "size")
+    out = _at_least(pair(size, len(spatial), "size"), 1, "size")
     cls = nn.AdaptiveAvgPool1d if len(spatial) == 1 else nn.AdaptiveAvgPool2d
     return cls(out if len(out) > 1 else out[0]), x.derive((c, *out), layout="channels")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 from torch import nn
 
+from ..errors import SpecError
 from . import Built, TensorType, positive, probability, register_layer
 from .attention import SelfAttention, attention_dims
 from .basic import MLP, SwiGLU, make_norm
@@ -34,7 +36,11 @@ def _block(x: TensorType, heads: int, causal: bool, hidden: int | None, mlp_rati
            rope: bool, dropout: float, bias: bool) -> Built:
     t, d = x.expect(rank=2, what="a sequence (T, D)")
     kv, hd = attention_dims(d, heads, kv_heads, head_dim)
+    if rope and hd % 2:
+        raise SpecError(f"rope needs an even head_dim. Received: head_dim={hd}")
     probability(dropout, "dropout")
+    if hidden is None and not (math.isfinite(mlp_ratio) and mlp_ratio > 0):
+        raise SpecError(f"argument 'mlp_ratio' must be a positive number. Received: {mlp_ratio}")
     hidden = positive(hidden or int(round(d * mlp_ratio)), "hidden")
     attn = SelfAttention(d, heads, kv, hd, causal, rope, dropout, bias, t)
     ff: nn.Module = SwiGLU(d, hidden, bias) if mlp == "swiglu" else MLP(d, hidden, mlp, bias, dropout)
