@@ -350,11 +350,30 @@ def architecture_html(spec: Spec | Mapping[str, Any] | str) -> str:
     """
     net = build(spec, device="meta")
     walker = _Diagram(net.spec, {leaf.path: leaf for leaf in net.layers})
-    model = net.spec.model if isinstance(net.spec.model, list | tuple) else (net.spec.model,)
-    body, _ = walker.serial(model, net.input_type, "model", net.spec.resolved_vars())
+    env = net.spec.resolved_vars()
     io_box = '<div class="arch-io">{} <span class="shape">{}</span></div>'
-    return (f'<div class="arch">{io_box.format("input", net.input_type.describe())}'
-            f'{body}{io_box.format("output", net.output_type.describe())}</div>')
+    if getattr(net.spec, "encoder", None) is None:
+        body, _ = walker.serial(_as_list(net.spec.model), net.input_type, "model", env)
+        return (f'<div class="arch">{io_box.format("input", net.input_type.describe())}'
+                f'{body}{io_box.format("output", net.output_type.describe())}</div>')
+    # seq2seq: encoder and decoder side by side; the decoder reads target tokens, whose type
+    # its first layer saw, and attends to the encoder's output (the memory).
+    encoder, memory = walker.serial(_as_list(net.spec.encoder), net.input_type, "encoder", env)
+    first = next((leaf for leaf in net.layers if leaf.path.startswith("decoder[")), None)
+    target = first.input if first else net.input_type
+    decoder, _ = walker.serial(_as_list(net.spec.decoder), target, "decoder", env)
+    return ('<div class="arch-pair">'
+            f'<div class="arch"><div class="arch-title">encoder</div>'
+            f'{io_box.format("source", net.input_type.describe())}{encoder}'
+            f'{io_box.format("memory → decoder", memory.describe())}</div>'
+            f'<div class="arch"><div class="arch-title">decoder</div>'
+            f'{io_box.format("target", target.describe())}{decoder}'
+            f'{io_box.format("output", net.output_type.describe())}</div></div>')
+
+
+def _as_list(nodes: Any) -> Sequence[Any]:
+    # The top level is always serial, so every path starts model[i] (as in build).
+    return nodes if isinstance(nodes, list | tuple) else (nodes,)
 
 
 _KIND_CLASSES = (("conv", "conv"), ("linear", "dense"), ("mlp", "dense"), ("swiglu", "dense"),
@@ -543,6 +562,8 @@ figcaption{color:#5b6776;font-size:12.5px;text-align:center;margin-top:4px}
 details{margin-top:12px}summary{cursor:pointer;color:#3a6ea5}
 #architecture-diagram{overflow-x:auto;padding:6px 0}
 .arch{display:flex;flex-direction:column;align-items:center;font-size:12px;line-height:1.3;min-width:max-content}
+.arch-pair{display:flex;gap:48px;justify-content:center;align-items:flex-start}
+.arch-title{font-weight:600;font-size:13px;margin-bottom:6px}.arch>.arch-title+*::before{display:none}
 .arch-serial{display:flex;flex-direction:column;align-items:center}
 .arch>*+*,.arch-serial>*+*{margin-top:14px;position:relative}
 .arch>*+*::before,.arch-serial>*+*::before{content:"";position:absolute;left:50%;top:-15px;height:14px;border-left:2px solid #9aa5b1}
