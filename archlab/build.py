@@ -155,6 +155,7 @@ class _Builder:
     spec: Spec
     leaves: list[LeafInfo] = field(default_factory=list)
     ctx_built: list[tuple[str, str, nn.Module]] = field(default_factory=list)
+    memory: TensorType | None = None  # set while building a seq2seq decoder
     depth: int = 0
 
     def node(self, node: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
@@ -218,7 +219,7 @@ class _Builder:
             args = {k: v for k, v in args.items() if k != "freeze"}
         kwargs = layer.bind(args, where)
         if layer.wants_ctx:
-            kwargs["ctx"] = BuildContext(where, self.ctx_built)
+            kwargs["ctx"] = BuildContext(where, self.ctx_built, self.memory)
         try:
             module, out = layer.fn(x, **kwargs)
         except SpecError as e:  # ShapeError included: prefix the path once
@@ -401,6 +402,10 @@ def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | N
     shape = check_shape(spec.input.shape, "input.shape")
     env = MappingProxyType(spec.resolved_vars())
     x = TensorType(shape, spec.input.dtype, default_layout(shape, spec.input.dtype), "input")
+    if spec.encoder is not None:
+        from .seq2seq import build_seq2seq
+
+        return build_seq2seq(spec, x, env, device, seed)  # type: ignore[return-value]
     builder = _Builder(spec)
     with torch.device(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

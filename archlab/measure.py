@@ -60,6 +60,7 @@ _POINTWISE = {
     "leaky_relu", "leaky_relu_", "elu", "hardtanh", "hardtanh_", "masked_fill", "masked_fill_",
     "bernoulli_", "bernoulli", "native_dropout", "lt", "gt", "le", "ge", "eq", "ne", "logical_not",
     "reciprocal", "square", "erf", "threshold", "sign", "addcmul", "addcdiv", "lerp",
+    "bitwise_not", "bitwise_and", "bitwise_or", "logical_and", "logical_or",
 }
 _REDUCTION = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "logsumexp", "argmax",
               "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "_adaptive_avg_pool1d", "norm"}

@@ -31,10 +31,10 @@ import yaml
 from .errors import SpecError
 from .expr import evaluate
 
-SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "train")
+SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "encoder", "decoder", "train")
 INPUT_DTYPES = ("float", "long")
 # Values a data set supplies at train time; a spec gives defaults for inspection.
-DATA_VARS = ("num_classes", "vocab_size")
+DATA_VARS = ("num_classes", "vocab_size", "target_len")
 
 _VAR_REF = re.compile(r"^\$([A-Za-z_]\w*)$")
 _EXPR = re.compile(r"\$\{([^{}]*)\}")
@@ -230,6 +230,8 @@ class Spec:
     blocks: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     train: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     description: str = ""
+    encoder: Any = None    # seq2seq: the source encoder's layers (then `model` is absent)
+    decoder: Any = None    # seq2seq: the target decoder's layers, reading the encoder's output
 
     # -- round trip
     @classmethod
@@ -248,7 +250,11 @@ class Spec:
             out["vars"] = merged
         if self.blocks:
             out["blocks"] = thaw(self.blocks)
-        out["model"] = thaw(self.model)
+        if self.model is not None:
+            out["model"] = thaw(self.model)
+        if self.encoder is not None:
+            out["encoder"] = thaw(self.encoder)
+            out["decoder"] = thaw(self.decoder)
         if self.train:
             out["train"] = thaw(self.train)
         return out
@@ -398,7 +404,10 @@ def _parse(data: Any, where: str) -> Spec:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise SpecError(f"{where}: unknown section {unknown[0]!r}.{hint} "
                         f"Sections: {', '.join(SECTIONS)}")
-    if "model" not in data or data["model"] is None:
+    has_pair = data.get("encoder") is not None or data.get("decoder") is not None
+    if has_pair and (data.get("encoder") is None or data.get("decoder") is None or data.get("model") is not None):
+        raise SpecError(f"{where}: a seq2seq spec has both 'encoder' and 'decoder' sections and no 'model'")
+    if not has_pair and data.get("model") is None:
         raise SpecError(f"{where}: missing 'model' (the layers). Example: model: [flatten, linear: 10]")
 
     name = data.get("name", "unnamed")
@@ -429,7 +438,9 @@ def _parse(data: Any, where: str) -> Spec:
     return Spec(
         name=name,
         input=_parse_input(data.get("input"), f"{where}.input"),
-        model=freeze(data["model"]),
+        model=freeze(data.get("model")),
+        encoder=freeze(data.get("encoder")),
+        decoder=freeze(data.get("decoder")),
         vars=MappingProxyType(plain),
         spaces=MappingProxyType(spaces),
         blocks=freeze(dict(blocks)),

@@ -105,6 +105,7 @@ class BuildContext:
 
     path: str
     built: list[tuple[str, str, nn.Module]] = field(default_factory=list)  # (path, kind, module)
+    memory: TensorType | None = None   # the encoder's output type, inside a seq2seq decoder
 
     def latest(self, kind: str) -> tuple[str, nn.Module] | None:
         for path, k, module in reversed(self.built):
@@ -303,7 +304,7 @@ IntOrList = int | tuple[int, ...]
 
 
 # Importing the layer modules registers them.
-from . import attention, basic, conv, recurrent, transformer  # noqa: E402,F401
+from . import attention, basic, conv, cross, recurrent, transformer  # noqa: E402,F401
 
 __all__ = ["LAYERS", "LAYOUTS", "BuildContext", "Built", "LayerDef", "TensorType",
            "default_layout", "pair", "positive", "probability", "register_layer"]
