@@ -215,7 +215,7 @@ def runs_cmd(
         table.add_column(col, justify="right" if col in ("params", "best val", "test", "time") else "left")
     for r in store.list_runs(status=status, limit=limit):
         primary = _primary_metric(r)
-        best = r.best(f"val_{primary}") if primary else None
+        best = r.best(f"val_{primary}", "min" if primary == "loss" else "max") if primary else None
         test = r.test_metrics.get(primary) if primary else None
         table.add_row(r.run_id, escape(r.name), escape(r.data), f"{r.params:,}" if r.params else "-",
                       f"{primary} {best:.4f}" if best is not None else "-",
@@ -234,6 +234,11 @@ def _status(store, record) -> str:  # noqa: ANN001
 
 
 def _primary_metric(record) -> str | None:  # noqa: ANN001
+    from .tasks import TASKS
+
+    task = record.tags.get("task")
+    if task in TASKS:
+        return TASKS.get(task).primary
     for name in ("acc", "r2", "loss"):
         if any(f"val_{name}" in e.metrics for e in record.history) or name in record.test_metrics:
             return name

@@ -10,6 +10,9 @@ registered by name and addressed by a uri, ``NAME`` or ``NAME:ARG``:
     cifar10[:PATH]              CIFAR-10 python batches: a folder or the .tar.gz
     csv:PATH                    a table with a header row; `target` names the target column
     synthetic:images?n=..&shape=1x28x28&classes=10   learnable random images for benchmarks
+    imdb[:PATH]                 IMDB reviews: aclImdb folders or a text,label CSV  (archlab.text)
+    text:PATH | text:stdlib     language modelling on a text corpus                (archlab.text)
+    seq:copy|reverse|sort|add   synthetic seq2seq tasks                            (archlab.text)
 
 Errors are one-line `DataError`s that name the file and, for missing files, where to put them.
 """
@@ -26,8 +29,8 @@ import pickle
 import struct
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -43,6 +46,7 @@ from .registry import Registry
 
 __all__ = [
     "DATASETS",
+    "TASK_NAMES",
     "Augment",
     "DataInfo",
     "Dataset",
@@ -57,6 +61,12 @@ __all__ = [
 # `arg` is the part of the uri after the first ':' (None when there is none).
 Loader = Callable[..., "Dataset"]
 DATASETS: Registry[Loader] = Registry("data set", DataError)
+
+# The tasks the built-in loaders produce. classify: y (N,) int64 class ids; regress: y (N,) or
+# (N, k) float32; language_model: x and y (N, T) int64 token ids, y = x shifted by one token;
+# seq2seq: x (N, S) and y (N, U) int64 token ids (see archlab.text for the conventions).
+TASK_NAMES = ("classify", "regress", "language_model", "seq2seq")
+TOKEN_TASKS = ("language_model", "seq2seq")
 
 TEST_FRACTION = 0.2  # for data sets without an official test split (digits, csv, synthetic)
 SPLIT_SEED = 0  # fixed splits (digits, val of mnist/cifar) must not move when the run seed does
@@ -81,11 +91,17 @@ class DataInfo:
     name: str
     input_shape: tuple[int, ...]
     input_dtype: str  # "float" or "long"
-    task: str  # "classify" or "regress"
+    task: str  # one of TASK_NAMES
     num_classes: int | None
     class_names: tuple[str, ...] | None = None
     vocab_size: int | None = None
     source: str = ""
+    # JSON-able description of the tokenizer (archlab.text.tokenizer_from_dict rebuilds it).
+    tokenizer: Mapping[str, Any] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.tokenizer is not None:  # a plain copy: read-only store records become dicts
+            object.__setattr__(self, "tokenizer", _plain(self.tokenizer))
 
     def vars(self) -> dict[str, int]:
         """Spec vars derived from the data, e.g. ``{"num_classes": 10}`` (non-None only)."""
@@ -187,6 +203,41 @@ def _check(ds: Dataset) -> None:
                             f"expected (N, {', '.join(map(str, info.input_shape))}) {x_dtype}")
         if info.task == "classify" and (split.y.dtype != torch.int64 or split.y.ndim != 1):
             raise DataError(f"{where}: classify targets must be (N,) int64, got {split.y.dtype}")
+        if info.task in TOKEN_TASKS:
+            if info.vocab_size is None or info.input_dtype != "long":
+                raise DataError(f"{info.name}: task {info.task} needs input_dtype 'long' and a "
+                                f"vocab_size")
+            if split.y.dtype != torch.int64 or split.y.ndim != 2:
+                raise DataError(f"{where}: {info.task} targets must be (N, L) int64 token ids, "
+                                f"got {tuple(split.y.shape)} {split.y.dtype}")
+            if info.task == "language_model" and split.y.shape != split.x.shape:
+                raise DataError(f"{where}: language_model targets must have the inputs' shape "
+                                f"{tuple(split.x.shape)}, got {tuple(split.y.shape)}")
+            if not _ids_in_range(split.y, info.vocab_size):
+                raise DataError(f"{where}: target ids must be in 0..{info.vocab_size - 1}, got "
+                                f"{int(split.y.min())}..{int(split.y.max())}")
+        if info.input_dtype == "long" and info.vocab_size is not None:
+            if not _ids_in_range(split.x, info.vocab_size):
+                raise DataError(f"{where}: input ids must be in 0..{info.vocab_size - 1}, got "
+                                f"{int(split.x.min())}..{int(split.x.max())}")
+    if info.task == "seq2seq":
+        lengths = {s.y.shape[1] for s in (ds.train, ds.val, ds.test)}
+        if len(lengths) > 1:
+            raise DataError(f"{info.name}: seq2seq target length differs between splits: "
+                            f"{sorted(lengths)}")
+
+
+def _ids_in_range(t: Tensor, vocab_size: int) -> bool:
+    return t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < vocab_size)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-like copy: mappings become dicts, tuples and lists become lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -749,3 +800,8 @@ def iterate_batches(
         if augment:
             xb = augment(xb, generator)
         yield xb, yb
+
+
+# The text and sequence loaders (imdb, text, seq) register themselves on import. Imported
+# last: archlab.text imports this module's names.
+from . import text as _text  # noqa: E402, F401

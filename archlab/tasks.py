@@ -31,6 +31,15 @@ class Task(ABC):
         self.num_classes = num_classes
         self.vocab_size = vocab_size
 
+    def forward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Run the model on a batch; seq2seq also feeds it the shifted target."""
+        return model(x)
+
+    def eval_stats(self, model: torch.nn.Module, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   loss: torch.Tensor) -> torch.Tensor:
+        """Sums for an evaluation batch: by default the same as in training."""
+        return self.stats(out, y, loss)
+
     @abstractmethod
     def check_output(self, shape: tuple[int, ...]) -> None:
         """Raise SpecError if the model's per-sample output cannot serve this task."""
@@ -176,6 +185,56 @@ class LanguageModel(Task):
         loss_sum, correct = sums.tolist()
         loss = loss_sum / n
         return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits": loss / math.log(2), "acc": correct / n}
+
+
+PAD = 0  # archlab.text's sequence tasks: 0 = <pad>, 1 = <bos>, 2 = <eos>
+
+
+@TASKS.register("seq2seq")
+class Seq2Seq(Task):
+    """Target sequence from a source sequence, trained with teacher forcing.
+
+    The decoder reads the target shifted right (<bos> first) and predicts the next token;
+    padding is ignored. `exact` is the share of sequences a model gets entirely right when
+    it decodes on its own (greedy, no teacher forcing): measured at evaluation only.
+    """
+
+    name, primary, mode = "seq2seq", "exact", "max"
+
+    def forward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(x, y[:, :-1])
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        v = self.vocab_size
+        if len(shape) != 2 or (v is not None and shape[1] != v):
+            raise SpecError(f"decoder output {shape} does not fit seq2seq: expected (T, {v}) logits; "
+                            f"end the decoder with `linear: $vocab_size`")
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y[:, 1:].reshape(-1), ignore_index=PAD)
+
+    def stats(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
+              decoded: torch.Tensor | None = None) -> torch.Tensor:
+        target = y[:, 1:]
+        real = target != PAD
+        hit = out.argmax(dim=-1) == target
+        zero = loss.new_zeros(())
+        exact = ((decoded == target) | ~real).all(dim=-1).sum().float() if decoded is not None else zero
+        return torch.stack([loss.detach().float() * y.shape[0], (hit & real).sum().float(), real.sum().float(),
+                            (hit | ~real).all(dim=-1).sum().float(), exact,
+                            zero + (y.shape[0] if decoded is not None else 0)])
+
+    def eval_stats(self, model: torch.nn.Module, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   loss: torch.Tensor) -> torch.Tensor:
+        decoded = model.greedy(x, y.shape[1] - 1)
+        return self.stats(out, y, loss, decoded)
+
+    def summarize(self, sums: torch.Tensor, n: int) -> dict[str, float]:
+        loss_sum, hits, tokens, forced, exact, decoded_n = sums.tolist()
+        metrics = {"loss": loss_sum / n, "token_acc": hits / max(tokens, 1), "forced_exact": forced / n}
+        if decoded_n:
+            metrics["exact"] = exact / decoded_n
+        return metrics
 
 
 def make_task(name: str, num_classes: int | None = None, vocab_size: int | None = None, **options: Any) -> Task:

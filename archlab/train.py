@@ -252,9 +252,9 @@ def evaluate_split(model: nn.Module, split: Split, task: Task, device: torch.dev
             x = split.x[start:start + batch_size].to(device, non_blocking=True)
             y = split.y[start:start + batch_size].to(device, non_blocking=True)
             with autocast(device, precision):
-                out = model(x)
+                out = task.forward(model, x, y)
             out = out.float()
-            s = task.stats(out, y, task.loss(out, y))
+            s = task.eval_stats(model, out, x, y, task.loss(out, y))
             sums = s if sums is None else sums + s
             if report and task.has_report:
                 outs.append(out.cpu())
@@ -289,7 +289,10 @@ class Trainer:
         self.settings = s = settings
         self.dataset = dataset
         info = dataset.info
-        self.spec = spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype)
+        data_vars = dict(info.vars())
+        if (s.task or info.task) == "seq2seq":  # the decoder reads the target minus its last token
+            data_vars["target_len"] = dataset.train.y.shape[1] - 1
+        self.spec = spec.with_vars(data_vars, strict=False).with_input(info.input_shape, info.input_dtype)
         self.store = store
         self.quiet = quiet
         self.device = pick_device(s.device)
@@ -329,7 +332,7 @@ class Trainer:
             params = sum(p.numel() for p in self.net.parameters())
             run_id = store.create_run(name=self.spec.name, data=data_uri, spec=self.spec.to_dict(),
                                       settings=s.to_dict(), env=environment(self.device), params=params,
-                                      tags=dict(tags or {}))
+                                      tags={"task": self.task.name, **dict(tags or {})})
             (store.run_dir(run_id) / "spec.yaml").write_text(self.spec.to_yaml())
             tokenizer = getattr(info, "tokenizer", None)
             if tokenizer:  # so `archlab generate` can encode prompts and decode samples later
@@ -460,7 +463,7 @@ class Trainer:
         for step, x, y in batches(self.train_split, order, s.batch_size, self.step_in_epoch,
                                   self.augment, self.generator):
             with autocast(self.device, s.precision):
-                out = self.model(x)
+                out = self.task.forward(self.model, x, y)
                 loss = self.task.loss(out.float(), y)
             if not torch.isfinite(loss):
                 lower = f"{s.lr / 10:g}"
