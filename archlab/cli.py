@@ -84,8 +84,12 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
     if r.device_memory is not None:
         verdict = "[green]fits[/green]" if r.fits else "[red]does not fit[/red]"
         best = r.max_batch
-        best_text = (f"largest batch that fits: {best:,}" if best else
-                     "no batch fits: weights, gradients and optimizer state alone exceed it")
+        if best is None:  # nothing is saved for backward: memory does not grow with the batch
+            best_text = "any batch fits (activation memory does not grow with the batch)"
+        elif best:
+            best_text = f"largest batch that fits: {best:,}"
+        else:
+            best_text = "no batch fits: weights, gradients and optimizer state alone exceed it"
         console.print(f"device            {human(r.device_memory, 'B')} = {nbytes(r.device_memory)}: batch {m.batch} {verdict}; {best_text}")
 
 

@@ -73,7 +73,8 @@ class Seq2SeqNetwork(nn.Module):
         shape = (batch, *self.input_shape)
         if torch.device(device or "cpu").type == "meta":
             return torch.empty(shape, dtype=torch.long, device=device)
-        return torch.randint(3, self.output_shape[-1], shape, device=device)
+        vocab = min((m.num_embeddings for m in self.encoder.modules() if isinstance(m, nn.Embedding)), default=4)
+        return torch.randint(3, max(vocab, 4), shape, device=device)
 
     @torch.no_grad()
     def greedy(self, src: torch.Tensor, max_len: int) -> torch.Tensor:
