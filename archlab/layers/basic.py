@@ -187,15 +187,25 @@ def permute(x: TensorType, dims: tuple[int, ...],
 
 
 @register_layer("embedding")
-def embedding(x: TensorType, vocab: int, dim: int, padding_idx: int | None = None) -> Built:
-    """Token ids (T,) -> vectors (T, dim), a table of vocab x dim."""
+def embedding(x: TensorType, vocab: int, dim: int, padding_idx: int | None = None,
+              init_std: float = 0.02) -> Built:
+    """Token ids (T,) -> vectors (T, dim), a table of vocab x dim, initialised N(0, init_std)."""
     shape = x.expect(rank=1, dtype="long", what="token ids (T,)")
     positive(vocab, "vocab")
     positive(dim, "dim")
     if padding_idx is not None and not -vocab <= padding_idx < vocab:
         raise SpecError(f"argument 'padding_idx' must be a token id below vocab {vocab}. "
                         f"Received: {padding_idx}")
-    return nn.Embedding(vocab, dim, padding_idx=padding_idx), x.derive((*shape, dim), layout="sequence")
+    if not init_std > 0:
+        raise SpecError(f"argument 'init_std' must be > 0. Received: {init_std}")
+    module = nn.Embedding(vocab, dim, padding_idx=padding_idx)
+    # PyTorch's N(0, 1) makes tied output logits of size ~dim (a loss of ~dim at the start);
+    # 0.02 is GPT-2's choice and close to Keras's uniform(-0.05, 0.05).
+    nn.init.normal_(module.weight, std=init_std)
+    if padding_idx is not None:
+        with torch.no_grad():
+            module.weight[padding_idx].zero_()
+    return module, x.derive((*shape, dim), layout="sequence")
 
 
 class LearnedPositions(nn.Module):
