@@ -2,7 +2,7 @@
 
 Loaders (registered in `archlab.data.DATASETS`; options go in the uri's query string):
 
-    imdb[:PATH][?vocab=10000&max_len=200&tokenizer=word]
+    imdb[:PATH][?vocab=10000&max_len=200&tokenizer=word&pad=pre]
         Sentiment classification. PATH is the aclImdb folder (train/pos, train/neg, test/pos,
         test/neg, one review per .txt file; train/unsup is ignored), a folder holding aclImdb/,
         or a .csv with columns text,label (or review,sentiment).
@@ -21,8 +21,9 @@ Loaders (registered in `archlab.data.DATASETS`; options go in the uri's query st
 
 Token conventions (what a trainer may rely on):
 
-    classify (imdb)   x (N, max_len) int64: the first max_len tokens of a review, then <pad>=0
-                      up to max_len at the END; y (N,) int64: 0 = neg, 1 = pos.
+    classify (imdb)   x (N, max_len) int64: the first max_len tokens of a review, with <pad>=0
+                      filling up to max_len in FRONT (pad=pre, the default) or at the end
+                      (pad=post); y (N,) int64: 0 = neg, 1 = pos.
                       tokenizer=word: `words` (lower-cased, <br /> removed, punctuation split
                       off), <pad>=0, <unk>=1, the `vocab` most frequent train words from 2.
                       tokenizer=bpe: byte-level BPE of the review (<br /> -> " "), <pad>=0.
@@ -412,17 +413,25 @@ def tokenizer_from_dict(d: Mapping[str, Any]) -> Tokenizer:
     raise DataError(f"tokenizer: unknown kind {kind!r}; known: {', '.join(_TOKENIZERS)}")
 
 
-def pad_sequences(seqs: Iterable[Sequence[int]], length: int, pad_id: int = 0) -> Tensor:
-    """(N, length) int64: each sequence truncated to its first ``length`` ids, padded at the end.
+def pad_sequences(seqs: Iterable[Sequence[int]], length: int, pad_id: int = 0, side: str = "post") -> Tensor:
+    """(N, length) int64: each sequence truncated to its first ``length`` ids, padded at the
+    end (``side="post"``) or at the front (``"pre"``, so the last position holds real text —
+    what a recurrent layer that returns its last state needs).
 
     >>> pad_sequences([[5, 6, 7], [8]], 2).tolist()
     [[5, 6], [8, 0]]
+    >>> pad_sequences([[5, 6, 7], [8]], 2, side="pre").tolist()
+    [[5, 6], [0, 8]]
     """
     seqs = list(seqs)
     out = np.full((len(seqs), length), pad_id, dtype=np.int64)
     for row, seq in zip(out, seqs, strict=True):
         seq = seq[:length]
-        row[: len(seq)] = seq
+        if len(seq):
+            if side == "pre":
+                row[length - len(seq):] = seq
+            else:
+                row[: len(seq)] = seq
     return torch.from_numpy(out)
 
 
@@ -552,7 +561,7 @@ def _imdb_csv(path: Path) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
 
 
 def _word_encode(parts: Sequence[list[str]], size: int,
-                 max_len: int) -> tuple[WordTokenizer, list[Tensor]]:
+                 max_len: int, side: str = "post") -> tuple[WordTokenizer, list[Tensor]]:
     """WordTokenizer.train(parts[0], size) and each part encoded and padded to max_len; the
     same result, but every text is split into words once (the slow step on the full IMDB)."""
     index: dict[str, int] = {}  # every word seen -> a provisional id
@@ -572,7 +581,7 @@ def _word_encode(parts: Sequence[list[str]], size: int,
     tok = WordTokenizer(_top_words(zip(seen, counts.tolist(), strict=True), size))
     final = np.full(len(seen), tok.unk_id, np.int64)
     final[[index[w] for w in tok.words]] = np.arange(2, tok.vocab_size)
-    return tok, [pad_sequences([final[r[:max_len]] for r in rows], max_len) for rows in provisional]
+    return tok, [pad_sequences([final[r[:max_len]] for r in rows], max_len, side=side) for rows in provisional]
 
 
 @register_dataset("imdb")
@@ -584,8 +593,11 @@ def _load_imdb(arg, *, seed, root, target, val_fraction) -> Dataset:
     20% test / ``val_fraction`` val / rest train, stratified, with a fixed seed.
     """
     where, _, query = (arg or "").partition("?")
-    opts = _options("imdb", query, {"vocab": "10000", "max_len": "200", "tokenizer": "word"})
+    opts = _options("imdb", query, {"vocab": "10000", "max_len": "200", "tokenizer": "word", "pad": "pre"})
     max_len = _int_option("imdb", opts, "max_len", 1)
+    # Padding goes in front by default (as in Keras): a recurrent layer's last state then
+    # comes right after the review's last word, not after a run of <pad>.
+    side = _choice_option("imdb", opts, "pad", ("pre", "post"))
     kind = _choice_option("imdb", opts, "tokenizer", ("word", "bpe"))
     vocab = _int_option("imdb", opts, "vocab", 257 if kind == "bpe" else 1)
     if where:
@@ -609,11 +621,11 @@ def _load_imdb(arg, *, seed, root, target, val_fraction) -> Dataset:
         class_names = ("neg", "pos")
 
     if kind == "word":
-        tok, x_parts = _word_encode([t for t, _ in parts], vocab, max_len)
+        tok, x_parts = _word_encode([t for t, _ in parts], vocab, max_len, side)
     else:
         clean = [[_BR_RE.sub(" ", t) for t in texts] for texts, _ in parts]
         bpe = BPETokenizer.train(clean[0], vocab, special_tokens=("<pad>",))
-        tok, x_parts = bpe, [pad_sequences(bpe.encode_batch(c), max_len) for c in clean]
+        tok, x_parts = bpe, [pad_sequences(bpe.encode_batch(c), max_len, side=side) for c in clean]
     train, val, test = (Split(x, _long(y)) for x, (_, y) in zip(x_parts, parts, strict=True))
     info = DataInfo(f"imdb:{arg}" if arg else "imdb", (max_len,), "long", "classify",
                     len(class_names), class_names, vocab_size=tok.vocab_size,

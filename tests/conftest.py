@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# The suite's models are tiny: a second intra-op thread buys nothing, and on a busy 2-core
+# machine two threads per process oversubscribe the CPU and slow everything down.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

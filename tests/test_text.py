@@ -170,7 +170,7 @@ def test_bpe_without_package_is_a_clear_error(monkeypatch, tmp_path):
 
 def test_imdb_folder(tmp_path):
     folder = write_aclimdb(tmp_path)
-    ds = load_dataset(f"imdb:{folder}?vocab=20&max_len=12")
+    ds = load_dataset(f"imdb:{folder}?vocab=20&max_len=12&pad=post")
     info = ds.info
     assert (info.task, info.num_classes, info.class_names) == ("classify", 2, ("neg", "pos"))
     assert info.input_shape == (12,) and info.input_dtype == "long"
@@ -195,7 +195,7 @@ def test_imdb_folder(tmp_path):
     test_texts = NEG[:3] + POS[:3]
     assert torch.equal(ds.test.x, pad_sequences([tok.encode(t) for t in test_texts], 12))
     # the parent folder of aclImdb works too, with the same result
-    again = load_dataset(f"imdb:{tmp_path}?vocab=20&max_len=12")
+    again = load_dataset(f"imdb:{tmp_path}?vocab=20&max_len=12&pad=post")
     assert torch.equal(again.test.x, ds.test.x) and again.info.tokenizer == info.tokenizer
 
 
@@ -240,7 +240,7 @@ def test_imdb_csv_review_sentiment_columns(tmp_path):
 @needs_tokenizers
 def test_imdb_bpe(tmp_path):
     folder = write_aclimdb(tmp_path)
-    ds = load_dataset(f"imdb:{folder}?tokenizer=bpe&vocab=300&max_len=64")
+    ds = load_dataset(f"imdb:{folder}?tokenizer=bpe&vocab=300&max_len=64&pad=post")
     tok = tokenizer_from_dict(ds.info.tokenizer)
     assert tok.pad_id == 0 and ds.info.vocab_size == tok.vocab_size <= 300
     assert tok.decode(ds.test.x[0]) == NEG[0].replace("<br /><br />", "  ")[: len(tok.decode(ds.test.x[0]))]
@@ -532,3 +532,16 @@ def test_text_loaders_are_registered():
     from archlab.data import DATASETS
 
     assert {"imdb", "text", "seq"} <= set(DATASETS)
+
+
+def test_imdb_pads_in_front_by_default_so_the_last_position_is_text(tmp_path):
+    folder = tmp_path / "aclImdb"
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            (folder / split / label).mkdir(parents=True)
+            for i in range(4):
+                (folder / split / label / f"{i}_7.txt").write_text(f"short {label} review number {i}")
+    ds = load_dataset(f"imdb:{folder}?max_len=10")
+    assert (ds.train.x[:, -1] != 0).all() and (ds.train.x[:, 0] == 0).all()
+    post = load_dataset(f"imdb:{folder}?max_len=10&pad=post")
+    assert (post.train.x[:, 0] != 0).all() and (post.train.x[:, -1] == 0).all()
