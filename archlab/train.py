@@ -80,6 +80,7 @@ class TrainSettings:
     crop_padding: int = 0           # image augmentation: random crop with this zero padding
     hflip: bool = False             # image augmentation: random horizontal flip
     eval_batch_size: int = 1024
+    max_minutes: float | None = None  # time budget: stop (after validating) once it is spent
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
@@ -120,6 +121,7 @@ class TrainSettings:
         need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1. Received: {self.eval_batch_size}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0. Received: {self.grad_clip}")
         need(self.early_stop is None or self.early_stop >= 1, f"early_stop must be >= 1 epoch. Received: {self.early_stop}")
+        need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0. Received: {self.max_minutes}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -326,6 +328,8 @@ class Trainer:
         self.generator: torch.Generator | None = None
         self.resume_generator: torch.Tensor | None = None
         self.stop_requested = False
+        self.deadline: float | None = None   # perf_counter time when the budget runs out
+        self.out_of_time = False
         self.forced_stop = False  # a second Ctrl-C: stopped mid-step, the state is not consistent
         self.saved_at: str | None = None  # where the last checkpoint was taken, for messages
         if run_id is None:
@@ -391,13 +395,15 @@ class Trainer:
         s = self.settings
         status, message = "finished", ""
         started = time.perf_counter() - self.elapsed
+        if s.max_minutes:
+            self.deadline = started + 60 * s.max_minutes
         restore_handler = self._catch_sigint()
         try:
             from .progress import EpochProgress
 
             with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
                                batch_size=s.batch_size, primary=self.task.primary) as progress:
-                while self.epoch < s.epochs:
+                while self.epoch < s.epochs and not self.out_of_time:
                     if s.early_stop and self.stale >= s.early_stop:
                         progress.note(f"early stop: val_{self.task.primary} has not improved for {self.stale} epochs")
                         break
@@ -408,6 +414,9 @@ class Trainer:
                     progress.epoch_done(record)
                     if self.on_epoch is not None:
                         self.on_epoch(record)
+                    if self.out_of_time:
+                        progress.note(f"time budget of {s.max_minutes:g} min spent after epoch {self.epoch}; "
+                                      f"keeping the best epoch so far")
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted by the user; resume with `archlab train --resume " + self.run_id + "`"
             self.elapsed = time.perf_counter() - started
@@ -488,8 +497,12 @@ class Trainer:
             progress.step(step + 1, loss)
             if self.stop_requested:
                 raise KeyboardInterrupt
+            if self.deadline is not None and time.perf_counter() >= self.deadline:
+                self.out_of_time = True  # validate and record this (partial) epoch, then stop
+                break
         assert sums is not None
-        train = self.task.summarize(sums, len(self.train_split))
+        seen = min(self.step_in_epoch * s.batch_size, len(self.train_split))
+        train = self.task.summarize(sums, seen)
         val, _ = evaluate_split(self.model, self.val_split, self.task, self.device, s.precision, s.eval_batch_size)
         seconds = time.perf_counter() - t0
         self.epoch += 1
@@ -503,7 +516,9 @@ class Trainer:
                 self.stale += 1
         record = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()},
                   **{f"val_{k}": v for k, v in val.items()}, "lr": self.optimizer.param_groups[0]["lr"],
-                  "seconds": seconds, "samples_per_s": len(self.train_split) / max(seconds, 1e-9)}
+                  "seconds": seconds, "samples_per_s": seen / max(seconds, 1e-9)}
+        if seen < len(self.train_split):
+            record["partial"] = seen / len(self.train_split)  # the time budget ended this epoch early
         self.history.append(record)
         return record
 
@@ -617,6 +632,11 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
     >>> run.test_metrics["acc"]                                     # doctest: +SKIP
     """
     spec = load_spec(spec)
+    from .generative import fit_generative, generative_task
+
+    if generative_task(spec, settings.get("task")):  # a VAE or GAN: its own loop, in archlab.generative
+        return fit_generative(spec, data, store=store, quiet=quiet, tags=tags, data_root=data_root,
+                              target=target, vars=vars, **settings)
     if vars:
         spec = spec.with_vars(vars)
     s = resolve_settings(spec, {**settings, "target": target})
@@ -637,6 +657,10 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
     if not has_checkpoint(directory):
         raise TrainingError(f"run {record.run_id} has no checkpoint in {directory} (it stopped before its "
                             f"first epoch ended); start it again with `archlab train`")
+    if record.tags.get("task") in ("vae", "gan"):  # generative runs have their own loop
+        from .generative import resume_generative
+
+        return resume_generative(record, st, quiet=quiet, data_root=data_root)
     spec = Spec.from_dict(thaw(record.spec))
     s = TrainSettings.from_mapping(thaw(record.settings))
     dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target)

@@ -733,3 +733,14 @@ def test_an_epoch_callback_can_stop_a_run_with_a_status():
     record = store.get_run(trainer.run_id)
     assert seen == [1, 2] and record.status == "pruned" and len(record.history) == 2
     assert "median" in record.message
+
+
+def test_a_time_budget_ends_training_early_with_a_partial_last_epoch():
+    run = fit("zoo:mlp", data="digits", epochs=500, batch_size=8, max_minutes=0.02, quiet=True)
+    assert 1 <= len(run.history) < 500
+    last = run.history[-1]
+    assert "val_acc" in last and run.test_metrics["acc"] > 0
+    if "partial" in last:
+        assert 0 < last["partial"] < 1
+    with pytest.raises(SpecError, match="max_minutes"):
+        fit("zoo:mlp", data="digits", max_minutes=0, quiet=True)
