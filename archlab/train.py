@@ -467,6 +467,7 @@ class Trainer:
             self.generator.set_state(self.resume_generator)
             self.resume_generator = None
         sums = self.partial_sums
+        first_bad = torch.tensor(-1, device=self.device)
         t0 = time.perf_counter()
         progress.start_epoch(self.epoch, self.step_in_epoch)
         for step, x, y in batches(self.train_split, order, s.batch_size, self.step_in_epoch,
@@ -474,14 +475,14 @@ class Trainer:
             with autocast(self.device, s.precision):
                 out = self.task.forward(self.model, x, y)
                 loss = self.task.loss(out.float(), y)
-            if not torch.isfinite(loss):
-                lower = f"{s.lr / 10:g}"
-                saved = (f"the last good checkpoint ({self.saved_at}) is intact in {self.dir}" if self.saved_at
-                         else "no checkpoint was saved before it")
-                raise TrainingError(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} (global step "
-                    f"{self.global_step + 1}); {saved}. Try a lower learning rate (--lr {lower}) or "
-                    f"gradient clipping (--grad-clip 1.0)")
+            if self.device.type == "cpu":  # a check here costs nothing
+                if not torch.isfinite(loss):
+                    self._diverged(step, loss.item())
+            else:  # no host sync per step on an accelerator: note the first bad step on the device
+                bad = ~torch.isfinite(loss.detach())
+                first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
+                if step % 50 == 49:
+                    self._check_finite(first_bad)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if s.grad_clip:
@@ -501,6 +502,7 @@ class Trainer:
                 self.out_of_time = True  # validate and record this (partial) epoch, then stop
                 break
         assert sums is not None
+        self._check_finite(first_bad)  # before anything of this epoch is saved
         seen = min(self.step_in_epoch * s.batch_size, len(self.train_split))
         train = self.task.summarize(sums, seen)
         val, _ = evaluate_split(self.model, self.val_split, self.task, self.device, s.precision, s.eval_batch_size)
@@ -521,6 +523,20 @@ class Trainer:
             record["partial"] = seen / len(self.train_split)  # the time budget ended this epoch early
         self.history.append(record)
         return record
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
+        step = int(first_bad)
+        if step >= 0:
+            self._diverged(step, float("nan"))
+
+    def _diverged(self, step: int, value: float) -> None:
+        lower = f"{self.settings.lr / 10:g}"
+        saved = (f"the last good checkpoint ({self.saved_at}) is intact in {self.dir}" if self.saved_at
+                 else "no checkpoint was saved before it")
+        raise TrainingError(
+            f"loss became {value} at epoch {self.epoch + 1}, step {step + 1} (global step "
+            f"{self.global_step - (self.step_in_epoch - step) + 1}); {saved}. "
+            f"Try a lower learning rate (--lr {lower}) or gradient clipping (--grad-clip 1.0)")
 
     def finish(self, duration: float) -> Run:
         """Restore the best-validation weights, score the test split once, record it."""
