@@ -24,8 +24,13 @@ test: setup
 lint: setup
 	$(BIN)/ruff check archlab tests bench
 
+# Benchmarks print ratios against plain PyTorch measured in the same run; BENCHMARKS.md
+# records results. The quality runs (bench/*_quality.py, bench/search_efficiency.py) take
+# minutes each and are run one by one.
 bench: setup
 	$(BIN)/python bench/inspect_large.py
+	$(BIN)/python bench/fit_overhead.py --quick
+	$(BIN)/python bench/generate.py
 
 clean:
-	rm -rf $(VENV) archlab-runs .pytest_cache
+	rm -rf $(VENV) archlab-runs archlab-report.html .pytest_cache
