@@ -402,6 +402,10 @@ def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | N
     shape = check_shape(spec.input.shape, "input.shape")
     env = MappingProxyType(spec.resolved_vars())
     x = TensorType(shape, spec.input.dtype, default_layout(shape, spec.input.dtype), "input")
+    if spec.generator is not None or spec.train.get("task") in ("vae", "gan"):
+        from .generative import build_generative
+
+        return build_generative(spec, x, env, device, seed)  # type: ignore[return-value]
     if spec.encoder is not None:
         from .seq2seq import build_seq2seq
 

@@ -140,6 +140,8 @@ def layers_cmd(pattern: Annotated[str, typer.Argument(help="Glob filter, e.g. 'c
     table.add_column("arguments")
     table.add_column("what it does")
     seen: dict[int, str] = {}
+    if not LAYERS.names(pattern):
+        raise ArchlabError(f"layers: no layer matches {pattern!r}; `archlab layers` lists them all")
     for name in LAYERS.names(pattern):
         layer = LAYERS.get(name)
         if id(layer) in seen:
@@ -174,6 +176,7 @@ def train_cmd(
     crop_padding: Annotated[int | None, typer.Option(help="Augment: random crop with this padding.")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Augment: random horizontal flips.")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Classification label smoothing.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Time budget: stop after this many minutes.")] = None,
     set: SetOption = None,
     resume: Annotated[str | None, typer.Option(help="Continue a stopped run from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -184,7 +187,8 @@ def train_cmd(
             epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
             weight_decay=weight_decay, schedule=schedule, warmup=warmup, grad_clip=grad_clip,
             precision=precision, compile=compile, seed=seed, early_stop=early_stop, device=device,
-            task=task, crop_padding=crop_padding, hflip=hflip, label_smoothing=label_smoothing))
+            task=task, crop_padding=crop_padding, hflip=hflip, label_smoothing=label_smoothing,
+            max_minutes=max_minutes))
     except KeyboardInterrupt as e:
         # typer would swallow the interrupt into a bare exit code; say how to go on.
         print(f"stopped: {e}" if str(e) else "stopped", file=sys.stderr)
@@ -199,6 +203,14 @@ def _train(spec, data, resume, quiet, target, assignments, settings):  # noqa: A
     from .train import resume as resume_run
 
     if resume:
+        # A resumed run continues with the spec, data and settings it was recorded with.
+        given = [f"--{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
+        given += ["SPEC"] if spec is not None else []
+        given += ["--set"] if assignments else []
+        given += ["--target"] if target else []
+        if given:
+            raise ArchlabError(f"train --resume: a resumed run keeps its recorded spec and settings; drop "
+                               f"{', '.join(given)} (or start a new run without --resume)")
         return resume_run(resume, quiet=quiet)
     if spec is None:
         raise ArchlabError("train: give a SPEC (a YAML file or zoo:NAME) or --resume RUN_ID")
@@ -221,7 +233,10 @@ def runs_cmd(
         primary = _primary_metric(r)
         best = r.best(f"val_{primary}", "min" if primary == "loss" else "max") if primary else None
         test = r.test_metrics.get(primary) if primary else None
-        table.add_row(r.run_id, escape(r.name), escape(r.data), f"{r.params:,}" if r.params else "-",
+        role = (" (final)" if r.tags.get("role") == "final" else
+                f" (fold {int(r.tags['fold']) + 1}/{r.tags.get('cv', '?')})" if "fold" in r.tags else
+                f" (trial {r.tags['trial']})" if "trial" in r.tags else "")
+        table.add_row(r.run_id, escape(r.tags.get("candidate", r.name) + role), escape(r.data), f"{r.params:,}" if r.params else "-",
                       f"{primary} {best:.4f}" if best is not None else "-",
                       f"{test:.4f}" if test is not None else "-", _status(store, r),
                       f"{r.duration_s:.1f}s" if r.duration_s else "-", _when(r.created_at))
@@ -335,8 +350,13 @@ def generate_cmd(
     if not path.exists():
         raise ArchlabError(f"run {record.run_id} has no tokenizer.json: it was not trained on a text data set")
     tokenizer = tokenizer_from_dict(json.loads(path.read_text()))
+    ids = tokenizer.encode(prompt)
+    unk = getattr(tokenizer, "unk_id", None)
+    if unk is not None and unk in ids:
+        print(f"warning: {ids.count(unk)} prompt token(s) are not in the model's vocabulary and read as <unk>",
+              file=sys.stderr)
     sys.stdout.write(prompt)
-    for token in generate(net, tokenizer.encode(prompt), max_tokens, temperature=temperature, top_k=top_k,
+    for token in generate(net, ids, max_tokens, temperature=temperature, top_k=top_k,
                           seed=seed, use_cache=cache):
         sys.stdout.write(tokenizer.decode([token]))
         sys.stdout.flush()
@@ -371,8 +391,8 @@ def compare_cmd(
 
 def print_comparison(result) -> None:  # noqa: ANN001
     m = result.metric
-    table = Table(title=f"{len(result.candidates)} candidates on {result.data}, {result.cv}-fold cross-validation"
-                  + (f" x {result.repeats}" if result.repeats > 1 else ""), title_justify="left")
+    table = Table(title=escape(f"{len(result.candidates)} candidates on {result.data}, {result.design}"),
+                  title_justify="left")
     for col in ("candidate", "params", "fwd FLOPs", "train s/fold", "ms @1", "ms @256", f"val {m}", "gap", "diagnosis"):
         table.add_column(col, justify="left" if col in ("candidate", "diagnosis") else "right")
     for c in result.candidates:
@@ -384,7 +404,7 @@ def print_comparison(result) -> None:  # noqa: ANN001
     console.print(escape(f"recommended       {result.recommended} — {result.rule}"))
     if result.test_metrics:
         test = "  ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
-        console.print(escape(f"test (once)       {result.recommended} retrained on train+validation: {test}  "
+        console.print(escape(f"test (once)       {result.recommended}, {result.test_note}: {test}  "
                              f"(run {result.final_run_id})"))
 
 
@@ -401,6 +421,146 @@ def report_cmd(
     write_report(result, out)
     print_comparison(result)
     console.print(f"report            {out}")
+
+
+# ---------------------------------------------------------------------------- search
+
+
+@app.command("search")
+def search_cmd(
+    spec: Annotated[str, typer.Argument(help="A spec with search spaces in vars or train: (e.g. zoo:search-digits).")],
+    data: Annotated[str, typer.Option(help="The data set (see `archlab train --help`).")] = "digits",
+    trials: Annotated[int | None, typer.Option(help="The study's total trials; re-running resumes up to it. "
+                                               "Default 20 unless --timeout.")] = None,
+    timeout: Annotated[str | None, typer.Option(help="Start no new trial after this long: 90s, 10m, 1.5h.")] = None,
+    objective: Annotated[list[str] | None, typer.Option(
+        "--objective", help="val_acc (default) or val_<metric>, plus costs params:min, flops:min, memory:min, "
+                            "latency:min (repeat; several -> Pareto front).")] = None,
+    max_params: Annotated[str | None, typer.Option(help="Budget, e.g. 100k: larger candidates are not trained.")] = None,
+    max_flops: Annotated[str | None, typer.Option(help="Budget on forward FLOPs per sample, e.g. 5M.")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option(help="Budget on CPU latency at batch 1, in ms.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe, random or nsga2 (default: tpe; nsga2 for several "
+                                                "objectives).")] = None,
+    pruner: Annotated[str, typer.Option(help="none, median or hyperband (several objectives: median is "
+                                        "the Pareto-aware rule).")] = "median",
+    cv: Annotated[int | None, typer.Option(help="Score each trial by K-fold cross-validation.")] = None,
+    jobs: Annotated[int, typer.Option(help="Worker processes on this machine.")] = 1,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL, e.g. postgresql://... (default: a "
+                                                "journal file in the run store).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: from the spec, data, objectives).")] = None,
+    export: Annotated[str | None, typer.Option(help="Write the best (or each Pareto) architecture as a "
+                                               "concrete spec, e.g. best.yaml.")] = None,
+    report: Annotated[str | None, typer.Option(help="Write an HTML report of the search.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Fix the epochs per trial.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Fix the batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Fix the learning rate (no longer searched).")] = None,
+    seed: Annotated[int, typer.Option(help="Sampler and training seed.")] = 0,
+    target: Annotated[str | None, typer.Option(help="csv: the target column.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Search architectures (and training settings) with Optuna, under budgets."""
+    from .search import search
+
+    result = search(spec, data=data, trials=trials, timeout=timeout, objectives=objective or ["val_acc"],
+                    max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms, sampler=sampler, pruner=pruner, cv=cv, jobs=jobs, storage=storage, study=study,
+                    export=export, seed=seed, quiet=quiet, target=target, epochs=epochs,
+                    batch_size=batch_size, lr=lr)
+    _finish_search(result, export, report)
+    if result.interrupted:
+        print(f"stopped: finished trials are kept; run the same command again to continue study "
+              f"{result.study}", file=sys.stderr)
+        raise typer.Exit(130)
+
+
+def _finish_search(result, export, report) -> None:  # noqa: ANN001
+    print_search(result)
+    if export and not result.exported:
+        if result.best_specs:
+            from .search import export_specs
+
+            result = dataclasses_replace(result, exported=tuple(map(str, export_specs(result, export))))
+        else:
+            console.print("exported          nothing: no trial has completed yet")
+    for path in result.exported:
+        console.print(f"exported          {path}  (archlab train {path})")
+    if report:
+        from .search_report import write_search_report
+
+        write_search_report(result, report)
+        console.print(f"report            {report}")
+
+
+def dataclasses_replace(obj, **changes):  # noqa: ANN001, ANN003, ANN201
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def print_search(result) -> None:  # noqa: ANN001
+    objs = result.objectives
+    title = "Pareto front" if result.multi else "best trial"
+    table = Table(title=f"{title} of study {result.study}", title_justify="left")
+    table.add_column("trial", justify="right")
+    for o in objs:
+        table.add_column(f"{o.key} ({'max' if o.direction == 'maximize' else 'min'})", justify="right")
+    table.add_column("chosen")
+    table.add_column("epochs", justify="right")
+    table.add_column("run")
+    for t in result.best:
+        values = [f"{v:.4f}" if o.trained or abs(v) < 1000 else f"{v:,.0f}" for o, v in zip(objs, t.values, strict=True)]
+        chosen = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        table.add_row(str(t.number), *values, escape(chosen), str(t.epochs), t.run_id or "-")
+    if result.best:
+        console.print(table)
+    else:
+        console.print(f"study {result.study}: no trial has completed yet")
+    states = ", ".join(f"{result.count(s)} {s}" for s in ("complete", "pruned", "infeasible", "failed",
+                                                           "interrupted", "running") if result.count(s))
+    console.print(f"trials            {len(result.trials)}: {states or 'none'}; {result.epochs} epochs trained"
+                  + (f"; {result.seconds:.0f}s in this call" if result.seconds else ""))
+    console.print(escape(f"study             {result.study} in {result.storage}"))
+
+
+@app.command("studies")
+def studies_cmd(
+    name: Annotated[str | None, typer.Argument(help="Show this study's best trials (default: list all).")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: the run store's journal).")] = None,
+    export: Annotated[str | None, typer.Option(help="With NAME: write the best spec(s) as YAML.")] = None,
+    report: Annotated[str | None, typer.Option(help="With NAME: write an HTML report of the search.")] = None,
+) -> None:
+    """List architecture-search studies, or show one."""
+    from .search import load_search, studies
+
+    if name is not None:
+        _finish_search(load_search(name, storage), export, report)
+        return
+    if export or report:
+        raise ArchlabError("studies: --export and --report need a study NAME (see `archlab studies`)")
+    found = studies(storage)
+    table = Table(title="architecture-search studies", title_justify="left")
+    for col in ("study", "spec", "data", "objectives", "trials", "complete", "best", "started"):
+        table.add_column(col, justify="right" if col in ("trials", "complete") else "left")
+    for s in found:
+        best = "  ".join(f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}" for v in s.best) if s.best else "-"
+        table.add_row(escape(s.name), escape(s.spec), escape(s.data), escape(", ".join(s.objectives)), str(s.trials),
+                      str(s.complete), best, _when(s.started) if s.started else "-")
+    console.print(table)
+
+
+@app.command("sample")
+def sample_cmd(
+    run_id: Annotated[str, typer.Argument(help="A vae or gan run (see `archlab runs`).")],
+    n: Annotated[int, typer.Option("--n", "-n", help="How many images to draw.")] = 64,
+    out: Annotated[str, typer.Option(help="Where to write the PNG grid.")] = "samples.png",
+    seed: Annotated[int, typer.Option(help="Seed of the latent noise.")] = 0,
+    scale: Annotated[int, typer.Option(help="Each pixel becomes a scale x scale block.", min=1, max=64)] = 4,
+) -> None:
+    """Draw images from a trained VAE or GAN and write them as a PNG grid."""
+    from .generative import sample_run, save_grid
+
+    images = sample_run(run_id, n, seed=seed)
+    save_grid(images, out, scale=scale)
+    print(f"wrote {n} samples {tuple(images.shape[1:])} to {out}")
 
 
 @app.command("demo")
@@ -429,8 +589,22 @@ def version_cmd() -> None:
 
 
 def main() -> None:
+    try:  # recent typer vendors its own click
+        from typer._click.exceptions import UsageError
+    except ImportError:  # pragma: no cover - older typer
+        from click.exceptions import UsageError
+
     try:
-        app()
+        app(standalone_mode=False)
+    except UsageError as e:  # a wrong flag or command: one line, like every other error
+        command = e.ctx.command_path if e.ctx else "archlab"
+        print(f"error: {e.format_message()} (see `{command} --help`)", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except ArchlabError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import os
 import statistics
 import time
@@ -67,6 +66,7 @@ class FoldJob:
     store_root: str
     key: str
     threads: int
+    comparison: str = ""   # one id for every fold of one `compare` call (for `archlab report`)
 
 
 # ------------------------------------------------------------------------- candidates
@@ -96,7 +96,10 @@ def make_candidates(specs: Sequence[str | Spec | Mapping[str, Any]], vary: Mappi
         combos = list(itertools.product(*vary.values())) if vary else [()]
         for combo in combos:
             assignment = dict(zip(vary, combo, strict=True))
-            concrete = spec.with_vars(assignment) if assignment else spec
+            try:
+                concrete = spec.with_vars(assignment) if assignment else spec
+            except SpecError as e:  # with_vars speaks of --set; here the user wrote --vary
+                raise SpecError(str(e).replace("--set ", f"--vary (in {spec.name}) ", 1)) from None
             label = spec.name + (f"[{','.join(f'{k}={v}' for k, v in assignment.items())}]" if assignment else "")
             taken = {c.label for c in out}
             n = 2
@@ -168,7 +171,7 @@ def run_fold(job: FoldJob) -> FoldResult:
     empty = Split(ds.test.x[:0], ds.test.y[:0])
     fold_ds = Dataset(ds.info, Split(dev.x[tr], dev.y[tr]), Split(dev.x[va], dev.y[va]), empty)
     tags = {"compare_key": job.key, "candidate": job.candidate, "fold": str(job.fold),
-            "repeat": str(job.repeat), "cv": str(job.cv)}
+            "repeat": str(job.repeat), "cv": str(job.cv), "comparison": job.comparison}
     trainer = Trainer(spec, fold_ds, settings, store, data_uri=job.data, quiet=True, tags=tags,
                       evaluate_test=False, evaluate_train=True)
     started = time.perf_counter()
@@ -280,6 +283,8 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
         concrete[c.label] = spec
 
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    comparison_id = _key({"candidates": [c.spec.to_dict() for c in cands], "data": data, "settings": overrides,
+                          "cv": cv, "repeats": repeats, "seed": seed, "target": target})
     jobs_list = []
     for c in cands:
         for r in range(repeats):
@@ -287,7 +292,8 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
                 payload = {"spec": c.spec.to_dict(), "data": data, "settings": overrides, "cv": cv,
                            "repeat": r, "fold": f, "seed": seed, "target": target}
                 jobs_list.append(FoldJob(c.label, c.spec.to_dict(), data, str(data_root) if data_root else None,
-                                         target, overrides, cv, r, f, seed, str(st.root), _key(payload), threads))
+                                         target, overrides, cv, r, f, seed, str(st.root), _key(payload), threads,
+                                         comparison_id))
     results = _run_jobs(jobs_list, jobs, quiet)
 
     by_candidate = {c.label: [r for r in results if r.candidate == c.label] for c in cands}
@@ -300,7 +306,7 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
     summaries = tuple(summarize(c, by_candidate[c.label], best_val, mode, concrete[c.label]) for c in cands)
     label, rule = recommend(summaries, mode, metric)
 
-    final = _final_run(concrete[label], ds, data, overrides, st, cv, repeats, seed, label, quiet)
+    final = _final_run(concrete[label], ds, data, overrides, st, cv, repeats, seed, label, quiet, comparison_id)
     comparison = Comparison(
         data=data, metric=metric, mode=mode, cv=cv, repeats=repeats, candidates=summaries, recommended=label,
         rule=rule, test_metrics=final.test_metrics, test_report=final.test_report, final_run_id=final.run_id,
@@ -345,7 +351,7 @@ def _fold_line(r: FoldResult) -> str:
 
 
 def _final_run(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any], store: SQLiteRunStorage,
-               cv: int, repeats: int, seed: int, label: str, quiet: bool):  # noqa: ANN202
+               cv: int, repeats: int, seed: int, label: str, quiet: bool, comparison: str = ""):  # noqa: ANN202
     """Retrain the recommended spec on all development data; score the test split once."""
     key = _key({"final": spec.to_dict(), "data": data, "settings": overrides, "seed": seed})
     for record in store.list_runs(status="finished", tags={"compare_key": key}):
@@ -356,7 +362,8 @@ def _final_run(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any],
     final_ds = Dataset(ds.info, development_split(ds), empty, ds.test)
     settings = resolve_settings(spec, overrides)
     trainer = Trainer(spec, final_ds, settings, store, data_uri=data, quiet=True,
-                      tags={"compare_key": key, "candidate": label, "role": "final", "cv": str(cv)})
+                      tags={"compare_key": key, "candidate": label, "role": "final", "cv": str(cv),
+                            "comparison": comparison})
     if not quiet:
         print(f"retraining {label} on all {len(final_ds.train):,} development samples for the test score ...", flush=True)
     run = trainer.run()
@@ -376,26 +383,48 @@ class _Final:
 def comparison_from_runs(run_ids: Sequence[str], store: SQLiteRunStorage | str | Path | None = None) -> Comparison:
     """A Comparison built from runs already in the store (for `archlab report`).
 
-    Runs of one comparison group by candidate and count as folds; any other run is its
-    own candidate with one "fold" (its validation split).
+    Fold runs of one `compare` call group by candidate; any other run is its own candidate,
+    judged on its single validation split, with the test score it recorded (no retraining).
     """
+    from .tasks import TASKS
+
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     records = [st.get_run(r) for r in run_ids]
     if not records:
         raise ArchlabError("report: give at least one run id (see `archlab runs`)")
+    for rec in records:
+        if rec.status != "finished":
+            raise ArchlabError(f"report: run {rec.run_id} is {rec.status}; only finished runs can be compared "
+                               f"(resume it with `archlab train --resume {rec.run_id}`)")
+    datas = sorted({r.data for r in records})
+    if len(datas) > 1:
+        raise ArchlabError(f"report: the runs use different data sets ({', '.join(datas)}); compare runs on one data set")
+    tasks = sorted({r.tags.get("task", "classify") for r in records})
+    if len(tasks) > 1 or tasks[0] not in TASKS:
+        raise ArchlabError(f"report: the runs are of different or unknown tasks ({', '.join(tasks)})")
+    task = TASKS.get(tasks[0])
+    metric, mode = task.primary, task.mode
+    sign = 1 if mode == "max" else -1
     groups: dict[str, list] = {}
     final = None
     for rec in records:
         if rec.tags.get("role") == "final":
             final = rec
             continue
-        label = rec.tags.get("candidate") or f"{rec.name} ({rec.run_id})"
-        groups.setdefault(label, []).append(rec)
+        if "fold" in rec.tags:  # folds of the same comparison (older runs: of the same candidate name)
+            label = rec.tags.get("candidate", rec.name)
+            key = f"{label} @{rec.tags['comparison']}" if rec.tags.get("comparison") else label
+        else:
+            label = key = f"{rec.name} ({rec.run_id})"
+        groups.setdefault(key, []).append(rec)
     if not groups and final is not None:
         groups[final.tags.get("candidate", final.name)] = [final]
-    metric = next((m for m in ("acc", "r2") if any(f"val_{m}" in e.metrics for r in records for e in r.history)), "acc")
+    labels = {key: key.split(" @")[0] for key in groups}
+    if len(set(labels.values())) < len(labels):  # the same candidate from two comparisons: keep them apart
+        labels = {key: key.replace(" @", " #")[:len(key.split(" @")[0]) + 7] for key in groups}
     folds_by: dict[str, list[FoldResult]] = {}
-    for label, recs in groups.items():
+    single = not any("fold" in r.tags for recs in groups.values() for r in recs)
+    for key, recs in groups.items():
         folds = []
         for i, rec in enumerate(recs):
             saved = st.run_dir(rec.run_id) / "fold.json"
@@ -404,22 +433,31 @@ def comparison_from_runs(run_ids: Sequence[str], store: SQLiteRunStorage | str |
                 d = json.loads(saved.read_text())
                 val, train, secs = d["val_metric"], d["train_metric"], d["train_seconds"]
             else:
-                val = rec.best(f"val_{metric}") or float("nan")
-                train = history[-1].get(f"train_{metric}", float("nan")) if history else float("nan")
+                val = rec.best(f"val_{metric}", mode)
+                if val is None:
+                    raise ArchlabError(f"report: run {rec.run_id} has no val_{metric} (trained without a "
+                                       f"validation split?); it cannot be compared")
+                at_best = next(e for e in history if e.get(f"val_{metric}") == val)
+                train = at_best.get(f"train_{metric}", float("nan"))
                 secs = rec.duration_s or 0.0
-            folds.append(FoldResult(label, int(rec.tags.get("fold", i)), int(rec.tags.get("repeat", 0)),
+            folds.append(FoldResult(labels[key], int(rec.tags.get("fold", i)), int(rec.tags.get("repeat", 0)),
                                     rec.run_id, history, val, train, secs, reused=True))
-        folds_by[label] = folds
-    best_val = max(statistics.fmean(f.val_metric for f in fs) for fs in folds_by.values())
-    summaries = tuple(
-        summarize(Candidate(label, Spec.from_dict(thaw(groups[label][0].spec))), fs, best_val, "max",
-                  Spec.from_dict(thaw(groups[label][0].spec)), latency_repeats=(10, 3))
-        for label, fs in folds_by.items())
-    label, rule = recommend(summaries, "max", metric)
-    source = final or max((r for recs in groups.values() for r in recs), key=lambda r: r.best(f"val_{metric}") or -math.inf)
+        folds_by[labels[key]] = folds
+    spec_of = {labels[key]: Spec.from_dict(thaw(recs[0].spec)) for key, recs in groups.items()}
+    best_val = max((statistics.fmean(f.val_metric for f in fs) for fs in folds_by.values()), key=lambda v: sign * v)
+    summaries = tuple(summarize(Candidate(label, spec_of[label]), fs, best_val, mode, spec_of[label],
+                                latency_repeats=(10, 3)) for label, fs in folds_by.items())
+    label, rule = recommend(summaries, mode, metric)
+    if final is not None:
+        source, note = final, "retrained on all development data, it scores on the test split"
+    else:
+        by_label = {f.candidate: f.run_id for fs in folds_by.values() for f in fs}
+        source = st.get_run(by_label[label])
+        note = f"the test score run {source.run_id} recorded when it was trained (no retraining)"
     report_path = st.run_dir(source.run_id) / "test_report.json"
+    cv = 1 if single else max(len(fs) for fs in folds_by.values())
     return Comparison(
-        data=records[0].data, metric=metric, mode="max", cv=len(next(iter(folds_by.values()))), repeats=1,
-        candidates=summaries, recommended=label, rule=rule, test_metrics=dict(source.test_metrics),
+        data=datas[0], metric=metric, mode=mode, cv=cv, repeats=1, candidates=summaries, recommended=label,
+        rule=rule, test_metrics=dict(source.test_metrics),
         test_report=json.loads(report_path.read_text()) if report_path.exists() else {},
-        final_run_id=source.run_id, command="archlab report " + " ".join(run_ids))
+        final_run_id=source.run_id, command="archlab report " + " ".join(run_ids), test_note=note)

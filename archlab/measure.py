@@ -259,6 +259,8 @@ def parse_bytes(text: str | int | float) -> int:
     if not m:
         raise SpecError(f"--device-memory: expected a size such as 80GB or 24GiB. Received: {text!r}")
     value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    if not unit and not text.strip().upper().endswith("B"):
+        raise SpecError(f"--device-memory: {text!r} has no unit; write e.g. 80GB (10^9 bytes) or 80GiB (2^30)")
     power = " KMGT".index(unit or " ")
     bare_unit = unit and not binary and not text.strip().upper().endswith("B")
     base = 1024 if (binary or bare_unit) else 1000

@@ -78,11 +78,11 @@ class EpochProgress:
         line = (f"epoch {int(record['epoch'])}/{self.total_epochs}  {stats}  lr {record['lr']:.2e}  "
                 f"{record['seconds']:.1f}s  {record['samples_per_s']:,.0f} samples/s"
                 + (f"  eta {eta:.0f}s" if left else ""))
-        self.console.print(line)
+        self.console.print(line, markup=False)
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text)
+            self.console.print(text, markup=False)
 
 
 class TaskProgress:
@@ -117,7 +117,7 @@ class TaskProgress:
         eta = elapsed / self.done * (self.total - self.done)
         text = f"[{self.done}/{self.total}] {line}" + (f"  eta {eta:.0f}s" if self.done < self.total else "")
         if self.progress is not None:
-            self.progress.console.print(text)
+            self.progress.console.print(text, markup=False)  # labels like mlp[depth=2] are not markup
             self.progress.advance(self.task_id)
         else:
-            self.console.print(text)
+            self.console.print(text, markup=False)

@@ -66,8 +66,10 @@ def render_report(c: Comparison) -> str:
         _section("comparison", "Comparison", _table(c) + _recommendation(c)),
         _section("curves", f"Learning curves ({_esc(c.metric)})",
                  _chart("learning-curves", _learning_curves(c),
-                        "Validation mean over folds with a ±1 std band; train dashed. Folds that "
-                        "stopped early leave the mean after their last epoch.")),
+                        "Validation mean over folds with a ±1 std band. Train (dashed) is the running "
+                        "average during each epoch, in training mode (dropout on), so it can sit below "
+                        "validation; the gap chart uses the train metric re-measured in eval mode. Folds "
+                        "that stopped early leave the mean after their last epoch.")),
         _section("efficiency", f"Validation {_esc(c.metric)} against cost", '<div class="pair">'
                  + _chart("metric-vs-params", _tradeoff(c, "params", "parameters"), _TRADEOFF_NOTE)
                  + _chart("metric-vs-flops", _tradeoff(c, "flops", "forward FLOPs per sample"), _TRADEOFF_NOTE)
@@ -101,7 +103,7 @@ def _overview(c: Comparison, title: str) -> str:
     when = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     better = "higher is better" if c.mode == "max" else "lower is better"
     rows = [("data set", _esc(c.data)),
-            ("cross-validation", f"{c.cv} folds × {c.repeats} repeat{'s' * (c.repeats != 1)}"),
+            ("validation", _esc(c.design)),
             ("metric", f"{_esc(c.metric)} ({better})"),
             ("candidates", str(len(c.candidates))),
             ("command", f"<code>{_esc(c.command)}</code>" if c.command else "—"),
@@ -150,7 +152,7 @@ def _recommendation(c: Comparison) -> str:
     if c.test_metrics:
         metrics = ", ".join(f"{_esc(k)} {v:.4f}" for k, v in c.test_metrics.items())
         run = f" (run <code>{_esc(c.final_run_id)}</code>)" if c.final_run_id else ""
-        text += f" Retrained on all development data, it scores on the test split: {metrics}{run}."
+        text += f" {_esc(c.test_note[:1].upper() + c.test_note[1:])}: {metrics}{run}."
     return f'<p class="recommendation" id="recommendation">{text}</p>'
 
 
@@ -352,6 +354,13 @@ def architecture_html(spec: Spec | Mapping[str, Any] | str) -> str:
     walker = _Diagram(net.spec, {leaf.path: leaf for leaf in net.layers})
     env = net.spec.resolved_vars()
     io_box = '<div class="arch-io">{} <span class="shape">{}</span></div>'
+    halves = getattr(net, "halves", None)  # a VAE or GAN (archlab.generative): its halves side by side
+    if halves:
+        boxes = [f'<div class="arch"><div class="arch-title">{section}</div>'
+                 f'{io_box.format("input", x.describe())}'
+                 f'{walker.serial(_as_list(getattr(net.spec, section)), x, section, env)[0]}'
+                 f'{io_box.format("output", out.describe())}</div>' for section, x, out in halves]
+        return f'<div class="arch-pair">{"".join(boxes)}</div>'
     if getattr(net.spec, "encoder", None) is None:
         body, _ = walker.serial(_as_list(net.spec.model), net.input_type, "model", env)
         return (f'<div class="arch">{io_box.format("input", net.input_type.describe())}'

@@ -63,6 +63,15 @@ class Comparison:
     final_run_id: str | None = None
     class_names: tuple[str, ...] | None = None
     command: str = ""
+    # Where the test score comes from, in words (compare: a retrain on all development data).
+    test_note: str = "retrained on all development data, it scores on the test split"
+
+    @property
+    def design(self) -> str:
+        """'5-fold cross-validation x 2', or 'a single validation split' for stored single runs."""
+        if self.cv < 2:
+            return "a single validation split per candidate"
+        return f"{self.cv}-fold cross-validation" + (f" x {self.repeats}" if self.repeats > 1 else "")
 
     def candidate(self, label: str) -> CandidateSummary:
         for c in self.candidates:

@@ -74,6 +74,7 @@ import re
 import signal
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -593,7 +594,9 @@ def _summary(t: Any) -> TrialSummary:
         if t.datetime_complete and t.datetime_start else None
     return TrialSummary(
         number=t.number, state=state, params=freeze(dict(t.params)),
-        values=tuple(t.values) if t.values is not None else None,
+        # Optuna keeps a pruned trial's last intermediate value as its value; only a
+        # completed trial has real objective values.
+        values=tuple(t.values) if t.values is not None and t.state == optuna.trial.TrialState.COMPLETE else None,
         vars=freeze(attrs.get("vars") or {}), train=freeze(attrs.get("train") or {}),
         costs=freeze(attrs.get("costs") or {}), curve=tuple(attrs.get("curve") or ()),
         epochs=int(attrs.get("epochs") or 0), run_ids=run_ids, infeasible=attrs.get("infeasible"),
@@ -775,17 +778,14 @@ class TrialObjective:
             try:
                 run = trainer.run()
             except StopRun as e:
-                epochs += len(trainer.history)
-                trial.set_user_attr("epochs", epochs)
                 trial.set_user_attr("message", e.message)
                 raise optuna.TrialPruned(e.message) from None
             except TrainingError as e:
-                epochs += len(trainer.history)
-                trial.set_user_attr("epochs", epochs)
                 trial.set_user_attr("message", str(e))
                 raise
-            epochs += len(run.history)
-            trial.set_user_attr("epochs", epochs)
+            finally:  # pruned, failed, interrupted or finished: the epochs it cost
+                epochs += len(trainer.history)
+                trial.set_user_attr("epochs", epochs)
             values = [e[key] for e in run.history if key in e and math.isfinite(e[key])]
             if not values:
                 raise TrainingError(f"trial {trial.number}: no finite {key} was recorded")
@@ -836,7 +836,7 @@ def _make_sampler(name: str, seed: int, multi: bool, population: int) -> Any:
     if isinstance(name, optuna.samplers.BaseSampler):
         return name
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, warn_independent_sampling=False)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
@@ -891,8 +891,6 @@ class _StopFlag:
             raise KeyboardInterrupt
 
     def install(self) -> Callable[[], None]:
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         self.requested = False
@@ -945,6 +943,10 @@ def _run_trials(job: _Job, tokens: Any, on_trial: Callable[[Any], None] | None =
 
 def _worker_main(job: _Job, tokens: Any, errors: Any) -> None:
     """Entry point of a spawned worker process."""
+    # Its own process group: a terminal's Ctrl-C reaches the parent alone, which passes one
+    # SIGINT on to each worker (so a worker never gets two at once and stops mid-write).
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()
     try:
         _run_trials(job, tokens)
     except KeyboardInterrupt:
@@ -1257,23 +1259,20 @@ def _run_workers(job: _Job, jobs: int, remaining: int | None, study: Any, progre
                          daemon=False) for i in range(jobs)]
     for p in procs:
         p.start()
+    # Ctrl-C must reach this loop even where SIGINT was ignored at start (a `&` job of a script).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         while any(p.is_alive() for p in procs):
             time.sleep(0.5)
             progress.update(study.get_trials(deepcopy=False))
         progress.update(study.get_trials(deepcopy=False))
     except KeyboardInterrupt:
-        # A terminal's Ctrl-C reaches the workers too (one process group); pass it on to any
-        # that did not get it, let them finish the step and record the trial, then go.
-        time.sleep(1.0)
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGINT)
-        for p in procs:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.terminate()
+        _stop_workers(procs)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     for p in procs:
         p.join()
     messages = []
@@ -1281,6 +1280,33 @@ def _run_workers(job: _Job, jobs: int, remaining: int | None, study: Any, progre
         messages.append(errors.get())
     if messages:
         raise ArchlabError(messages[0])
+
+
+def _stop_workers(procs: list[Any]) -> None:
+    """Ctrl-C: each worker finishes its step, records its trial and exits; a second Ctrl-C
+    stops them at once (the trainer's rule), and after a minute they are terminated."""
+    signals = 0
+
+    def interrupt() -> None:
+        nonlocal signals
+        signals += 1
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)
+
+    interrupt()
+    deadline = time.time() + 60
+    while any(p.is_alive() for p in procs) and time.time() < deadline:
+        try:
+            for p in procs:
+                p.join(timeout=0.2)
+        except KeyboardInterrupt:
+            if signals < 2:
+                interrupt()
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join()
 
 
 def _replace(result: SearchResult, **changes: Any) -> SearchResult:
@@ -1358,7 +1384,8 @@ def _importances(study: Any, objs: tuple[Objective, ...]) -> dict[str, float]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             target = (lambda t: t.values[i]) if len(objs) > 1 else None
-            return dict(optuna.importance.get_param_importances(study, target=target))
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator, target=target))
     except (ValueError, RuntimeError, ZeroDivisionError):  # one distinct value, one param, ...
         return {}
 

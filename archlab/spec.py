@@ -31,7 +31,8 @@ import yaml
 from .errors import SpecError
 from .expr import evaluate
 
-SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "encoder", "decoder", "train")
+SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "encoder", "decoder", "generator",
+            "discriminator", "train")
 INPUT_DTYPES = ("float", "long")
 # Values a data set supplies at train time; a spec gives defaults for inspection.
 DATA_VARS = ("num_classes", "vocab_size", "target_len")
@@ -232,6 +233,8 @@ class Spec:
     description: str = ""
     encoder: Any = None    # seq2seq: the source encoder's layers (then `model` is absent)
     decoder: Any = None    # seq2seq: the target decoder's layers, reading the encoder's output
+    generator: Any = None      # GAN: latent (latent,) -> image (see archlab.generative)
+    discriminator: Any = None  # GAN: image -> one logit (1,)
 
     # -- round trip
     @classmethod
@@ -255,6 +258,9 @@ class Spec:
         if self.encoder is not None:
             out["encoder"] = thaw(self.encoder)
             out["decoder"] = thaw(self.decoder)
+        if self.generator is not None:
+            out["generator"] = thaw(self.generator)
+            out["discriminator"] = thaw(self.discriminator)
         if self.train:
             out["train"] = thaw(self.train)
         return out
@@ -406,7 +412,14 @@ def _parse(data: Any, where: str) -> Spec:
                         f"Sections: {', '.join(SECTIONS)}")
     has_pair = data.get("encoder") is not None or data.get("decoder") is not None
     if has_pair and (data.get("encoder") is None or data.get("decoder") is None or data.get("model") is not None):
-        raise SpecError(f"{where}: a seq2seq spec has both 'encoder' and 'decoder' sections and no 'model'")
+        raise SpecError(f"{where}: an encoder-decoder spec (seq2seq, or a VAE with train: {{task: vae}}) has both "
+                        f"'encoder' and 'decoder' sections and no 'model'")
+    has_gan = data.get("generator") is not None or data.get("discriminator") is not None
+    if has_gan and (data.get("generator") is None or data.get("discriminator") is None
+                    or data.get("model") is not None or has_pair):
+        raise SpecError(f"{where}: a GAN spec has both 'generator' and 'discriminator' sections and no 'model', "
+                        f"'encoder' or 'decoder'")
+    has_pair = has_pair or has_gan
     if not has_pair and data.get("model") is None:
         raise SpecError(f"{where}: missing 'model' (the layers). Example: model: [flatten, linear: 10]")
 
@@ -441,6 +454,8 @@ def _parse(data: Any, where: str) -> Spec:
         model=freeze(data.get("model")),
         encoder=freeze(data.get("encoder")),
         decoder=freeze(data.get("decoder")),
+        generator=freeze(data.get("generator")),
+        discriminator=freeze(data.get("discriminator")),
         vars=MappingProxyType(plain),
         spaces=MappingProxyType(spaces),
         blocks=freeze(dict(blocks)),

@@ -151,7 +151,18 @@ def _convert(key: str, value: Any, tp: Any, where: str) -> Any:
 
 
 def resolve_settings(spec: Spec, overrides: Mapping[str, Any]) -> TrainSettings:
-    return TrainSettings.from_mapping({**thaw(spec.train), **{k: v for k, v in overrides.items() if v is not None}})
+    """The spec's `train:` section under explicit overrides. A search-space marker there
+    (`lr: {float: [1e-4, 1e-2], default: 2e-3}`) trains at its default unless overridden."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    section = {}
+    for key, value in thaw(spec.train).items():
+        if isinstance(value, Mapping) and any(m in value for m in ("int", "float", "choice")) and key not in given:
+            if value.get("default") is None:
+                raise SpecError(f"train.{key}: is a search space {value} with no default; give it one, "
+                                f"or pass --{key.replace('_', '-')} VALUE")
+            value = value["default"]
+        section[key] = value
+    return TrainSettings.from_mapping({**section, **given})
 
 
 def pick_device(name: str) -> torch.device:
@@ -403,6 +414,11 @@ class Trainer:
 
             with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
                                batch_size=s.batch_size, primary=self.task.primary) as progress:
+                total_steps = s.epochs * self.steps_per_epoch
+                if s.warmup >= total_steps and self.global_step == 0:
+                    progress.note(f"warning: warmup ({s.warmup} steps) is not shorter than the whole run "
+                                  f"({total_steps} steps), so the learning rate never reaches {s.lr:g}; "
+                                  f"lower --warmup or train longer")
                 while self.epoch < s.epochs and not self.out_of_time:
                     if s.early_stop and self.stale >= s.early_stop:
                         progress.note(f"early stop: val_{self.task.primary} has not improved for {self.stale} epochs")
@@ -469,6 +485,7 @@ class Trainer:
         sums = self.partial_sums
         first_bad = torch.tensor(-1, device=self.device)
         t0 = time.perf_counter()
+        first_step = self.step_in_epoch  # > 0 when resumed mid-epoch: time only what runs now
         progress.start_epoch(self.epoch, self.step_in_epoch)
         for step, x, y in batches(self.train_split, order, s.batch_size, self.step_in_epoch,
                                   self.augment, self.generator):
@@ -517,12 +534,17 @@ class Trainer:
             else:
                 self.stale += 1
         record = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()},
-                  **{f"val_{k}": v for k, v in val.items()}, "lr": self.optimizer.param_groups[0]["lr"],
-                  "seconds": seconds, "samples_per_s": seen / max(seconds, 1e-9)}
+                  **{f"val_{k}": v for k, v in val.items()}, "lr": self._lr_at(self.global_step - 1),
+                  "seconds": seconds,
+                  "samples_per_s": (seen - min(first_step * s.batch_size, seen)) / max(seconds, 1e-9)}
         if seen < len(self.train_split):
             record["partial"] = seen / len(self.train_split)  # the time budget ended this epoch early
         self.history.append(record)
         return record
+
+    def _lr_at(self, step: int) -> float:
+        """The learning rate the schedule gave at a (global, 0-based) step."""
+        return self.scheduler.base_lrs[0] * self.scheduler.lr_lambdas[0](max(step, 0))
 
     def _check_finite(self, first_bad: torch.Tensor) -> None:
         step = int(first_bad)

@@ -40,7 +40,7 @@ def test_parse_vary_reads_yaml_scalars_and_builds_a_grid():
 
 
 def test_vary_of_an_unknown_var_and_duplicate_specs():
-    with pytest.raises(SpecError, match="no var 'dpth'"):
+    with pytest.raises(SpecError, match=r"--vary \(in tiny\) dpth: the spec has no var .dpth."):
         make_candidates([TINY], {"dpth": [1]})
     assert [c.label for c in make_candidates([TINY, TINY], {})] == ["tiny", "tiny#2"]
 
@@ -131,3 +131,18 @@ def test_cli_compare_with_vary_prints_the_table_and_recommendation(tmp_path):
     assert "tiny[depth=1]" in result.output and "tiny[depth=2]" in result.output
     assert "recommended" in result.output and "test (once)" in result.output
     assert (tmp_path / "r.html").exists()
+
+
+def test_report_from_single_runs_is_honest_and_refuses_what_it_cannot_compare(tmp_path):
+    from archlab.errors import ArchlabError
+    from archlab.train import fit
+
+    a = fit(TINY, data="digits", epochs=1, quiet=True)
+    b = fit({**TINY, "name": "wide", "vars": {**TINY["vars"], "width": 32}}, data="digits", epochs=1, quiet=True)
+    result = comparison_from_runs([a.run_id, b.run_id])
+    assert result.cv == 1 and "single validation split" in result.design
+    assert "no retraining" in result.test_note and result.final_run_id in (a.run_id, b.run_id)
+    assert all(c.val_std == 0.0 for c in result.candidates)
+    other = fit(TINY, data="synthetic:images?n=300&shape=1x8x8&classes=10", epochs=1, quiet=True)
+    with pytest.raises(ArchlabError, match="different data sets"):
+        comparison_from_runs([a.run_id, other.run_id])

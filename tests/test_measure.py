@@ -218,7 +218,7 @@ def test_llama_7b_fits_an_80gb_gpu_only_at_small_batches() -> None:
     "text, value",
     [("80GB", 80 * 10**9), ("80 GB", 80 * 10**9), ("80GiB", 80 * 2**30), ("24gib", 24 * 2**30),
      ("16G", 16 * 2**30), ("512MB", 512 * 10**6), ("512MiB", 512 * 2**20), ("1.5TB", 1_500_000_000_000),
-     ("2KB", 2000), ("2KiB", 2048), ("1000", 1000), ("1000B", 1000), (".5GB", 500_000_000), (4096, 4096)],
+     ("2KB", 2000), ("2KiB", 2048), ("1000B", 1000), (".5GB", 500_000_000), (4096, 4096)],
 )
 def test_parse_bytes_units(text: str | int, value: int) -> None:
     assert parse_bytes(text) == value
@@ -308,3 +308,8 @@ def test_inspecting_a_7b_model_allocates_no_weights() -> None:
     peak = _rss_kib(peak_field) if peak_field else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert r.params == 6_738_415_616  # 27 GB of fp32 weights, had they been allocated
     assert (peak - before) * 1024 < 1 << 30, f"RSS grew by {(peak - before) / 1024:.0f} MiB"
+
+
+def test_a_size_without_a_unit_is_refused():
+    with pytest.raises(SpecError, match="no unit"):
+        parse_bytes("80")

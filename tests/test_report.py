@@ -107,7 +107,7 @@ def test_sections_and_one_svg_per_chart(page):
 
 def test_header_and_table(page):
     header = _element(page, "header", "overview")
-    assert "digits" in header and "3 folds × 1 repeat" in header
+    assert "digits" in header and "3-fold cross-validation" in header
     assert "archlab compare zoo:mlp zoo:resnet-mini" in header and "generated" in header
     table = re.search(r"<table.*?</table>", page, re.S).group(0)
     assert table.count("<tr") == 4  # header + 3 candidates
