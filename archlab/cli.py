@@ -71,8 +71,9 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
         console.print(f"[bold]{title}[/bold]")
     m = r.memory
     console.print(f"params            {r.params:,} total, {r.trainable:,} trainable, {r.frozen:,} frozen")
-    console.print(f"forward FLOPs     {human(r.flops_per_sample, 'FLOPs')} per sample "
-                  f"(= {human(r.macs_per_sample, 'MACs')}; 1 MAC = 2 FLOPs); "
+    console.print(f"forward FLOPs     {human(r.flops_per_sample, 'FLOPs')} per sample (inference mode), of which "
+                  f"matmuls/convolutions/attention: {human(r.macs_per_sample, 'MACs')} = "
+                  f"{human(2 * r.macs_per_sample, 'FLOPs')} (1 MAC = 2 FLOPs); "
                   f"training step ~3x forward = {human(3 * r.flops_per_sample, 'FLOPs')}")
     if r.uncounted:
         ops = escape(", ".join(f"{u.op} x{u.calls} (in {u.first_seen_in})" for u in r.uncounted))

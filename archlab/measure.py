@@ -136,6 +136,25 @@ def op_flops(name: str, args: tuple, out: Any) -> int | None:
     return None
 
 
+def op_macs(name: str, args: tuple, out: Any) -> int:
+    """Multiply-accumulates of matrix products, convolutions and attention; 0 for other ops."""
+    if name in ("mm", "addmm"):
+        a, b = (args[0], args[1]) if name == "mm" else (args[1], args[2])
+        return a.shape[0] * a.shape[1] * b.shape[1]
+    if name in ("bmm", "baddbmm"):
+        a, b = (args[0], args[1]) if name == "bmm" else (args[1], args[2])
+        return a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+    if name in ("convolution", "_convolution"):
+        w, y = args[1], _first_tensor(out)
+        assert y is not None
+        return y.numel() * w.shape[1] * math.prod(w.shape[2:])
+    if name.startswith("_scaled_dot_product_") and "backward" not in name:
+        q, k = args[0], args[1]
+        b, h, t, d = q.shape
+        return 2 * b * h * t * k.shape[2] * d
+    return 0
+
+
 class _CostMode(TorchDispatchMode):
     """Prices every op of a forward pass and charges it to the innermost spec layer."""
 
@@ -143,6 +162,7 @@ class _CostMode(TorchDispatchMode):
         super().__init__()
         self.stack: list[str] = []
         self.flops: Counter[str] = Counter()
+        self.macs = 0
         self.uncounted: dict[str, list] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
@@ -155,6 +175,7 @@ class _CostMode(TorchDispatchMode):
             entry[0] += 1
         else:
             self.flops[where] += cost
+            self.macs += op_macs(name, args, out)
         return out
 
 
@@ -214,14 +235,11 @@ class Inspection:
     memory: Memory
     device_memory: int | None = None
     vars: Mapping[str, Any] = field(default_factory=dict)
+    macs_per_sample: int = 0        # multiply-accumulates of matmuls, convolutions, attention
 
     @property
     def frozen(self) -> int:
         return self.params - self.trainable
-
-    @property
-    def macs_per_sample(self) -> float:
-        return self.flops_per_sample / 2
 
     @property
     def fits(self) -> bool | None:
@@ -241,7 +259,7 @@ class Inspection:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["vars"] = dict(self.vars)
-        d.update(frozen=self.frozen, macs_per_sample=self.macs_per_sample,
+        d.update(frozen=self.frozen,
                  training_flops_per_sample_approx=3 * self.flops_per_sample,
                  fits=self.fits, max_batch=self.max_batch)
         d["memory"]["total"] = self.memory.total
@@ -276,8 +294,11 @@ def _unique_params(module: nn.Module, seen: set[int]) -> int:
     return total
 
 
-def _forward_cost(net: Network, batch: int, dtype: torch.dtype) -> tuple[_CostMode, int]:
-    """One meta forward in training mode; returns the op costs and bytes saved for backward."""
+def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = True) -> tuple[_CostMode, int]:
+    """One meta forward; returns the op costs and the bytes autograd saved for backward.
+
+    FLOPs are taken in eval mode (inference: dropout off, batch norm on running statistics),
+    the memory saved for backward in training mode."""
     leaf_modules = dict(net.named_modules())
     mode = _CostMode()
     handles = []
@@ -296,7 +317,7 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype) -> tuple[_CostMo
         return t
 
     x = net.example_input(batch, device="meta", dtype=dtype)
-    net.train()
+    net.train(train)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
             y = net(x)
@@ -331,10 +352,10 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     if torch_dtype != torch.float32:
         net = net.to(torch_dtype)
 
-    mode1, act1 = _forward_cost(net, 1, torch_dtype)
+    mode1, _ = _forward_cost(net, 1, torch_dtype, train=False)
     # The line through batches 2 and 3, not 1 and 2: at batch 1 PyTorch often skips a copy
     # (a transpose across a size-1 dim is already contiguous), so batch 1 may save less.
-    measured = {1: act1, 2: _forward_cost(net, 2, torch_dtype)[1], 3: _forward_cost(net, 3, torch_dtype)[1]}
+    measured = {2: _forward_cost(net, 2, torch_dtype)[1], 3: _forward_cost(net, 3, torch_dtype)[1]}
     per_sample = measured[3] - measured[2]
     fixed = measured[2] - 2 * per_sample
     act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype)[1]
@@ -363,7 +384,7 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     return Inspection(
         name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,
         optimizer=optimizer, layers=tuple(rows), params=params, trainable=trainable,
-        flops_per_sample=sum(mode1.flops.values()), uncounted=uncounted, memory=memory,
+        flops_per_sample=sum(mode1.flops.values()), macs_per_sample=mode1.macs, uncounted=uncounted, memory=memory,
         device_memory=None if device_memory is None else parse_bytes(device_memory),
         vars=thaw(net.spec.resolved_vars()),  # plain data: to_dict() must deep-copy it
     )
