@@ -463,23 +463,25 @@ def search_cmd(
     from .search import search
 
     result = search(spec, data=data, trials=trials, timeout=timeout, objectives=objective or ["val_acc"],
-                    max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms, sampler=sampler, pruner=pruner, cv=cv, jobs=jobs, storage=storage, study=study,
-                    export=export, seed=seed, quiet=quiet, target=target, epochs=epochs,
+                    max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms, sampler=sampler,
+                    pruner=pruner, cv=cv, jobs=jobs, storage=storage, study=study, export=export, seed=seed, quiet=quiet, target=target, epochs=epochs,
                     batch_size=batch_size, lr=lr)
     _finish_search(result, export, report)
     if result.interrupted:
         print(f"stopped: finished trials are kept; run the same command again to continue study "
               f"{result.study}", file=sys.stderr)
-        raise typer.Exit(130)
+        raise SystemExit(130)  # not typer.Exit: main() runs the app with standalone_mode=False
 
 
 def _finish_search(result, export, report) -> None:  # noqa: ANN001
     print_search(result)
     if export and not result.exported:
         if result.best_specs:
+            import dataclasses
+
             from .search import export_specs
 
-            result = dataclasses_replace(result, exported=tuple(map(str, export_specs(result, export))))
+            result = dataclasses.replace(result, exported=tuple(map(str, export_specs(result, export))))
         else:
             console.print("exported          nothing: no trial has completed yet")
     for path in result.exported:
@@ -489,12 +491,6 @@ def _finish_search(result, export, report) -> None:  # noqa: ANN001
 
         write_search_report(result, report)
         console.print(f"report            {report}")
-
-
-def dataclasses_replace(obj, **changes):  # noqa: ANN001, ANN003, ANN201
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def print_search(result) -> None:  # noqa: ANN001
@@ -596,7 +592,10 @@ def main() -> None:
         from click.exceptions import UsageError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer returns (not raises) a typer.Exit's code: pass it on.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UsageError as e:  # a wrong flag or command: one line, like every other error
         command = e.ctx.command_path if e.ctx else "archlab"
         print(f"error: {e.format_message()} (see `{command} --help`)", file=sys.stderr)

@@ -303,7 +303,8 @@ def vae_loss(recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: tor
 
 
 def gan_step(net: GANNetwork, x: torch.Tensor, z: torch.Tensor, opt_g: torch.optim.Optimizer,
-             opt_d: torch.optim.Optimizer, real_target: float = 1.0) -> dict[str, torch.Tensor]:
+             opt_d: torch.optim.Optimizer, real_target: float = 1.0, grad_clip: float | None = None
+             ) -> dict[str, torch.Tensor]:
     """One alternating update: D on real and generated images, then G (non-saturating loss).
 
     Returns detached d_loss, g_loss, d_real (mean D(x)) and d_fake (mean D(G(z)), before D's update).
@@ -316,6 +317,8 @@ def gan_step(net: GANNetwork, x: torch.Tensor, z: torch.Tensor, opt_g: torch.opt
               + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.discriminator.parameters(), grad_clip)
     opt_d.step()
     # G step: maximise log D(G(z)) (stronger gradients early than minimising log(1 - D(G(z)))).
     # Backward also fills D's .grad, but only opt_g steps here; opt_d clears them next time.
@@ -323,6 +326,8 @@ def gan_step(net: GANNetwork, x: torch.Tensor, z: torch.Tensor, opt_g: torch.opt
     g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.generator.parameters(), grad_clip)
     opt_g.step()
     return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
             "d_real": torch.sigmoid(real_logits.detach()).mean(), "d_fake": torch.sigmoid(fake_logits.detach()).mean()}
@@ -581,7 +586,7 @@ class GANTrainer(_GenerativeTrainer):
         progress.start_epoch(self.epoch, 0)
         for step, x, _ in batches(self.train_split, order, s.batch_size, 0, None, g):
             z = _normal((len(x), net.latent), g, x)
-            out = gan_step(net, x, z, self.optimizer, self.d_optimizer, 1.0 - s.label_smoothing)
+            out = gan_step(net, x, z, self.optimizer, self.d_optimizer, 1.0 - s.label_smoothing, s.grad_clip)
             self._check_finite(out["d_loss"] + out["g_loss"], step, "the GAN loss")
             self.scheduler.step()
             self.d_scheduler.step()

@@ -46,10 +46,10 @@ user attribute `curve` (Optuna refuses `report` in multi-objective studies).
 
 **Storage.** By default an Optuna journal file, `<ARCHLAB_HOME>/studies.journal`
 (JournalStorage + JournalFileBackend, writes appended under a file lock). Measured on this
-project's machine (see bench/search_efficiency.md): RDBStorage on SQLite lost trials to
-"database is locked"/commit errors with 12 concurrent workers and failed outright when
-several workers opened a fresh database at once ("table studies already exists"), with or
-without a 60 s busy timeout; the journal file had no error in any run. Any Optuna storage URL
+project's machine (bench/search_efficiency.md): Optuna's RDBStorage on SQLite failed most
+worker starts when several processes opened a fresh database at once ("table studies
+already exists"), with or without a 60 s busy timeout, and under load lost trials to commit
+errors with 12 concurrent workers; the journal file had no error in any run. Any Optuna URL
 passes through (`postgresql://...`, `mysql://...`, `sqlite:///path`, the latter with a 60 s
 busy timeout), and `journal:PATH` names another journal file. The study name defaults to
 the spec's name, the data, the objectives and a hash of everything that defines the
@@ -66,6 +66,7 @@ Each trained trial is a run in the run store, tagged `{"study": NAME, "trial": "
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -183,10 +184,6 @@ class Objective:
     @property
     def trained(self) -> bool:
         return self.key not in COSTS
-
-    @property
-    def label(self) -> str:
-        return self.key
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "key": self.key, "direction": self.direction}
@@ -1206,7 +1203,7 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
     result = load_search(name, storage_obj, _storage_url=url, _seconds=time.perf_counter() - started,
                          _interrupted=interrupted)
     if export is not None and result.best_specs:
-        result = _replace(result, exported=tuple(str(p) for p in export_specs(result, export)))
+        result = dataclasses.replace(result, exported=tuple(str(p) for p in export_specs(result, export)))
     return result
 
 
@@ -1250,8 +1247,6 @@ class _Counter:
 
 def _run_workers(job: _Job, jobs: int, remaining: int | None, study: Any, progress: _Progress) -> None:
     """N spawned processes on one study; the parent polls the storage for progress."""
-    import dataclasses
-
     ctx = get_context("spawn")
     tokens = ctx.Value("i", remaining if remaining is not None else 2**31 - 1)
     errors = ctx.Queue()
@@ -1307,12 +1302,6 @@ def _stop_workers(procs: list[Any]) -> None:
         if p.is_alive():
             p.terminate()
             p.join()
-
-
-def _replace(result: SearchResult, **changes: Any) -> SearchResult:
-    import dataclasses
-
-    return dataclasses.replace(result, **changes)
 
 
 def load_search(study: str, storage: str | Path | Any | None = None, *, _storage_url: str | None = None,
