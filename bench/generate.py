@@ -1,6 +1,6 @@
 """Tokens per second of `archlab.generate` with and without the key/value cache.
 
-    .venv/bin/python bench/generate.py [--tokens 256] [--repeats 3]
+    .venv/bin/python bench/generate.py [--tokens 256] [--repeats 3] [--threads 1]
 
 Models have random weights (speed does not depend on what they learned). Runs alternate
 cache / no cache so both see the same machine state; the median of the repeats is shown.
@@ -35,7 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
     print(f"{'model':44} {'no cache tok/s':>15} {'cache tok/s':>12} {'speed-up':>9}")
     for label, (spec, vars_) in MODELS.items():
