@@ -19,8 +19,9 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -190,9 +191,26 @@ def run_fold(job: FoldJob) -> FoldResult:
 # --------------------------------------------------------------------- measurements
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with n intra-op threads. On a busy machine, more threads than free cores make
+    OpenMP wait on descheduled threads: tiny models then run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.no_grad()
 def latency_ms(spec: Spec, batch: int, repeats: int) -> float:
-    """Median wall time of one eval-mode forward pass on the CPU, in milliseconds."""
+    """Median wall time of one eval-mode forward pass on the CPU with one thread, in ms."""
+    with torch_threads(1):
+        return _latency_ms(spec, batch, repeats)
+
+
+def _latency_ms(spec: Spec, batch: int, repeats: int) -> float:
     net = build(spec, seed=0).eval()
     x = net.example_input(batch)
     for _ in range(max(2, repeats // 5)):
@@ -306,7 +324,9 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
     summaries = tuple(summarize(c, by_candidate[c.label], best_val, mode, concrete[c.label]) for c in cands)
     label, rule = recommend(summaries, mode, metric)
 
-    final = _final_run(concrete[label], ds, data, overrides, st, cv, repeats, seed, label, quiet, comparison_id)
+    with torch_threads(threads or torch.get_num_threads()):  # the same share of the cores as a worker
+        final = _final_run(concrete[label], ds, data, overrides, st, cv, repeats, seed, label, quiet,
+                           comparison_id)
     comparison = Comparison(
         data=data, metric=metric, mode=mode, cv=cv, repeats=repeats, candidates=summaries, recommended=label,
         rule=rule, test_metrics=final.test_metrics, test_report=final.test_report, final_run_id=final.run_id,
