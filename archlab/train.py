@@ -339,6 +339,7 @@ class Trainer:
         self.generator: torch.Generator | None = None
         self.resume_generator: torch.Tensor | None = None
         self.stop_requested = False
+        self.interrupt_acted = False
         self.deadline: float | None = None   # perf_counter time when the budget runs out
         self.out_of_time = False
         self.forced_stop = False  # a second Ctrl-C: stopped mid-step, the state is not consistent
@@ -434,6 +435,7 @@ class Trainer:
                         progress.note(f"time budget of {s.max_minutes:g} min spent after epoch {self.epoch}; "
                                       f"keeping the best epoch so far")
         except KeyboardInterrupt:
+            self.interrupt_acted = True
             status, message = "interrupted", "interrupted by the user; resume with `archlab train --resume " + self.run_id + "`"
             self.elapsed = time.perf_counter() - started
             if not self.forced_stop:
@@ -473,7 +475,15 @@ class Trainer:
             self.stop_requested = True
 
         signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
+
+        def restore() -> None:
+            signal.signal(signal.SIGINT, previous)
+            if self.stop_requested and not self.interrupt_acted:
+                # Ctrl-C came after the last step (during validation or the test pass): the run
+                # finished, but the caller (a search, a comparison) must still hear it.
+                signal.raise_signal(signal.SIGINT)
+
+        return restore
 
     def train_epoch(self, progress: Any) -> dict[str, float]:
         s = self.settings
