@@ -95,7 +95,22 @@ class Repeat(nn.Module):
         return self.repeat(x)
 
 
-class Network(nn.Module):
+class ShapedNetwork:
+    """Per-sample input and output shapes of a built network (its `input_type`/`output_type`)."""
+
+    input_type: TensorType
+    output_type: TensorType
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.input_type.shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.output_type.shape
+
+
+class Network(ShapedNetwork, nn.Module):
     """The built model: `model` holds the spec's layers. A plain nn.Module.
 
     `layers` lists each leaf (spec path, layer kind, module name, input and output type)
@@ -114,14 +129,6 @@ class Network(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.input_type.shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self.output_type.shape
 
     def example_input(self, batch: int = 2, device: torch.device | str | None = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:

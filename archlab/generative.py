@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .build import LeafInfo, Network, _Builder, build
+from .build import LeafInfo, Network, ShapedNetwork, _Builder, build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, Split, load_dataset
 from .errors import ArchlabError, DataError, SpecError, TrainingError
@@ -89,7 +89,7 @@ def generative_task(spec: Spec, task: str | None = None) -> str | None:
 # ------------------------------------------------------------------------ networks
 
 
-class VAENetwork(nn.Module):
+class VAENetwork(ShapedNetwork, nn.Module):
     """encoder(x) -> [mu, logvar]; z = mu + sigma * eps; decoder(z) -> pixels in [0, 1].
 
     `forward` returns (reconstruction, mu, logvar). A plain nn.Module.
@@ -105,14 +105,6 @@ class VAENetwork(nn.Module):
         # (section, input, output) of each half, for diagrams.
         self.halves = (("encoder", encoder.input_type, encoder.output_type),
                        ("decoder", decoder.input_type, decoder.output_type))
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.input_type.shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self.output_type.shape
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)  # (B, 2L)
@@ -144,7 +136,7 @@ class VAENetwork(nn.Module):
         return torch.rand(shape, device=device, dtype=dtype)  # pixels in [0, 1]
 
 
-class GANNetwork(nn.Module):
+class GANNetwork(ShapedNetwork, nn.Module):
     """generator(z) -> image; discriminator(image) -> one logit. A plain nn.Module.
 
     `forward(z)` is the generator step's forward, D(G(z)) logits, so `inspect` prices both
@@ -160,14 +152,6 @@ class GANNetwork(nn.Module):
         self.input_type, self.output_type = generator.input_type, discriminator.output_type
         self.halves = (("generator", generator.input_type, generator.output_type),
                        ("discriminator", discriminator.input_type, discriminator.output_type))
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.input_type.shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self.output_type.shape
 
     @property
     def image_shape(self) -> tuple[int, ...]:

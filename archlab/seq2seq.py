@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .build import LeafInfo, Serial, _Builder
+from .build import LeafInfo, Serial, ShapedNetwork, _Builder
 from .errors import SpecError
 from .layers import TensorType
 from .layers.cross import MemoryUser
@@ -28,7 +28,7 @@ from .spec import Spec, check_shape
 PAD, BOS, EOS = 0, 1, 2
 
 
-class Seq2SeqNetwork(nn.Module):
+class Seq2SeqNetwork(ShapedNetwork, nn.Module):
     """encoder(src) -> memory; decoder(tgt_in) attends to memory. A plain nn.Module."""
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, spec: Spec, input_type: TensorType,
@@ -39,14 +39,6 @@ class Seq2SeqNetwork(nn.Module):
         self.spec, self.input_type, self.target_type = spec, input_type, target_type
         self.output_type, self.layers = output_type, layers
         self._users = tuple(m for m in decoder.modules() if isinstance(m, MemoryUser))
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.input_type.shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self.output_type.shape
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         memory = self.encoder(src)  # (B, S, Dm)
