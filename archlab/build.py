@@ -22,13 +22,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import ShapeError, SpecError
+from .frozen import FrozenDict
 from .layers import LAYERS, BuildContext, TensorType, default_layout
 from .spec import Spec, check_shape, load_spec, substitute, thaw
 
@@ -239,7 +239,7 @@ class _Builder:
         out = TensorType(out.shape, out.dtype, out.layout, where)
         if freeze:
             module.requires_grad_(False)
-        self.leaves.append(LeafInfo(where, name, qual, x, out, MappingProxyType(kwargs)))
+        self.leaves.append(LeafInfo(where, name, qual, x, out, FrozenDict(kwargs)))
         self.ctx_built.append((where, name, module))
         return module, out
 
@@ -249,7 +249,7 @@ class _Builder:
             raise SpecError(f"{path}.{name}: a block takes a mapping of var overrides such as "
                             f"{{{name}: {{width: 64}}}}. Received: {thaw(overrides)!r}")
         inner = {**env, **overrides}
-        return self.node(self.spec.blocks[name], x, f"{path}.{name}", qual, MappingProxyType(inner))
+        return self.node(self.spec.blocks[name], x, f"{path}.{name}", qual, FrozenDict(inner))
 
     # -- composition
 
@@ -376,7 +376,7 @@ class _Builder:
             raise SpecError(f"{where}: 'var' must be a name. Received: {var!r}")
         modules = []
         for i in range(times):
-            inner = MappingProxyType({**env, var: i})
+            inner = FrozenDict({**env, var: i})
             module, x = self.node(options["block"], x, f"{where}[{i}]", f"{qual}.repeat.{i}", inner)
             modules.append(module)
         return Repeat(modules), TensorType(x.shape, x.dtype, x.layout, x.source)
@@ -407,7 +407,7 @@ def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | N
         raise SpecError("input: the spec has no input shape; add `input: {shape: [1, 28, 28]}` "
                         "or pass one (--input 1,28,28, or the data set gives it at train time)")
     shape = check_shape(spec.input.shape, "input.shape")
-    env = MappingProxyType(spec.resolved_vars())
+    env = FrozenDict(spec.resolved_vars())
     x = TensorType(shape, spec.input.dtype, default_layout(shape, spec.input.dtype), "input")
     if spec.generator is not None or spec.train.get("task") in ("vae", "gan"):
         from .generative import build_generative

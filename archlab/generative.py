@@ -37,7 +37,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -48,6 +47,7 @@ from .build import LeafInfo, Network, ShapedNetwork, _Builder, build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset, Split, load_dataset
 from .errors import ArchlabError, DataError, SpecError, TrainingError
+from .frozen import FrozenDict
 from .layers import TensorType
 from .spec import InputSpec, Spec, check_shape, load_spec, thaw
 from .store import SQLiteRunStorage, open_store
@@ -215,7 +215,7 @@ def build_generative(spec: Spec, x: TensorType, env: Mapping[str, Any], device: 
     check_shape([latent], "vars.latent")
     z = TensorType((int(latent),), "float", "flat", "latent")
     builder = _Builder(spec)
-    env = MappingProxyType(dict(env))
+    env = FrozenDict(dict(env))
     with torch.device(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if task == "vae":
@@ -525,7 +525,7 @@ class VAETrainer(_GenerativeTrainer):
             sums += torch.stack([rec, kl]).detach() * len(x)
             progress.step(step + 1, loss)
         rec, kl = (sums / len(self.train_split)).tolist()
-        val = evaluate_vae(net, self.val_split, seed=s.seed, batch_size=s.eval_batch_size)
+        val = evaluate_vae(net, self.val_split, seed=s.seed, batch_size=s.eval_batch(self.device))
         self.epoch += 1
         if val:
             if self.best is None or val["loss"] < self.best:
@@ -537,7 +537,7 @@ class VAETrainer(_GenerativeTrainer):
 
     def test_metrics(self) -> dict[str, float]:
         test = self.dataset.test.to(self.device)
-        return evaluate_vae(self.net, test, seed=self.settings.seed, batch_size=self.settings.eval_batch_size)
+        return evaluate_vae(self.net, test, seed=self.settings.seed, batch_size=self.settings.eval_batch(self.device))
 
 
 class GANTrainer(_GenerativeTrainer):
@@ -583,7 +583,7 @@ class GANTrainer(_GenerativeTrainer):
 
     def test_metrics(self) -> dict[str, float]:
         test = self.dataset.test.to(self.device)
-        return evaluate_gan(self.net, test, seed=self.settings.seed, batch_size=self.settings.eval_batch_size)
+        return evaluate_gan(self.net, test, seed=self.settings.seed, batch_size=self.settings.eval_batch(self.device))
 
 
 def _gan_optimizer(module: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:

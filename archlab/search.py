@@ -81,10 +81,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from .errors import ArchlabError, SpecError, TrainingError
+from .frozen import FrozenDict
 from .spec import (
     ChoiceSpace,
     FloatSpace,
@@ -260,7 +260,7 @@ def search_spaces(spec: Spec, fixed: Mapping[str, Any] | None = None) -> SearchS
     if clash:
         raise SpecError(f"train.{clash[0]}: a var of the same name is searched too; rename one "
                         f"(Optuna needs one name per searched value)")
-    return SearchSpaces(MappingProxyType(dict(spec.spaces)), MappingProxyType(train))
+    return SearchSpaces(FrozenDict(dict(spec.spaces)), FrozenDict(train))
 
 
 def _is_scalar(v: Any) -> bool:

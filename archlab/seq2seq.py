@@ -13,7 +13,6 @@ sequence tasks: 0 = <pad>, 1 = <bos>, 2 = <eos>.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 
 from .build import LeafInfo, Serial, ShapedNetwork, _Builder
 from .errors import SpecError
+from .frozen import FrozenDict
 from .layers import TensorType
 from .layers.cross import MemoryUser
 from .spec import Spec, check_shape
@@ -131,14 +131,14 @@ def build_seq2seq(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any
     with torch.device(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc_nodes = spec.encoder if isinstance(spec.encoder, list | tuple) else (spec.encoder,)
-        encoder, memory = builder.serial(enc_nodes, x, "encoder", "encoder", MappingProxyType(dict(env)))
+        encoder, memory = builder.serial(enc_nodes, x, "encoder", "encoder", FrozenDict(dict(env)))
         if memory.rank != 2:
             raise SpecError(f"encoder: must output a sequence (S, D) for the decoder to attend to; it gives "
                             f"{memory.describe()} from {memory.source} (use returns: sequence on recurrent layers)")
         builder.memory = memory
         target = TensorType((int(target_len),), "long", "tokens", "target")
         dec_nodes = spec.decoder if isinstance(spec.decoder, list | tuple) else (spec.decoder,)
-        decoder, out = builder.serial(dec_nodes, target, "decoder", "decoder", MappingProxyType(dict(env)))
+        decoder, out = builder.serial(dec_nodes, target, "decoder", "decoder", FrozenDict(dict(env)))
     if out.rank != 2:
         raise SpecError(f"decoder: must output (T, vocab) logits per target position; it gives {out.describe()}")
     if not any(isinstance(m, MemoryUser) for m in decoder.modules()):

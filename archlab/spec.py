@@ -23,13 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import yaml
 
 from .errors import SpecError
 from .expr import evaluate
+from .frozen import FrozenDict
 
 SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "encoder", "decoder", "generator",
             "discriminator", "train")
@@ -71,7 +71,7 @@ def freeze(value: Any, _depth: int = 0) -> Any:
         raise SpecError(f"spec data is nested more than {_MAX_DEPTH} levels deep "
                         f"(a YAML alias that refers to itself?)")
     if isinstance(value, Mapping):
-        return MappingProxyType({str(k): freeze(v, _depth + 1) for k, v in value.items()})
+        return FrozenDict({str(k): freeze(v, _depth + 1) for k, v in value.items()})
     if isinstance(value, list | tuple):
         return tuple(freeze(v, _depth + 1) for v in value)
     return value
@@ -226,10 +226,10 @@ class Spec:
     name: str
     input: InputSpec | None
     model: Any
-    vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    spaces: Mapping[str, SearchSpace] = field(default_factory=lambda: MappingProxyType({}))
-    blocks: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    train: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    vars: Mapping[str, Any] = field(default_factory=lambda: FrozenDict({}))
+    spaces: Mapping[str, SearchSpace] = field(default_factory=lambda: FrozenDict({}))
+    blocks: Mapping[str, Any] = field(default_factory=lambda: FrozenDict({}))
+    train: Mapping[str, Any] = field(default_factory=lambda: FrozenDict({}))
     description: str = ""
     encoder: Any = None    # seq2seq: the source encoder's layers (then `model` is absent)
     decoder: Any = None    # seq2seq: the target decoder's layers, reading the encoder's output
@@ -290,8 +290,8 @@ class Spec:
                 raise SpecError(f"--set {name}: the spec has no var {name!r}.{hint} "
                                 f"Known vars: {', '.join(known) or 'none'}")
             new_vars[name] = freeze(value)
-        return dataclasses.replace(self, vars=MappingProxyType(new_vars),
-                                   spaces=MappingProxyType(spaces))
+        return dataclasses.replace(self, vars=FrozenDict(new_vars),
+                                   spaces=FrozenDict(spaces))
 
     def with_defaults(self) -> Spec:
         """Every search space at its default; an error names those without one."""
@@ -385,7 +385,7 @@ def substitute(value: Any, names: Mapping[str, Any], where: str) -> Any:
         except SpecError as e:  # an error inside another var already names that var
             raise SpecError(str(e) if str(e).startswith("vars.") else f"{where}: {e}") from None
     if isinstance(value, Mapping):
-        return MappingProxyType({k: substitute(v, names, where) for k, v in value.items()})
+        return FrozenDict({k: substitute(v, names, where) for k, v in value.items()})
     if isinstance(value, list | tuple):
         return tuple(substitute(v, names, where) for v in value)
     return value
@@ -456,8 +456,8 @@ def _parse(data: Any, where: str) -> Spec:
         decoder=freeze(data.get("decoder")),
         generator=freeze(data.get("generator")),
         discriminator=freeze(data.get("discriminator")),
-        vars=MappingProxyType(plain),
-        spaces=MappingProxyType(spaces),
+        vars=FrozenDict(plain),
+        spaces=FrozenDict(spaces),
         blocks=freeze(dict(blocks)),
         train=freeze(dict(train)),
         description=str(description),

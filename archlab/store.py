@@ -8,7 +8,7 @@ Layout under the root (``$ARCHLAB_HOME``, default ``./archlab-runs``)::
     <root>/runs/<run_id>/       artifacts of one run: checkpoints, the spec, plots
 
 Records handed out are immutable (:class:`RunRecord`, :class:`EpochRecord`): mappings are
-read-only ``MappingProxyType`` views and sequences are tuples; ``record.to_dict()`` gives
+read-only ``FrozenDict`` views and sequences are tuples; ``record.to_dict()`` gives
 plain, mutable copies. Several processes may write to one store at once: each process (and
 thread) opens its own connection lazily, writes are short ``BEGIN IMMEDIATE`` transactions,
 and "database is locked" is retried with a busy timeout and backoff.
@@ -36,10 +36,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 from .errors import StoreError
+from .frozen import FrozenDict
 
 __all__ = [
     "STATUSES",
@@ -73,9 +73,9 @@ def default_root() -> Path:
 
 
 def _freeze(obj: Any) -> Any:
-    """Deep read-only copy: dicts -> MappingProxyType, lists/tuples -> tuples."""
+    """Deep read-only copy: dicts -> FrozenDict, lists/tuples -> tuples."""
     if isinstance(obj, Mapping):
-        return MappingProxyType({k: _freeze(v) for k, v in obj.items()})
+        return FrozenDict({k: _freeze(v) for k, v in obj.items()})
     if isinstance(obj, list | tuple):
         return tuple(_freeze(v) for v in obj)
     return obj
@@ -84,7 +84,7 @@ def _freeze(obj: Any) -> Any:
 def thaw(obj: Any) -> Any:
     """Plain mutable deep copy of a frozen record field: mappings -> dict, tuples -> list.
 
-    >>> thaw(MappingProxyType({"a": (1, 2)}))
+    >>> thaw(FrozenDict({"a": (1, 2)}))
     {'a': [1, 2]}
     """
     if isinstance(obj, Mapping):
@@ -102,10 +102,7 @@ class EpochRecord:
     metrics: Mapping[str, float]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
-
-    def __reduce__(self):  # MappingProxyType does not pickle; rebuild from a plain dict
-        return (EpochRecord, (self.epoch, dict(self.metrics)))
+        object.__setattr__(self, "metrics", FrozenDict(dict(self.metrics)))
 
     def __hash__(self) -> int:
         return hash((self.epoch, tuple(self.metrics.items())))

@@ -79,7 +79,7 @@ class TrainSettings:
     label_smoothing: float = 0.0
     crop_padding: int = 0           # image augmentation: random crop with this zero padding
     hflip: bool = False             # image augmentation: random horizontal flip
-    eval_batch_size: int = 1024
+    eval_batch_size: int | None = None  # None: batch_size on CPU, 1024 on GPUs (see eval_batch)
     max_minutes: float | None = None  # time budget: stop (after validating) once it is spent
 
     @classmethod
@@ -118,7 +118,8 @@ class TrainSettings:
         need(self.momentum >= 0, f"momentum must be >= 0. Received: {self.momentum}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0. Received: {self.weight_decay}")
         need(self.crop_padding >= 0, f"crop_padding must be >= 0. Received: {self.crop_padding}")
-        need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1. Received: {self.eval_batch_size}")
+        need(self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f"eval_batch_size must be >= 1. Received: {self.eval_batch_size}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0. Received: {self.grad_clip}")
         need(self.early_stop is None or self.early_stop >= 1, f"early_stop must be >= 1 epoch. Received: {self.early_stop}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0. Received: {self.max_minutes}")
@@ -126,6 +127,14 @@ class TrainSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def eval_batch(self, device: torch.device | str) -> int:
+        """The batch size for validation and test passes. Unset, it is the training batch size on
+        CPU, where big evaluation batches fall out of cache and run ~2x slower (1024 vs 64 on
+        28x28 images, bench/fit_overhead.md), and 1024 on accelerators, which want big batches."""
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        return self.batch_size if torch.device(device).type == "cpu" else max(1024, self.batch_size)
 
 
 def _convert(key: str, value: Any, tp: Any, where: str) -> Any:
@@ -532,7 +541,7 @@ class Trainer:
         self._check_finite(first_bad)  # before anything of this epoch is saved
         seen = min(self.step_in_epoch * s.batch_size, len(self.train_split))
         train = self.task.summarize(sums, seen)
-        val, _ = evaluate_split(self.model, self.val_split, self.task, self.device, s.precision, s.eval_batch_size)
+        val, _ = evaluate_split(self.model, self.val_split, self.task, self.device, s.precision, s.eval_batch(self.device))
         seconds = time.perf_counter() - t0
         self.epoch += 1
         self.step_in_epoch, self.partial_sums = 0, None
@@ -579,11 +588,11 @@ class Trainer:
         test, report = {}, {}
         if self.evaluate_test:
             test, report = evaluate_split(self.net, self.dataset.test.to(self.device), self.task, self.device,
-                                          s.precision, s.eval_batch_size, report=True)
+                                          s.precision, s.eval_batch(self.device), report=True)
         train_metrics = {}
         if self.evaluate_train:
             train_metrics, _ = evaluate_split(self.net, self.train_split, self.task, self.device, s.precision,
-                                              s.eval_batch_size)
+                                              s.eval_batch(self.device))
         self.store.set_status(self.run_id, "finished", test_metrics=test, duration_s=duration)
         if report:
             import json
@@ -746,16 +755,26 @@ def evaluate(run_id: str, data: str | None = None, *, store: SQLiteRunStorage | 
     is_csv = name == "csv" or (not sep and uri.lower().endswith(".csv"))
     # The run's own target column; another table is read with the same column name.
     dataset = load_dataset(uri, seed=settings.seed, root=data_root, target=settings.target if is_csv else None)
-    if tuple(dataset.info.input_shape) != tuple(net.input_shape):
-        raise ArchlabError(f"--data {data}: samples of shape {dataset.info.input_shape} do not fit the model's "
-                           f"input {net.input_shape}")
+    # A GAN's own input is its latent code; the data must fit the images it makes.
+    expected = tuple(getattr(net, "image_shape", net.input_shape))
+    if tuple(dataset.info.input_shape) != expected:
+        raise ArchlabError(f"--data {uri}: samples of shape {tuple(dataset.info.input_shape)} do not fit the "
+                           f"model's input {expected}; evaluate on data shaped like the run's own ({record.data})")
+    if split not in ("train", "val", "test"):
+        raise ArchlabError(f"--split must be train, val or test. Received: {split!r}")
+    generative = record.tags.get("task")
+    if generative in ("vae", "gan"):
+        # A VAE is scored by its ELBO, a GAN by its discriminator's view of real and fake images.
+        from .generative import evaluate_gan, evaluate_vae
+
+        score = evaluate_vae if generative == "vae" else evaluate_gan
+        metrics = score(net, getattr(dataset, split), seed=settings.seed, batch_size=settings.eval_batch("cpu"))
+        return {"run_id": record.run_id, "data": data or record.data, "split": split, **metrics}
     task_name = settings.task or dataset.info.task
     # The same loss as in training (label smoothing included), so the stored test loss is reproduced.
     options = {"label_smoothing": settings.label_smoothing} if task_name == "classify" else {}
     task = make_task(task_name, dataset.info.num_classes, dataset.info.vocab_size, **options)
     task.check_output(net.output_shape)
-    if split not in ("train", "val", "test"):
-        raise ArchlabError(f"--split must be train, val or test. Received: {split!r}")
     metrics, report = evaluate_split(net, getattr(dataset, split), task, torch.device("cpu"),
-                                     batch_size=settings.eval_batch_size, report=True)
+                                     batch_size=settings.eval_batch("cpu"), report=True)
     return {"run_id": record.run_id, "data": data or record.data, "split": split, **metrics, **report}

@@ -69,7 +69,7 @@ from archlab.train import (  # noqa: E402
 
 SPEC = "zoo:cnn"
 SEED = 0
-EVAL_BATCH = 1024  # archlab's default eval_batch_size; the baselines validate with the same
+EVAL_BATCH = 64  # main() sets it to archlab's CPU eval batch (the training batch); baselines validate with the same
 
 
 @dataclass
@@ -509,11 +509,11 @@ def archlab_breakdown(workload: Workload, home: Path, rounds: int) -> dict[str, 
         return evaluate_split(tr.model, split, tr.task, tr.device, "fp32", batch_size, report=report)
 
     val = {k: ms(v) for k, v in interleaved({
-        "archlab": lambda: evaluate(s.eval_batch_size),
+        "archlab": lambda: evaluate(s.eval_batch("cpu")),
         "hand": lambda: validate(tr.net, val_slices(tr.val_split), s.label_smoothing),
-        "archlab_small": lambda: evaluate(s.batch_size),
+        "archlab_big": lambda: evaluate(1024),
     }, rounds).items()}
-    test_eval = ms(median_time(lambda: evaluate(s.eval_batch_size, ds.test, report=True), max(1, rounds // 2)))
+    test_eval = ms(median_time(lambda: evaluate(s.eval_batch("cpu"), ds.test, report=True), max(1, rounds // 2)))
 
     # The data path alone (no model): archlab's batches() vs the DataLoader, one epoch.
     from archlab.train import batches, epoch_order
@@ -535,9 +535,9 @@ def archlab_breakdown(workload: Workload, home: Path, rounds: int) -> dict[str, 
         "best-weights save (when val improves)": best,
         "store.log_epoch (sqlite)": log,
         "task.summarize (one sync)": (summ, summ),
-        f"validation: archlab evaluate_split (batch {s.eval_batch_size})": val["archlab"],
+        f"validation: archlab evaluate_split (batch {s.eval_batch('cpu')})": val["archlab"],
         f"validation: hand-written validate (batch {EVAL_BATCH})": val["hand"],
-        f"validation: evaluate_split at batch {s.batch_size}": val["archlab_small"],
+        "validation: evaluate_split at batch 1024 (the old default)": val["archlab_big"],
         "data path only: archlab batches()": data_archlab,
         "data path only: DataLoader(shuffle=True)": data_loader,
     }
@@ -591,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.digits_repeats is None:
         a.digits_repeats = 3 * a.repeats
 
+    global EVAL_BATCH
+    EVAL_BATCH = a.batch_size  # = archlab's eval batch on CPU (TrainSettings.eval_batch)
     torch.set_num_threads(a.threads)
     info = machine_info()
     print(f"machine: nproc={info['nproc']}  cpu={info['cpu']}  torch={info['torch']}  "

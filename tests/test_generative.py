@@ -26,7 +26,7 @@ from archlab.generative import (
 )
 from archlab.spec import Spec, load_spec
 from archlab.store import open_store
-from archlab.train import fit, resume
+from archlab.train import evaluate, fit, resume
 
 LATENT = 3
 VAE = {
@@ -228,6 +228,17 @@ def test_gan_fit_logs_both_losses(archlab_home) -> None:
     stored = open_store().get_run(run.run_id)
     assert stored.tags["task"] == "gan" and stored.status == "finished" and len(stored.history) == 2
     assert set(stored.test_metrics) == {"d_real", "d_fake"}
+
+
+@pytest.mark.parametrize("spec", [VAE, GAN])
+def test_evaluate_scores_a_generative_run_by_its_own_metrics(archlab_home, spec) -> None:
+    run = fit_generative(spec, data="digits", quiet=True, epochs=1)
+    result = evaluate(run.run_id)
+    # The best (VAE) or last (GAN) weights, re-scored on the test split: the stored numbers again.
+    assert {k: result[k] for k in run.test_metrics} == pytest.approx(run.test_metrics, rel=1e-5)
+    cli = runner.invoke(app, ["evaluate", run.run_id, "--split", "val"])
+    assert cli.exit_code == 0, cli.output
+    assert "(val)" in cli.output and ("kl" in cli.output or "d_fake" in cli.output)
 
 
 @pytest.mark.parametrize("spec", [VAE, GAN])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import MappingProxyType
 
 import pytest
 import yaml
 
 from archlab.errors import SpecError
+from archlab.frozen import FrozenDict
 from archlab.spec import (
     ChoiceSpace,
     FloatSpace,
@@ -144,7 +144,7 @@ def test_changing_the_source_dict_does_not_change_the_spec() -> None:
 def test_freeze_and_thaw_are_inverse() -> None:
     data = {"a": [1, {"b": (2, 3)}], "c": "x"}
     frozen = freeze(data)
-    assert isinstance(frozen, MappingProxyType) and isinstance(frozen["a"], tuple)
+    assert isinstance(frozen, FrozenDict) and isinstance(frozen["a"], tuple)
     assert thaw(frozen) == {"a": [1, {"b": [2, 3]}], "c": "x"}
 
 
@@ -401,3 +401,26 @@ def test_parse_assignment(text: str, expected: tuple) -> None:
 def test_parse_assignment_needs_equals() -> None:
     with pytest.raises(SpecError, match="--set: expected NAME=VALUE"):
         parse_assignment("depth")
+
+
+def test_built_networks_and_specs_copy_and_pickle() -> None:
+    import copy
+    import io
+    import pickle
+
+    import torch
+
+    from archlab import build
+
+    net = build(load_spec("zoo:cnn"), seed=0)
+    twin = copy.deepcopy(net)  # failed while frozen specs were MappingProxyType views
+    assert twin.spec == net.spec and twin.layers[1].args == net.layers[1].args
+    x = torch.randn(2, *net.input_shape)
+    net.eval(), twin.eval()
+    assert torch.equal(net(x), twin(x))
+    torch.save(net, io.BytesIO())
+    frozen = freeze({"a": {"b": [1]}})
+    assert pickle.loads(pickle.dumps(frozen)) == frozen
+    with pytest.raises(TypeError):
+        frozen["a"] = 1  # still read-only
+    assert frozen | {"c": 2} == {"a": {"b": (1,)}, "c": 2} and {"c": 2} | frozen == frozen | {"c": 2}

@@ -744,3 +744,11 @@ def test_a_time_budget_ends_training_early_with_a_partial_last_epoch():
         assert 0 < last["partial"] < 1
     with pytest.raises(SpecError, match="max_minutes"):
         fit("zoo:mlp", data="digits", max_minutes=0, quiet=True)
+
+
+def test_eval_batch_defaults_to_the_training_batch_on_cpu_and_big_on_gpus() -> None:
+    s = TrainSettings(batch_size=32)
+    assert s.eval_batch("cpu") == 32  # big CPU eval batches fall out of cache (bench/fit_overhead.md)
+    assert s.eval_batch("cuda") == 1024 and TrainSettings(batch_size=4096).eval_batch("cuda") == 4096
+    assert TrainSettings(batch_size=32, eval_batch_size=100).eval_batch("cuda") == 100
+    assert TrainSettings.from_mapping({"eval_batch_size": "256"}).eval_batch("cpu") == 256
