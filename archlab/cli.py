@@ -157,7 +157,8 @@ def layers_cmd(pattern: Annotated[str, typer.Argument(help="Glob filter, e.g. 'c
 @app.command("train")
 def train_cmd(
     spec: Annotated[str | None, typer.Argument(help="A YAML spec file or zoo:NAME (omit with --resume).")] = None,
-    data: Annotated[str, typer.Option(help="digits, mnist[:PATH], fashion-mnist[:PATH], cifar10[:PATH], csv:PATH.")] = "digits",
+    data: Annotated[str, typer.Option(help="digits, mnist[:PATH], fashion-mnist[:PATH], cifar10[:PATH], csv:PATH, "
+                                           "npy:FOLDER, imdb:PATH, text:PATH|stdlib, seq:TASK.")] = "digits",
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
@@ -178,6 +179,9 @@ def train_cmd(
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Augment: random horizontal flips.")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Classification label smoothing.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Time budget: stop after this many minutes.")] = None,
+    stream: Annotated[bool | None, typer.Option("--stream/--no-stream", help="Stream the data from disk through a "
+                      "DataLoader (default: only npy data larger than the memory budget).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Reader processes when streaming (default: half the cores).")] = None,
     set: SetOption = None,
     resume: Annotated[str | None, typer.Option(help="Continue a stopped run from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -189,7 +193,7 @@ def train_cmd(
             weight_decay=weight_decay, schedule=schedule, warmup=warmup, grad_clip=grad_clip,
             precision=precision, compile=compile, seed=seed, early_stop=early_stop, device=device,
             task=task, crop_padding=crop_padding, hflip=hflip, label_smoothing=label_smoothing,
-            max_minutes=max_minutes))
+            max_minutes=max_minutes, stream=stream, workers=workers))
     except KeyboardInterrupt as e:
         # typer would swallow the interrupt into a bare exit code; say how to go on.
         print(f"stopped: {e}" if str(e) else "stopped", file=sys.stderr)

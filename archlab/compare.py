@@ -118,6 +118,10 @@ def make_candidates(specs: Sequence[str | Spec | Mapping[str, Any]], vary: Mappi
 
 def development_split(ds: Dataset) -> Split:
     """Train and validation pooled: the data the comparison may look at."""
+    if not (isinstance(ds.train, Split) and isinstance(ds.val, Split)):
+        raise DataError(f"{ds.info.name}: cross-validation pools the train and validation data in memory, "
+                        f"but this data set is larger than the in-memory budget and streams from disk; "
+                        f"raise ARCHLAB_MEMORY_LIMIT (e.g. 16G) or train candidates with `archlab train`")
     return Split(torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y]))
 
 
@@ -169,7 +173,7 @@ def run_fold(job: FoldJob) -> FoldResult:
     task_name = settings.task or ds.info.task
     train_idx, val_idx = fold_indices(dev.y, job.cv, job.repeat, job.seed, task_name == "classify")[job.fold]
     tr, va = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
-    empty = Split(ds.test.x[:0], ds.test.y[:0])
+    empty = Split(dev.x[:0], dev.y[:0])
     fold_ds = Dataset(ds.info, Split(dev.x[tr], dev.y[tr]), Split(dev.x[va], dev.y[va]), empty)
     tags = {"compare_key": job.key, "candidate": job.candidate, "fold": str(job.fold),
             "repeat": str(job.repeat), "cv": str(job.cv), "comparison": job.comparison}
@@ -378,8 +382,8 @@ def _final_run(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any],
         report_path = store.run_dir(record.run_id) / "test_report.json"
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
         return _Final(record.run_id, dict(record.test_metrics), report)
-    empty = Split(ds.test.x[:0], ds.test.y[:0])
-    final_ds = Dataset(ds.info, development_split(ds), empty, ds.test)
+    dev = development_split(ds)
+    final_ds = Dataset(ds.info, dev, Split(dev.x[:0], dev.y[:0]), ds.test)
     settings = resolve_settings(spec, overrides)
     trainer = Trainer(spec, final_ds, settings, store, data_uri=data, quiet=True,
                       tags={"compare_key": key, "candidate": label, "role": "final", "cv": str(cv),

@@ -1,4 +1,5 @@
-"""Data sets: read from disk (never downloaded), split, and served as in-memory tensors.
+"""Data sets: read from disk (never downloaded), split, and served as in-memory tensors
+(data larger than memory is streamed from disk instead: `archlab.ondisk`).
 
 Every loader returns a `Dataset` of three `Split`s whose tensors are already in their final
 dtype and layout, so the training loop only slices them (`iterate_batches`). Loaders are
@@ -13,6 +14,7 @@ registered by name and addressed by a uri, ``NAME`` or ``NAME:ARG``:
     imdb[:PATH]                 IMDB reviews: aclImdb folders or a text,label CSV  (archlab.text)
     text:PATH | text:stdlib     language modelling on a text corpus                (archlab.text)
     seq:copy|reverse|sort|add   synthetic seq2seq tasks                            (archlab.text)
+    npy:FOLDER                  .npy arrays, memory-mapped; streamed when larger than memory (archlab.ondisk)
 
 Errors are one-line `DataError`s that name the file and, for missing files, where to put them.
 """
@@ -144,9 +146,26 @@ class Split:
         """The split on ``device``: small data sets train fastest when moved once, up front."""
         return Split(self.x.to(device), self.y.to(device))
 
+    # What the trainer asks of any split; `archlab.ondisk.DiskSplit` answers the same from disk.
+    def take(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """The rows at `indices`, in that order (one `index_select`: a fresh contiguous batch)."""
+        return self.x.index_select(0, indices), self.y.index_select(0, indices)
+
+    def slice(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        return self.x[start:stop], self.y[start:stop]
+
+    def targets(self) -> Tensor:
+        return self.y
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return tuple(self.y.shape[1:])
+
 
 @dataclass
 class Dataset:
+    """Three splits; each a `Split` in memory or, for data larger than memory, a DiskSplit."""
+
     info: DataInfo
     train: Split
     val: Split
@@ -163,11 +182,14 @@ def load_dataset(
     root: str | Path | None = None,
     target: str | None = None,
     val_fraction: float = 0.1,
+    stream: bool | None = None,
 ) -> Dataset:
     """Load a data set by uri (see the module docstring for the forms).
 
     ``val_fraction`` is a fraction of all rows for data sets without an official test split
     (digits, csv, synthetic) and a fraction of the official train split otherwise.
+    ``stream``: None reads data into memory when it fits the budget and streams larger
+    ``npy:`` data from disk; True streams every split; False reads everything (archlab.ondisk).
 
     >>> ds = load_dataset("digits")
     >>> ds.info.input_shape, ds.info.num_classes, len(ds.train) + len(ds.val) + len(ds.test)
@@ -189,7 +211,9 @@ def load_dataset(
         val_fraction=val_fraction,
     )
     _check(dataset)
-    return dataset
+    from .ondisk import serve
+
+    return serve(dataset, stream)
 
 
 def _check(ds: Dataset) -> None:
@@ -198,6 +222,8 @@ def _check(ds: Dataset) -> None:
     x_dtype = torch.float32 if info.input_dtype == "float" else torch.int64
     for part, split in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
         where = f"{info.name}: {part} split"
+        if not isinstance(split, Split):  # on disk: its loader checked the ranges; probe the types
+            split = Split(*split.slice(0, 1))
         if tuple(split.x.shape[1:]) != info.input_shape or split.x.dtype != x_dtype:
             raise DataError(f"{where}: x is {tuple(split.x.shape)} {split.x.dtype}, "
                             f"expected (N, {', '.join(map(str, info.input_shape))}) {x_dtype}")
@@ -802,6 +828,7 @@ def iterate_batches(
         yield xb, yb
 
 
-# The text and sequence loaders (imdb, text, seq) register themselves on import. Imported
-# last: archlab.text imports this module's names.
+# The text and sequence loaders (imdb, text, seq) and npy (archlab.ondisk) register
+# themselves on import. Imported last: they import this module's names.
+from . import ondisk as _ondisk  # noqa: E402, F401
 from . import text as _text  # noqa: E402, F401

@@ -323,10 +323,11 @@ def evaluate_vae(net: VAENetwork, split: Split, *, seed: int = 0, batch_size: in
     if len(split) == 0:
         return {}
     g = torch.Generator().manual_seed(seed)
+    device = next(net.parameters()).device
     total = torch.zeros(2, dtype=torch.float64)
     with _eval(net):
         for start in range(0, len(split), batch_size):
-            x = split.x[start:start + batch_size]
+            x = split.slice(start, start + batch_size)[0].to(device)
             rec, kl = _vae_batch(net, x, g)
             total += torch.stack([rec, kl]).double().cpu() * len(x)
     rec, kl = (total / len(split)).tolist()
@@ -344,10 +345,11 @@ def evaluate_gan(net: GANNetwork, split: Split, *, seed: int = 0, batch_size: in
     if len(split) == 0:
         return {}
     g = torch.Generator().manual_seed(seed)
+    device = next(net.parameters()).device
     real = fake = 0.0
     with _eval(net):
         for start in range(0, len(split), batch_size):
-            x = split.x[start:start + batch_size]
+            x = split.slice(start, start + batch_size)[0].to(device)
             real += torch.sigmoid(net.discriminator(x)).sum().item()
             fake += torch.sigmoid(net.discriminator(net.sample(len(x), g))).sum().item()
     return {"d_real": real / len(split), "d_fake": fake / len(split)}
@@ -512,7 +514,8 @@ class VAETrainer(_GenerativeTrainer):
         sums = torch.zeros(2, device=self.device)  # recon, kl summed over images (no sync per step)
         t0 = time.perf_counter()
         progress.start_epoch(self.epoch, 0)
-        for step, x, _ in batches(self.train_split, order, s.batch_size, 0, None, g):
+        for step, x, _ in batches(self.train_split, order, s.batch_size, 0, None, g, device=self.device,
+                                  workers=s.workers):
             rec, kl = _vae_batch(net, x, g)
             loss = rec + kl
             self._check_finite(loss, step)
@@ -568,7 +571,8 @@ class GANTrainer(_GenerativeTrainer):
         sums = torch.zeros(4, device=self.device)
         t0 = time.perf_counter()
         progress.start_epoch(self.epoch, 0)
-        for step, x, _ in batches(self.train_split, order, s.batch_size, 0, None, g):
+        for step, x, _ in batches(self.train_split, order, s.batch_size, 0, None, g, device=self.device,
+                                  workers=s.workers):
             z = _normal((len(x), net.latent), g, x)
             out = gan_step(net, x, z, self.optimizer, self.d_optimizer, 1.0 - s.label_smoothing, s.grad_clip)
             self._check_finite(out["d_loss"] + out["g_loss"], step, "the GAN loss")
@@ -622,7 +626,7 @@ def fit_generative(spec: Spec | str | Mapping[str, Any], data: str = "digits", *
     if target is not None:
         raise SpecError(f"--target: a {task} learns images without targets; remove it")
     s = resolve_settings(spec, {**settings, "task": task})
-    dataset = load_dataset(data, seed=s.seed, root=data_root)
+    dataset = load_dataset(data, seed=s.seed, root=data_root, stream=s.stream)
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     trainer = TRAINERS[task](spec, dataset, s, st, data_uri=absolute_data_uri(data), quiet=quiet, tags=tags,
                              on_epoch=on_epoch)
@@ -637,7 +641,7 @@ def resume_generative(record: Any, store: SQLiteRunStorage, *, quiet: bool = Fal
     task = generative_task(spec, s.task)
     if task is None:
         raise TrainingError(f"run {record.run_id} is not a vae or gan run")
-    dataset = load_dataset(record.data, seed=s.seed, root=data_root)
+    dataset = load_dataset(record.data, seed=s.seed, root=data_root, stream=s.stream)
     trainer = TRAINERS[task](spec, dataset, s, store, data_uri=record.data, quiet=quiet, run_id=record.run_id)
     trainer.restore()
     store.set_status(record.run_id, "running", message="resumed")

@@ -728,7 +728,7 @@ class TrialObjective:
 
         dev = development_split(ds)
         stratified = (settings.task or ds.info.task) == "classify"
-        empty = Split(ds.test.x[:0], ds.test.y[:0])
+        empty = Split(dev.x[:0], dev.y[:0])
         out = []
         for train_idx, val_idx in fold_indices(dev.y, self.job.cv, 0, settings.seed, stratified):
             tr, va = torch.as_tensor(train_idx), torch.as_tensor(val_idx)

@@ -33,6 +33,7 @@ from .build import Network, build
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .data import Augment, DataInfo, Dataset, Split, load_dataset
 from .errors import ArchlabError, SpecError, StoreError, TrainingError
+from .ondisk import DiskSplit, describe_data_path, stream_batches
 from .spec import Spec, load_spec, thaw
 from .store import SQLiteRunStorage, open_store
 from .tasks import Task, make_task
@@ -80,6 +81,8 @@ class TrainSettings:
     crop_padding: int = 0           # image augmentation: random crop with this zero padding
     hflip: bool = False             # image augmentation: random horizontal flip
     eval_batch_size: int | None = None  # None: batch_size on CPU, 1024 on GPUs (see eval_batch)
+    stream: bool | None = None      # None: stream npy data from disk only when it exceeds memory
+    workers: int | None = None      # DataLoader reader processes when streaming (None: half the cores, <= 4)
     max_minutes: float | None = None  # time budget: stop (after validating) once it is spent
 
     @classmethod
@@ -122,6 +125,7 @@ class TrainSettings:
              f"eval_batch_size must be >= 1. Received: {self.eval_batch_size}")
         need(self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0. Received: {self.grad_clip}")
         need(self.early_stop is None or self.early_stop >= 1, f"early_stop must be >= 1 epoch. Received: {self.early_stop}")
+        need(self.workers is None or self.workers >= 0, f"workers must be >= 0. Received: {self.workers}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0. Received: {self.max_minutes}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
 
@@ -212,15 +216,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Gene
     return torch.randperm(n, generator=g), g
 
 
-def batches(split: Split, order: torch.Tensor, batch_size: int, start: int,
-            augment: Augment | None, generator: torch.Generator) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """(step, x, y) from `start` on; the order is moved to the data's device once."""
-    order = order.to(split.x.device)
-    n = len(split)
-    for step in range(start, math.ceil(n / batch_size)):
-        idx = order[step * batch_size:(step + 1) * batch_size]
-        x, y = split.x.index_select(0, idx), split.y.index_select(0, idx)
-        if augment:
+def batches(split: Split | DiskSplit, order: torch.Tensor, batch_size: int, start: int,
+            augment: Augment | None, generator: torch.Generator, *, device: torch.device | None = None,
+            workers: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(step, x, y) from `start` on. In-memory data is sliced where it lies (the order moves to
+    its device once); data on disk streams through a DataLoader to `device`, in the same order."""
+    if isinstance(split, DiskSplit):
+        steps = stream_batches(split, order, batch_size, start, device=device, workers=workers)
+    else:
+        order = order.to(split.x.device)
+        steps = ((step, *split.take(order[step * batch_size:(step + 1) * batch_size]))
+                 for step in range(start, math.ceil(len(split) / batch_size)))
+    for step, x, y in steps:
+        if augment:  # in this process, from the run's generator: the same draws on either path
             x = augment(x, generator)
         yield step, x, y
 
@@ -263,7 +271,7 @@ def autocast(device: torch.device, precision: str):  # noqa: ANN201
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, split: Split, task: Task, device: torch.device, precision: str = "fp32",
+def evaluate_split(model: nn.Module, split: Split | DiskSplit, task: Task, device: torch.device, precision: str = "fp32",
                    batch_size: int = 1024, report: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics of `model` on a split, in eval mode; with `report`, the task's extra results too."""
     was_training = model.training
@@ -271,8 +279,8 @@ def evaluate_split(model: nn.Module, split: Split, task: Task, device: torch.dev
     sums, outs = None, []
     try:
         for start in range(0, len(split), batch_size):
-            x = split.x[start:start + batch_size].to(device, non_blocking=True)
-            y = split.y[start:start + batch_size].to(device, non_blocking=True)
+            x, y = split.slice(start, start + batch_size)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, precision):
                 out = task.forward(model, x, y)
             out = out.float()
@@ -285,7 +293,7 @@ def evaluate_split(model: nn.Module, split: Split, task: Task, device: torch.dev
     if sums is None:
         return {}, {}
     metrics = task.summarize(sums, len(split))
-    extra = task.report(torch.cat(outs), split.y.cpu()) if outs else {}
+    extra = task.report(torch.cat(outs), split.targets().cpu()) if outs else {}
     return metrics, extra
 
 
@@ -313,7 +321,7 @@ class Trainer:
         info = dataset.info
         data_vars = dict(info.vars())
         if (s.task or info.task) == "seq2seq":  # the decoder reads the target minus its last token
-            data_vars["target_len"] = dataset.train.y.shape[1] - 1
+            data_vars["target_len"] = dataset.train.target_shape[0] - 1
         self.spec = spec.with_vars(data_vars, strict=False).with_input(info.input_shape, info.input_dtype)
         self.store = store
         self.quiet = quiet
@@ -334,9 +342,11 @@ class Trainer:
         self.augment = Augment(crop_padding=s.crop_padding, hflip=s.hflip)
         if self.augment and info.input_dtype != "float":
             raise SpecError("train: crop_padding/hflip augment images; this data set has token input")
-        # Data lives on the device for the whole run: slicing beats a DataLoader for in-memory data.
+        # In-memory data lives on the device for the whole run: slicing beats a DataLoader there.
+        # A DiskSplit stays where it is and streams (archlab.ondisk).
         self.train_split = dataset.train.to(self.device)
         self.val_split = dataset.val.to(self.device)
+        self.data_note = describe_data_path(dataset)
 
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, float]] = []
@@ -425,6 +435,8 @@ class Trainer:
             with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
                                batch_size=s.batch_size, primary=self.task.primary) as progress:
                 total_steps = s.epochs * self.steps_per_epoch
+                if self.data_note:
+                    progress.note(self.data_note)
                 if s.warmup >= total_steps and self.global_step == 0:
                     progress.note(f"warning: warmup ({s.warmup} steps) is not shorter than the whole run "
                                   f"({total_steps} steps), so the learning rate never reaches {s.lr:g}; "
@@ -507,7 +519,7 @@ class Trainer:
         first_step = self.step_in_epoch  # > 0 when resumed mid-epoch: time only what runs now
         progress.start_epoch(self.epoch, self.step_in_epoch)
         for step, x, y in batches(self.train_split, order, s.batch_size, self.step_in_epoch,
-                                  self.augment, self.generator):
+                                  self.augment, self.generator, device=self.device, workers=s.workers):
             with autocast(self.device, s.precision):
                 out = self.task.forward(self.model, x, y)
                 loss = self.task.loss(out.float(), y)
@@ -697,7 +709,7 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
     if vars:
         spec = spec.with_vars(vars)
     s = resolve_settings(spec, {**settings, "target": target})
-    dataset = load_dataset(data, seed=s.seed, root=data_root, target=s.target)
+    dataset = load_dataset(data, seed=s.seed, root=data_root, target=s.target, stream=s.stream)
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     trainer = Trainer(spec, dataset, s, st, data_uri=absolute_data_uri(data), quiet=quiet, tags=tags)
     return trainer.run()
@@ -720,7 +732,7 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
         return resume_generative(record, st, quiet=quiet, data_root=data_root)
     spec = Spec.from_dict(thaw(record.spec))
     s = TrainSettings.from_mapping(thaw(record.settings))
-    dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target)
+    dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target, stream=s.stream)
     trainer = Trainer(spec, dataset, s, st, data_uri=record.data, quiet=quiet, run_id=record.run_id)
     trainer.restore()
     st.set_status(record.run_id, "running", message="resumed")
@@ -754,7 +766,8 @@ def evaluate(run_id: str, data: str | None = None, *, store: SQLiteRunStorage | 
     name, sep, _ = uri.partition(":")
     is_csv = name == "csv" or (not sep and uri.lower().endswith(".csv"))
     # The run's own target column; another table is read with the same column name.
-    dataset = load_dataset(uri, seed=settings.seed, root=data_root, target=settings.target if is_csv else None)
+    dataset = load_dataset(uri, seed=settings.seed, root=data_root, target=settings.target if is_csv else None,
+                           stream=settings.stream)
     # A GAN's own input is its latent code; the data must fit the images it makes.
     expected = tuple(getattr(net, "image_shape", net.input_shape))
     if tuple(dataset.info.input_shape) != expected:
