@@ -5,7 +5,8 @@ Loaders (registered in `archlab.data.DATASETS`; options go in the uri's query st
     imdb[:PATH][?vocab=10000&max_len=200&tokenizer=word&pad=pre]
         Sentiment classification. PATH is the aclImdb folder (train/pos, train/neg, test/pos,
         test/neg, one review per .txt file; train/unsup is ignored), a folder holding aclImdb/,
-        or a .csv with columns text,label (or review,sentiment).
+        the aclImdb_v1.tar.gz archive itself (read in place, not extracted), or a .csv with
+        columns text,label (or review,sentiment).
     text:PATH[?context=128&tokenizer=char&vocab=512&max_chars=5000000&glob=*.txt&stride=T]
         Language modelling on a text file, or on the files of a folder matching `glob`.
     text:stdlib[?...]
@@ -51,10 +52,12 @@ import os
 import re
 import sys
 import sysconfig
+import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
@@ -496,22 +499,60 @@ def _imdb_folder(folder: Path) -> tuple[list[str], np.ndarray, list[str], np.nda
     """Texts and labels (0 = neg, 1 = pos) of the train and test parts, files in name order."""
     if not (folder / "train").is_dir() and (folder / "aclImdb" / "train").is_dir():
         folder = folder / "aclImdb"
-    parts = []
+    reviews: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for part in ("train", "test"):
-        texts, labels = [], []
-        for label, cls in enumerate(("neg", "pos")):
+        for cls in ("neg", "pos"):
             sub = folder / part / cls
             if not sub.is_dir():
                 raise DataError(f"imdb: missing folder {sub}; expected the aclImdb layout "
                                 f"{folder}/{_IMDB_LAYOUT} (nothing is downloaded)")
             files = sorted(p for p in sub.glob("*.txt") if p.is_file())
-            if not files:
-                raise DataError(f"imdb: {sub} holds no .txt reviews; expected one review per "
-                                f".txt file")
-            texts += [_read_text("imdb", p) for p in files]
-            labels += [label] * len(files)
-        parts += [texts, np.array(labels, dtype=np.int64)]
-    return parts[0], parts[1], parts[2], parts[3]
+            reviews[part, cls] = [(p.name, _read_text("imdb", p)) for p in files]
+    return _imdb_parts(reviews, str(folder))
+
+
+def _imdb_archive(path: Path) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """The same from the aclImdb_v1.tar.gz archive itself, read member by member (nothing is
+    extracted to disk, so member paths cannot escape anywhere)."""
+    reviews: dict[tuple[str, str], list[tuple[str, str]]] = {("train", "neg"): [], ("train", "pos"): [],
+                                                            ("test", "neg"): [], ("test", "pos"): []}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if not (member.isfile() and len(parts) >= 3 and (parts[-3], parts[-2]) in reviews
+                        and parts[-1].endswith(".txt")):
+                    continue  # train/unsup, README, imdb.vocab, the *.feat files
+                raw = tar.extractfile(member).read()
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"imdb: cannot read {path}:{member.name}: not UTF-8 text ({e.reason} at byte "
+                                    f"{e.start})") from None
+                # As open() reads the extracted file: universal newlines.
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+                reviews[parts[-3], parts[-2]].append((parts[-1], text))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"imdb: cannot read {path}: {e or type(e).__name__} (a truncated download or not a "
+                        f"tar archive?); expected aclImdb_v1.tar.gz as distributed") from None
+    return _imdb_parts({k: sorted(v) for k, v in reviews.items()}, f"{path}:aclImdb")
+
+
+def _imdb_parts(reviews: dict[tuple[str, str], list[tuple[str, str]]], where: str
+                ) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """(name, text) lists per (part, class), in name order -> texts and labels of train and test."""
+    out = []
+    for part in ("train", "test"):
+        texts, labels = [], []
+        for label, cls in enumerate(("neg", "pos")):
+            found = reviews[part, cls]
+            if not found:
+                raise DataError(f"imdb: {where}/{part}/{cls} holds no .txt reviews; expected the aclImdb "
+                                f"layout {_IMDB_LAYOUT}")
+            texts += [text for _, text in found]
+            labels += [label] * len(found)
+        out += [texts, np.array(labels, dtype=np.int64)]
+    return out[0], out[1], out[2], out[3]
 
 
 def _imdb_csv(path: Path) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
@@ -604,17 +645,18 @@ def _load_imdb(arg, *, seed, root, target, val_fraction) -> Dataset:
         location = _resolve(where, root)
         if not location.exists():
             raise DataError(f"imdb: not found: {location}; expected the aclImdb folder "
-                            f"({_IMDB_LAYOUT}) or a .csv with columns text,label "
+                            f"({_IMDB_LAYOUT}), aclImdb_v1.tar.gz or a .csv with columns text,label "
                             f"(nothing is downloaded)")
     else:
         location = _data_folder("imdb", None, root, "the aclImdb folder")
 
-    if location.is_file():
+    archive = location.is_file() and location.name.lower().endswith((".tar.gz", ".tgz", ".tar"))
+    if location.is_file() and not archive:
         texts, y, class_names = _imdb_csv(location)
         tr, va, te = _split_indices(len(y), TEST_FRACTION, val_fraction, SPLIT_SEED, labels=y)
         parts = [([texts[i] for i in idx], y[idx]) for idx in (tr, va, te)]
     else:
-        x_tr, y_tr, x_te, y_te = _imdb_folder(location)
+        x_tr, y_tr, x_te, y_te = _imdb_archive(location) if archive else _imdb_folder(location)
         tr, va, _ = _split_indices(len(y_tr), 0.0, val_fraction, SPLIT_SEED, labels=y_tr)
         parts = [([x_tr[i] for i in tr], y_tr[tr]), ([x_tr[i] for i in va], y_tr[va]),
                  (x_te, y_te)]

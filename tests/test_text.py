@@ -199,6 +199,40 @@ def test_imdb_folder(tmp_path):
     assert torch.equal(again.test.x, ds.test.x) and again.info.tokenizer == info.tokenizer
 
 
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar"])
+def test_imdb_archive_reads_like_the_extracted_folder(tmp_path, suffix):
+    import tarfile
+
+    folder = write_aclimdb(tmp_path / "x")
+    (folder / "README").write_text("not a review")
+    (folder / "train" / "pos" / "9_10.txt").write_bytes(b"Windows\r\nline ends")
+    archive = tmp_path / f"aclImdb_v1{suffix}"
+    with tarfile.open(archive, "w:gz" if suffix == ".tar.gz" else "w") as tar:
+        tar.add(folder, arcname="aclImdb")
+    uri = "?vocab=30&max_len=10"
+    from_folder, from_archive = load_dataset(f"imdb:{folder}{uri}"), load_dataset(f"imdb:{archive}{uri}")
+    assert from_archive.info.tokenizer == from_folder.info.tokenizer  # same words: unsup left out
+    for part in ("train", "val", "test"):
+        assert torch.equal(getattr(from_archive, part).x, getattr(from_folder, part).x)
+        assert torch.equal(getattr(from_archive, part).y, getattr(from_folder, part).y)
+
+
+def test_a_damaged_imdb_archive_is_named(tmp_path):
+    import tarfile
+
+    folder = write_aclimdb(tmp_path / "x")
+    archive = tmp_path / "aclImdb_v1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="aclImdb")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"imdb: cannot read .*aclImdb_v1.tar.gz.*truncated download"):
+        load_dataset(f"imdb:{archive}")
+    with tarfile.open(archive, "w:gz") as tar:  # an archive of something else
+        tar.add(folder / "train", arcname="train")
+    with pytest.raises(DataError, match=r"test/neg holds no .txt reviews"):
+        load_dataset(f"imdb:{archive}")
+
+
 def test_imdb_vocab_from_train_split_only(tmp_path):
     folder = write_aclimdb(tmp_path, unique=True)  # review k holds the word "uniqk"
     ds = load_dataset(f"imdb:{folder}?vocab=100000&max_len=64", val_fraction=0.25)
