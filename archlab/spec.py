@@ -39,6 +39,7 @@ DATA_VARS = ("num_classes", "vocab_size", "target_len")
 
 _VAR_REF = re.compile(r"^\$([A-Za-z_]\w*)$")
 _EXPR = re.compile(r"\$\{([^{}]*)\}")
+_BARE_ARITHMETIC = re.compile(r"^\$[A-Za-z_]\w*\s*(?:[-+*/%]|//|\*\*)\s*[\w(.]")  # `$w*2`, `$depth - 1`
 
 
 class _Loader(yaml.SafeLoader):
@@ -377,6 +378,11 @@ def substitute(value: Any, names: Mapping[str, Any], where: str) -> Any:
                 raise SpecError(f"{where}: unknown var {m.group(1)!r} in {value!r} "
                                 f"(known: {', '.join(sorted(names)) or 'none'})")
             return names[m.group(1)]
+        bare = value.strip()
+        if _BARE_ARITHMETIC.match(bare):
+            # `$w*2`: a var name followed by arithmetic, which only ${...} evaluates.
+            raise SpecError(f"{where}: {value!r} is not a var reference; arithmetic goes inside ${{...}}: "
+                            f"write '${{{bare[1:]}}}'")
         try:
             full = _EXPR.fullmatch(value.strip())
             if full:
@@ -473,7 +479,10 @@ def _parse_input(raw: Any, where: str) -> InputSpec | None:
         raise SpecError(f"{where}: expected {{shape: [C, H, W]}}. Received: {raw!r}")
     extra = set(raw) - {"shape", "dtype"}
     if extra:
-        raise SpecError(f"{where}: unknown key {sorted(extra)[0]!r}; allowed: shape, dtype")
+        key = sorted(extra)[0]
+        close = difflib.get_close_matches(str(key), ["shape", "dtype"], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise SpecError(f"{where}: unknown key {key!r}.{hint} Allowed: shape, dtype")
     shape = raw.get("shape", [])
     if isinstance(shape, int):
         shape = [shape]

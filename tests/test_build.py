@@ -392,6 +392,18 @@ def test_token_input_to_linear_says_embedding_needed() -> None:
                    "Token ids need an `embedding` first.")
 
 
+def test_float_input_to_embedding_says_how_to_declare_token_ids() -> None:
+    msg = error(spec([{"embedding": {"vocab": 10, "dim": 4}}], {"shape": [16]}), ShapeError)
+    assert msg == ("model[0].embedding: expects long input, got (16,) float produced by input. "
+                   "For token ids declare them: input: {shape: [16], dtype: long}.")
+
+
+def test_bare_var_arithmetic_points_to_braces() -> None:
+    msg = error({"input": {"shape": [4]}, "vars": {"w": 2}, "model": [{"linear": "$w*2"}]})
+    assert msg == "model[0].linear: '$w*2' is not a var reference; arithmetic goes inside ${...}: write '${w*2}'"
+    assert "Did you mean 'shape'?" in error({"input": {"shap": [4]}, "model": ["relu"]})
+
+
 def test_other_node_errors() -> None:
     assert "takes no arguments. Received: 3" in error(spec([{"relu": 3}]))
     assert "a layer is written as a one-key mapping" in error(spec([{"linear": 3, "relu": None}]))

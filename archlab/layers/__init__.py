@@ -71,9 +71,14 @@ class TensorType:
             raise ShapeError(f"expects {what} input, got {self.describe()} ({self.layout}) "
                              f"produced by {self.source}")
         if dtype is not None and self.dtype != dtype:
-            hint = (" Token ids need an `embedding` first." if self.dtype == "long" else
-                    " Only `embedding` takes integer token ids.")
-            raise ShapeError(f"expects {dtype} input, got {self.describe()} produced by "
+            if self.dtype == "long":
+                hint = " Token ids need an `embedding` first."
+            elif self.source == "input":
+                hint = (f" For token ids declare them: input: {{shape: {list(self.shape)}, dtype: long}}.")
+            else:
+                hint = " Only the spec's input can carry integer token ids; put this layer first."
+            got = self.describe() + (" float" if self.dtype == "float" else "")  # describe() names only long
+            raise ShapeError(f"expects {dtype} input, got {got} produced by "
                              f"{self.source}.{hint}")
         return self.shape
 
