@@ -109,12 +109,24 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Parameters, FLOPs and training memory of a spec, without allocating weights."""
+    _check_train_section(spec)
     report = inspect(spec, input_shape=parse_shape(input) if input else None, batch=batch, dtype=dtype,
                      optimizer=optimizer, device_memory=device_memory, vars=_vars(set))
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print_inspection(report)
+
+
+def _check_train_section(spec: str) -> None:
+    """A misspelt or out-of-range `train:` setting is an error now, not when training starts.
+    Search-space markers are left to `archlab search`."""
+    from .spec import load_spec, thaw
+    from .train import TrainSettings
+
+    plain = {k: v for k, v in thaw(load_spec(spec).train).items()
+             if not (isinstance(v, dict) and {"int", "float", "choice"} & set(v))}
+    TrainSettings.from_mapping(plain, where="train")
 
 
 @app.command("zoo")

@@ -6,7 +6,8 @@ schedule, batch size and thread count, trained three ways, interleaved A,B,C,A,B
   archlab      archlab.train.fit(...) with a temporary ARCHLAB_HOME (checkpoints, store, ...)
   hand-written a loop over in-memory tensors: randperm per epoch + index_select batches,
                AdamW, per-step cosine schedule, a per-epoch validation pass (loss + accuracy)
-  DataLoader   the textbook loop: TensorDataset + DataLoader(shuffle=True) + the same validation
+  DataLoader   the textbook loop: TensorDataset + DataLoader(shuffled) + the same validation; its
+               sampler draws archlab's permutation, so all loops train the same model (SameOrder)
   lightning    (only where `lightning` / `pytorch_lightning` is importable)
   keras        (only where `keras` is importable and runs on the torch backend)
 
@@ -270,12 +271,30 @@ def run_handwritten(workload: Workload, spec: Any, s: TrainSettings, train: Spli
     return clock.outcome(acc)
 
 
+class SameOrder(torch.utils.data.Sampler):
+    """What shuffle=True does (RandomSampler: one randperm per epoch from a generator), with the
+    generator seeded as archlab seeds its own: every loop then sees the same batches and follows
+    the same trajectory, so they differ only in how they make batches. (With shuffle=True's own
+    order the DataLoader loop trained a different model, 1-3% faster or slower per epoch for
+    data-dependent reasons, e.g. denormal floats, which swamped the data-path difference.)"""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 def run_dataloader(workload: Workload, spec: Any, s: TrainSettings, train: Split, val: Split,
                    home: Path) -> Outcome:
     net = build_model(spec, s)
     bs = s.batch_size
-    loader = DataLoader(TensorDataset(train.x, train.y), batch_size=bs, shuffle=True,
-                        generator=torch.Generator().manual_seed(s.seed))
+    loader = DataLoader(TensorDataset(train.x, train.y), batch_size=bs, sampler=SameOrder(len(train), s.seed))
     val_loader = DataLoader(TensorDataset(val.x, val.y), batch_size=EVAL_BATCH)
     opt, sched = optimizer_and_schedule(net, s, len(loader))
     criterion = loss_fn(s)

@@ -95,6 +95,8 @@ def test_spec_file_path(tmp_path: Path) -> None:
         (["zoo:mlp", "--set", "hiden=3"], "Did you mean 'hidden'?"),
         (["zoo:mlp", "--set", "hidden"], "--set: expected NAME=VALUE"),
         (["zoo:cnn", "--input", "3,8"], "expects (C,H,W) input"),
+        (['{input: {shape: [4]}, model: [{linear: 2}], train: {epochz: 3}}'], "Did you mean 'epochs'?"),
+        (['{input: {shape: [4]}, model: [{linear: 2}], train: {lr: -1}}'], "train: lr must be > 0"),
     ],
 )
 def test_errors_are_spec_errors_in_process(args: list[str], fragment: str) -> None:
