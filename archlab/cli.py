@@ -64,8 +64,10 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
         table.add_column("params", justify="right")
         table.add_column("fwd FLOPs/sample", justify="right")
         for row in r.layers:
-            params = f"{row.params:,}" + (f" ({row.note})" if row.note else "")
-            table.add_row(escape(row.path), row.kind, shape_text(row.output_shape), params, human(row.flops))
+            # Notes (tied, frozen, what the merge row holds) go by the layer: the numbers stay a column.
+            layer = f"{row.kind} ({row.note})" if row.kind and row.note else row.kind or row.note
+            table.add_row(escape(row.path), escape(layer), shape_text(row.output_shape), f"{row.params:,}",
+                          human(row.flops))
         console.print(table)
     else:
         console.print(f"[bold]{title}[/bold]")

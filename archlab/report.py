@@ -234,10 +234,13 @@ def _learning_curves(c: Comparison) -> str:
         epochs, val, val_sd = _epoch_stats(x, f"val_{c.metric}")
         t_epochs, train, _ = _epoch_stats(x, f"train_{c.metric}")
         if len(epochs):
-            ax.plot(epochs, val, color=color, lw=2, label="validation (mean ± 1 std)")
+            # A one-epoch run is a single point: a line needs a marker to be seen at all.
+            ax.plot(epochs, val, color=color, lw=2, label="validation (mean ± 1 std)",
+                    marker="o" if len(epochs) == 1 else None)
             ax.fill_between(epochs, val - val_sd, val + val_sd, color=color, alpha=0.2, lw=0)
         if len(t_epochs):
-            ax.plot(t_epochs, train, color=color, lw=1.5, ls="--", label="train (mean)")
+            ax.plot(t_epochs, train, color=color, lw=1.5, ls="--", label="train (mean)",
+                    marker="x" if len(t_epochs) == 1 else None)
         if not len(epochs) and not len(t_epochs):
             ax.text(0.5, 0.5, "no history", ha="center", va="center", transform=ax.transAxes)
         star = " ★" if x.label == c.recommended else ""
