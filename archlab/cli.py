@@ -578,6 +578,46 @@ def sample_cmd(
     print(f"wrote {n} samples {tuple(images.shape[1:])} to {out}")
 
 
+@app.command("data")
+def data_cmd(
+    uri: Annotated[str, typer.Argument(help="A data set: digits, mnist:PATH, csv:PATH, npy:FOLDER, text:stdlib, ...")],
+    target: Annotated[str | None, typer.Option(help="csv: the target column.")] = None,
+    export: Annotated[str | None, typer.Option(help="Write the three splits as an npy:FOLDER here.")] = None,
+    uint8: Annotated[bool, typer.Option("--uint8", help="With --export: store images as bytes (4x smaller).")] = False,
+) -> None:
+    """What archlab reads from a data set: task, shapes, split sizes, and whether it streams."""
+    from .data import Split, load_dataset
+    from .ondisk import DiskSplit, memory_budget, write_npy
+
+    ds = load_dataset(uri, target=target)
+    info = ds.info
+    parts = {"train": ds.train, "val": ds.val, "test": ds.test}
+    classes = ""
+    if info.num_classes:
+        names = ", ".join((info.class_names or ())[:6]) + (", ..." if info.num_classes > 6 else "")
+        classes = f", {info.num_classes} classes ({names})"
+    print(f"{info.name}: {info.task}{classes}")
+    print(f"input    {shape_text(info.input_shape)} {info.input_dtype}"
+          + (f", vocabulary {info.vocab_size:,}" if info.vocab_size else ""))
+    print("splits   " + "  ".join(f"{k} {len(v):,}" for k, v in parts.items()))
+
+    def size(split: Split | DiskSplit) -> int:
+        if isinstance(split, DiskSplit):
+            return split.nbytes
+        return split.x.element_size() * split.x.numel() + split.y.element_size() * split.y.numel()
+
+    streamed = isinstance(ds.train, DiskSplit)
+    total = sum(size(p) for p in parts.values())
+    print(f"size     {nbytes(total)} decoded; "
+          + (f"streams from disk (more than the in-memory budget of {nbytes(memory_budget())})"
+             if streamed else "held in memory"))
+    if info.source:
+        print(f"source   {info.source}")
+    if export:
+        folder = write_npy(export, ds, images_as_uint8=uint8)
+        print(f"wrote    {folder} (read it back with --data npy:{folder})")
+
+
 @app.command("demo")
 def demo_cmd(
     jobs: Annotated[int, typer.Option(help="Worker processes.")] = 2,

@@ -253,3 +253,22 @@ def test_ctrl_c_to_the_process_group_while_streaming_then_resume(digits_npy, tmp
     assert mine.status == "finished" and dict(mine.test_metrics) == dict(ref.test_metrics)
     for name in ("checkpoint.safetensors", "best.safetensors"):
         assert _same_weights(load_file(ref_dir / name), load_file(my_dir / name))
+
+
+def test_data_command_describes_and_exports(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from archlab.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "digits", "--export", str(tmp_path / "d"), "--uint8"])
+    assert result.exit_code == 0, result.output
+    assert "digits: classify, 10 classes" in result.output and "train 1,258  val 180  test 359" in result.output
+    assert "held in memory" in result.output and f"--data npy:{tmp_path / 'd'}" in result.output
+    assert np.load(tmp_path / "d" / "train_x.npy").dtype == np.uint8
+    monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "10K")
+    result = runner.invoke(app, ["data", f"npy:{tmp_path / 'd'}"])
+    assert result.exit_code == 0, result.output
+    assert "streams from disk (more than the in-memory budget of 10 KiB)" in result.output
+    exported = load_dataset(f"npy:{tmp_path / 'd'}", stream=False)
+    assert torch.equal(exported.test.y, load_dataset("digits").test.y)
