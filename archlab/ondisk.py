@@ -12,6 +12,8 @@ x: uint8 arrays are images, served as float32 in [0, 1] (x / 255), which keeps t
 smaller than float32; float arrays are served as float32; other integer arrays as int64 token
 ids. y: integers are class ids (task classify), floats regression targets; (N, T) integer y
 with (N, T) integer x is language modelling. `info.json` overrides any of these guesses.
+Class ids and token ids are range-checked in one chunked pass at load time (for a large
+token corpus, that pass reads all of x).
 
 The arrays are memory-mapped (`np.load(mmap_mode="r")`): opening reads only the headers.
 `serve` then picks the path. If the decoded tensors fit in the memory budget
