@@ -294,8 +294,11 @@ def run_dataloader(workload: Workload, spec: Any, s: TrainSettings, train: Split
                    home: Path) -> Outcome:
     net = build_model(spec, s)
     bs = s.batch_size
-    loader = DataLoader(TensorDataset(train.x, train.y), batch_size=bs, sampler=SameOrder(len(train), s.seed))
-    val_loader = DataLoader(TensorDataset(val.x, val.y), batch_size=EVAL_BATCH)
+    # Each DataLoader iterator draws a base seed from its generator, or from the global RNG
+    # without one, which would shift the dropout masks: give both loaders their own.
+    loader = DataLoader(TensorDataset(train.x, train.y), batch_size=bs, sampler=SameOrder(len(train), s.seed),
+                        generator=torch.Generator())
+    val_loader = DataLoader(TensorDataset(val.x, val.y), batch_size=EVAL_BATCH, generator=torch.Generator())
     opt, sched = optimizer_and_schedule(net, s, len(loader))
     criterion = loss_fn(s)
     clock, acc = EpochClock(), float("nan")
