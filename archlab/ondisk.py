@@ -176,7 +176,8 @@ class DiskSplit:
 
 
 class _BatchReader(torch.utils.data.Dataset):
-    """Item i is `per_item` consecutive batches of the epoch's order, from batch `start` on.
+    """Item i is `per_item` consecutive batches of the epoch's order, from batch `start` on,
+    as one (x, y) pair.
 
     Workers hand items to the trainer through shared memory at a fixed cost per item (~1 ms:
     pickling, a file descriptor, a queue), so an item carries several batches: with one
@@ -190,10 +191,11 @@ class _BatchReader(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return max(0, math.ceil((self.end - self.start) / self.per_item))
 
-    def __getitem__(self, i: int) -> list[tuple[Tensor, Tensor]]:
-        first = self.start + i * self.per_item
-        return [self.split.take(self.order[b * self.batch_size:(b + 1) * self.batch_size])
-                for b in range(first, min(first + self.per_item, self.end))]
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        # One read and two tensors for all of the item's batches: every tensor that crosses to
+        # the trainer costs a shared-memory segment; the trainer cuts the batches out as views.
+        first = (self.start + i * self.per_item) * self.batch_size
+        return self.split.take(self.order[first:first + self.per_item * self.batch_size])
 
 
 ITEM_BYTES = 4 << 20  # what one worker item carries: a few MiB amortises its transfer cost
@@ -219,8 +221,8 @@ def stream_batches(split: DiskSplit, order: Tensor, batch_size: int, start: int,
         # from the global RNG would shift the model's dropout masks away from the in-memory path.
         generator=torch.Generator().manual_seed(0))
     step = start
-    for item in loader:
-        for x, y in item:
+    for xs, ys in loader:
+        for x, y in zip(xs.split(batch_size), ys.split(batch_size), strict=True):
             if device is not None:
                 x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
             yield step, x, y
