@@ -13,8 +13,9 @@ fresh process so peak memory is its own, interleaved A,B,C,D,A,B,C,D,...:
 
 Each epoch is train + a validation pass; seconds are wall-clock per epoch (the median over
 repeats). Memory: the process's peak resident set (VmHWM, which counts the memory-mapped file
-pages it touched: the kernel can drop those), its private (anonymous) memory at the end, and
-the largest DataLoader worker's peak. Results: BENCHMARKS.md.
+pages it touched: the kernel can drop those) and the largest DataLoader worker's peak (which
+counts the pages it shares with the trainer it was forked from). Each repeat line also shows
+the private (anonymous) memory left at the end of the run. Results: BENCHMARKS.md.
 
     .venv/bin/python bench/stream.py                    # 200k images, 3 repeats (~5 min on 2 cores)
     .venv/bin/python bench/stream.py --n 20000 --repeats 1   # a smoke run
@@ -203,14 +204,16 @@ def main() -> None:
     med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in results.items()}
     print(f"\nmedians over {a.repeats} repeats ({a.n:,} images, batch {a.batch_size}, {a.workers} worker(s)):")
     print(f"  {'method':<18} {'s/epoch':>8} {'vs torch DataLoader':>20} {'vs torch in-memory':>19} "
-          f"{'peak MiB':>9} {'private MiB':>12}")
+          f"{'peak MiB':>9} {'worker peak MiB':>16}")
     for m, v in med.items():
         print(f"  {m:<18} {v['seconds']:8.2f} {v['seconds'] / med['torch DataLoader']['seconds']:20.3f} "
-              f"{v['seconds'] / med['torch in-memory']['seconds']:19.3f} {v['peak_mib']:9.0f} {v['anon_mib']:12.0f}")
+              f"{v['seconds'] / med['torch in-memory']['seconds']:19.3f} {v['peak_mib']:9.0f} "
+              f"{v['worker_peak_mib']:16.0f}")
     streamed, textbook = med["archlab streamed"], med["torch DataLoader"]
     print(f"\narchlab streamed / torch DataLoader: {streamed['seconds'] / textbook['seconds']:.3f} (target < 1)")
-    print(f"archlab streamed private memory: {streamed['anon_mib']:.0f} MiB vs {decoded:.0f} MiB for the decoded set "
-          f"(archlab in-memory: {med['archlab in-memory']['anon_mib']:.0f} MiB)")
+    print(f"peak resident memory: archlab streamed {streamed['peak_mib']:.0f} MiB, archlab in-memory "
+          f"{med['archlab in-memory']['peak_mib']:.0f} MiB (the decoded set alone is {decoded:.0f} MiB). A worker's "
+          f"peak counts the pages it shares with the trainer it was forked from.")
 
 
 if __name__ == "__main__":
