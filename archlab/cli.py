@@ -195,7 +195,8 @@ def train_cmd(
     max_minutes: Annotated[float | None, typer.Option(help="Time budget: stop after this many minutes.")] = None,
     stream: Annotated[bool | None, typer.Option("--stream/--no-stream", help="Stream the data from disk through a "
                       "DataLoader (default: only npy data larger than the memory budget).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Reader processes when streaming (default: half the cores).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Reader processes when streaming (default: half the cores, "
+                       "at most 4).")] = None,
     set: SetOption = None,
     resume: Annotated[str | None, typer.Option(help="Continue a stopped run from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -222,7 +223,9 @@ def _train(spec, data, resume, quiet, target, assignments, settings):  # noqa: A
     from .train import resume as resume_run
 
     if resume:
-        # A resumed run continues with the spec, data and settings it was recorded with.
+        # A resumed run continues with the spec, data and settings it was recorded with; only how
+        # the data is read (--stream/--no-stream, --workers) may change: it changes no result.
+        io = {k: settings.pop(k) for k in ("stream", "workers")}
         given = [f"--{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
         given += ["SPEC"] if spec is not None else []
         given += ["--set"] if assignments else []
@@ -230,7 +233,7 @@ def _train(spec, data, resume, quiet, target, assignments, settings):  # noqa: A
         if given:
             raise ArchlabError(f"train --resume: a resumed run keeps its recorded spec and settings; drop "
                                f"{', '.join(given)} (or start a new run without --resume)")
-        return resume_run(resume, quiet=quiet)
+        return resume_run(resume, quiet=quiet, **io)
     if spec is None:
         raise ArchlabError("train: give a SPEC (a YAML file or zoo:NAME) or --resume RUN_ID")
     return fit(spec, data=data, quiet=quiet, target=target, vars=_vars(assignments), **settings)
@@ -586,6 +589,8 @@ def data_cmd(
     uint8: Annotated[bool, typer.Option("--uint8", help="With --export: store images as bytes (4x smaller).")] = False,
 ) -> None:
     """What archlab reads from a data set: task, shapes, split sizes, and whether it streams."""
+    import torch
+
     from .data import Split, load_dataset
     from .ondisk import DiskSplit, memory_budget, write_npy
 
@@ -600,6 +605,12 @@ def data_cmd(
     print(f"input    {shape_text(info.input_shape)} {info.input_dtype}"
           + (f", vocabulary {info.vocab_size:,}" if info.vocab_size else ""))
     print("splits   " + "  ".join(f"{k} {len(v):,}" for k, v in parts.items()))
+    if info.task == "classify" and info.num_classes:
+        counts = torch.bincount(ds.train.targets(), minlength=info.num_classes)
+        if empty := [str(c) for c, n in enumerate(counts.tolist()) if n == 0]:
+            print(f"note     class{'es' if len(empty) > 1 else ''} {', '.join(empty[:10])} "
+                  f"{'have' if len(empty) > 1 else 'has'} no training samples (class ids are used as given: "
+                  f"labels 1..K make K+1 classes)")
 
     def size(split: Split | DiskSplit) -> int:
         if isinstance(split, DiskSplit):

@@ -37,7 +37,7 @@ from .results import CandidateSummary, Comparison, FoldResult
 from .spec import Spec, load_spec, parse_assignment, thaw
 from .store import SQLiteRunStorage, open_store
 from .tasks import make_task
-from .train import Trainer, resolve_settings
+from .train import Trainer, absolute_data_uri, resolve_settings
 
 # The diagnosis rule (also stated in the README). Metrics where larger is better.
 UNDERFIT_TOLERANCE = 0.01   # train metric this far below the best candidate's validation metric
@@ -119,9 +119,13 @@ def make_candidates(specs: Sequence[str | Spec | Mapping[str, Any]], vary: Mappi
 def development_split(ds: Dataset) -> Split:
     """Train and validation pooled: the data the comparison may look at."""
     if not (isinstance(ds.train, Split) and isinstance(ds.val, Split)):
-        raise DataError(f"{ds.info.name}: cross-validation pools the train and validation data in memory, "
-                        f"but this data set is larger than the in-memory budget and streams from disk; "
-                        f"raise ARCHLAB_MEMORY_LIMIT (e.g. 16G) or train candidates with `archlab train`")
+        from .ondisk import format_size
+
+        need = sum(p.nbytes for p in (ds.train, ds.val) if not isinstance(p, Split))
+        raise DataError(f"{ds.info.name}: cross-validation pools the train and validation data in memory "
+                        f"({format_size(need)} decoded), but this data set streams from disk; raise "
+                        f"ARCHLAB_MEMORY_LIMIT above that (or, in `archlab search`, drop --cv; or train the "
+                        f"candidates one by one with `archlab train`)")
     return Split(torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y]))
 
 
@@ -289,6 +293,7 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
         raise SpecError("--repeats and --jobs must be at least 1")
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     cands = make_candidates(specs, parse_vary(vary))
+    data = absolute_data_uri(data)  # runs record where their data is, so they evaluate from anywhere
     ds = _dataset(data, seed, str(data_root) if data_root else None, target)
     overrides = {**{k: v for k, v in settings.items() if v is not None}, "seed": seed}
     if target:

@@ -634,10 +634,11 @@ def fit_generative(spec: Spec | str | Mapping[str, Any], data: str = "digits", *
 
 
 def resume_generative(record: Any, store: SQLiteRunStorage, *, quiet: bool = False,
-                      data_root: str | Path | None = None) -> Run:
-    """Continue a stopped VAE or GAN run from its last epoch-end checkpoint (`archlab train --resume`)."""
+                      data_root: str | Path | None = None, **io: Any) -> Run:
+    """Continue a stopped VAE or GAN run from its last epoch-end checkpoint (`archlab train --resume`);
+    `io` may change how data is read (stream, workers)."""
     spec = Spec.from_dict(thaw(record.spec))
-    s = TrainSettings.from_mapping(thaw(record.settings))
+    s = dataclasses.replace(TrainSettings.from_mapping(thaw(record.settings)), **io)
     task = generative_task(spec, s.task)
     if task is None:
         raise TrainingError(f"run {record.run_id} is not a vae or gan run")

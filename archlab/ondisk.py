@@ -12,8 +12,8 @@ x: uint8 arrays are images, served as float32 in [0, 1] (x / 255), which keeps t
 smaller than float32; float arrays are served as float32; other integer arrays as int64 token
 ids. y: integers are class ids (task classify), floats regression targets; (N, T) integer y
 with (N, T) integer x is language modelling. `info.json` overrides any of these guesses.
-Class ids and token ids are range-checked in one chunked pass at load time (for a large
-token corpus, that pass reads all of x).
+Class ids, token ids and float values (no NaN or inf) are checked in one chunked pass at load
+time, which reads the arrays once.
 
 The arrays are memory-mapped (`np.load(mmap_mode="r")`): opening reads only the headers.
 `serve` then picks the path. If the decoded tensors fit in the memory budget
@@ -71,7 +71,8 @@ def _decode_x(raw: np.ndarray, kind: str) -> Tensor:
 
 
 def _decode_y(raw: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.array(raw, dtype=np.int64 if np.issubdtype(raw.dtype, np.integer) else np.float32))
+    ids = np.issubdtype(raw.dtype, np.integer) or raw.dtype == np.bool_
+    return torch.from_numpy(np.array(raw, dtype=np.int64 if ids else np.float32))
 
 
 def _kind_of(dtype: np.dtype) -> str:
@@ -137,7 +138,7 @@ class DiskSplit:
     def nbytes(self) -> int:
         """Bytes the decoded tensors would take in memory."""
         x_item = 8 if self.kind == "tokens" else 4
-        y_item = 8 if np.issubdtype(self.y.dtype, np.integer) else 4
+        y_item = 8 if np.issubdtype(self.y.dtype, np.integer) or self.y.dtype == np.bool_ else 4
         return len(self) * (x_item * math.prod(self.sample_shape) + y_item * math.prod(self.target_shape))
 
     def to(self, device: torch.device | str) -> DiskSplit:
@@ -262,8 +263,12 @@ def memory_budget() -> int:
     return parse_size(limit) if limit else _available_memory() // 2
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
+def format_size(n: int) -> str:
+    """Binary units, as `archlab data` and ARCHLAB_MEMORY_LIMIT (10K = 10 KiB) count them."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} B"
 
 
 def serve(dataset: Dataset, stream: bool | None) -> Dataset:
@@ -287,8 +292,10 @@ def describe_data_path(dataset: Dataset) -> str | None:
     if not isinstance(dataset.train, DiskSplit):
         return None
     size = sum(p.nbytes for p in (dataset.train, dataset.val, dataset.test) if isinstance(p, DiskSplit))
-    return (f"streaming {dataset.info.name} from disk through a DataLoader ({_gb(size)} decoded; "
-            f"in-memory budget {_gb(memory_budget())}, set ARCHLAB_MEMORY_LIMIT or --no-stream to change)")
+    budget = memory_budget()
+    why = (f"more than the in-memory budget of {format_size(budget)}; set ARCHLAB_MEMORY_LIMIT or --no-stream to change"
+           if size > budget else "--stream asked for it; it would fit in memory")
+    return f"streaming {dataset.info.name} from disk through a DataLoader ({format_size(size)} decoded, {why})"
 
 
 # ------------------------------------------------------------------------ npy:FOLDER
@@ -320,6 +327,14 @@ def _read_info(folder: Path) -> dict[str, Any]:
         raise DataError(f"npy: {path}: task must be one of {', '.join(TASK_NAMES)}. Received: {info['task']!r}")
     if info.get("input") is not None and info["input"] not in INPUT_KINDS:
         raise DataError(f"npy: {path}: input must be one of {', '.join(INPUT_KINDS)}. Received: {info['input']!r}")
+    for key, least in (("num_classes", 2), ("vocab_size", 1)):
+        value = info.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise DataError(f"npy: {path}: {key} must be an integer >= {least}. Received: {value!r}")
+    names = info.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str | int) for n in names)):
+        raise DataError(f"npy: {path}: class_names must be a list of names, e.g. [\"cat\", \"dog\"]. "
+                        f"Received: {names!r}")
     return info
 
 
@@ -334,6 +349,20 @@ def _chunked_range(a: np.ndarray) -> tuple[int, int]:
         lo = int(chunk.min()) if lo is None else min(lo, int(chunk.min()))
         hi = int(chunk.max()) if hi is None else max(hi, int(chunk.max()))
     return lo, hi
+
+
+def _check_finite(given: dict[str, tuple[np.ndarray, np.ndarray, tuple[Path, Path]]]) -> None:
+    """NaN or inf in float inputs or targets would surface as a diverging loss; name the file."""
+    for x, y, paths in given.values():
+        for a, path in ((x, paths[0]), (y, paths[1])):
+            if not np.issubdtype(a.dtype, np.floating):
+                continue
+            rows = max(1, _CHUNK_BYTES // max(1, a.itemsize * math.prod(a.shape[1:])))
+            for start in range(0, len(a), rows):
+                bad = ~np.isfinite(a[start:start + rows].reshape(min(rows, len(a) - start), -1)).all(axis=1)
+                if bad.any():
+                    raise DataError(f"npy: {path} row {start + int(np.argmax(bad))} holds NaN or inf; clean or "
+                                    f"drop those rows")
 
 
 @register_dataset("npy")
@@ -351,25 +380,39 @@ def _load_npy(arg, *, seed, root, target, val_fraction) -> Dataset:
                             f"{py.name if px.exists() else px.name} in {folder}")
         if px.exists():
             x, y = _open_array(px), _open_array(py)
-            if x.ndim < 2 or len(x) != len(y) or y.ndim not in (1, 2):
+            if x.ndim < 2:
+                raise DataError(f"npy: {px} is {x.shape}: x needs a sample axis after the row axis, (N, features) "
+                                f"or (N, C, H, W); for one feature per row save x.reshape(-1, 1)")
+            if len(x) != len(y) or y.ndim not in (1, 2):
                 raise DataError(f"npy: {px.name} {x.shape} and {py.name} {y.shape} must be (N, ...) and "
                                 f"(N,) or (N, k) with the same N")
+            if len(x) == 0:
+                raise DataError(f"npy: {px} has no rows; remove {part}_x.npy and {part}_y.npy to carve "
+                                f"{part} out of train instead" if part != "train" else f"npy: {px} has no rows")
             given[part] = (x, y, (px, py))
     x_tr, y_tr, _ = given["train"]
     shapes = {p: a[0].shape[1:] for p, a in given.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"npy: the splits' samples differ in shape: {shapes}")
-    kind = {"image": "image", "float": "float", "tokens": "tokens"}.get(info_json.get("input")) or _kind_of(x_tr.dtype)
+    int_y = np.issubdtype(y_tr.dtype, np.integer) or y_tr.dtype == np.bool_
+    kind = info_json.get("input") or _kind_of(x_tr.dtype)
+    if kind == "image" and "input" not in info_json and int_y and y_tr.ndim == 2 and y_tr.shape == x_tr.shape:
+        kind = "tokens"  # (N, T) bytes with (N, T) integer targets: a byte-level corpus, not images
     if kind == "image" and x_tr.dtype != np.uint8:
         raise DataError(f"npy: info.json says input image, which means uint8 pixels; train_x.npy is {x_tr.dtype}")
     if kind == "tokens" and not np.issubdtype(x_tr.dtype, np.integer):
         raise DataError(f"npy: token input must be integers; train_x.npy is {x_tr.dtype}")
-    int_y = np.issubdtype(y_tr.dtype, np.integer)
     task = info_json.get("task") or (
         "language_model" if int_y and y_tr.ndim == 2 and kind == "tokens" and y_tr.shape == x_tr.shape
         else "classify" if int_y and y_tr.ndim == 1 else "regress")
 
     num_classes = class_names = vocab_size = None
+    if task in ("classify", "language_model", "seq2seq") and not int_y:
+        raise DataError(f"npy: task {task} needs integer ids in y; train_y.npy is {y_tr.dtype}")
+    if task == "classify" and y_tr.ndim != 1:
+        raise DataError(f"npy: task classify needs y of shape (N,); train_y.npy is {y_tr.shape}")
+    if kind != "tokens":
+        _check_finite(given)
     if task == "classify":
         lo, hi = min(_chunked_range(y)[0] for _, y, _ in given.values()), max(_chunked_range(y)[1] for _, y, _ in given.values())
         if lo < 0:
@@ -417,19 +460,30 @@ def write_npy(folder: str | Path, dataset: Dataset, *, images_as_uint8: bool = F
     """Write a data set's three splits as ``npy:FOLDER`` files (and its info.json).
 
     ``images_as_uint8`` stores float images in [0, 1] as bytes (x * 255, rounded): 4x smaller,
-    exact for data that came from bytes (MNIST, CIFAR-10).
+    exact for data that came from bytes (MNIST, CIFAR-10), within 1/510 otherwise (digits has
+    17 grey levels). Values outside [0, 1] are refused: those are features, not pixels.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     info = dataset.info
+    parts = {}
     for part in ("train", "val", "test"):
         split = getattr(dataset, part)
         x, y = (split.x, split.y) if isinstance(split, Split) else split.slice(0, len(split))
-        x = x.cpu().numpy()
-        if images_as_uint8 and info.input_dtype == "float":
-            x = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        parts[part] = (x.cpu().numpy(), y.cpu().numpy())
+    if images_as_uint8:
+        if info.input_dtype != "float":
+            raise DataError(f"--uint8 stores images as bytes; {info.name} has token input")
+        lo = min(float(x.min()) for x, _ in parts.values() if x.size)
+        hi = max(float(x.max()) for x, _ in parts.values() if x.size)
+        if lo < 0 or hi > 1:
+            raise DataError(f"--uint8 stores images with values in [0, 1] as bytes; {info.name} has values in "
+                            f"[{lo:.3g}, {hi:.3g}] (features, not pixels): export without --uint8")
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, (x, y) in parts.items():
+        if images_as_uint8:
+            x = np.rint(x * 255.0).astype(np.uint8)
         np.save(folder / f"{part}_x.npy", x)
-        np.save(folder / f"{part}_y.npy", y.cpu().numpy())
+        np.save(folder / f"{part}_y.npy", y)
     meta = {"task": info.task, "input": "tokens" if info.input_dtype == "long" else
             ("image" if images_as_uint8 else "float")}
     meta |= {k: v for k, v in (("num_classes", info.num_classes), ("vocab_size", info.vocab_size),

@@ -217,7 +217,9 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
                         f"depth: {{int: [1, 4]}} or train settings such as lr: {{float: [1e-4, 1e-2], log: true}}")
 
     # Fail fast on bad settings or data, before any storage or worker is touched.
-    from .train import resolve_settings
+    from .train import absolute_data_uri, resolve_settings
+
+    data = absolute_data_uri(data)  # trial runs record where their data is: they evaluate from anywhere
 
     example = concrete_spec(base, {n: _example_value(s) for n, s in spaces.vars.items()},
                             {n: _example_value(s) for n, s in spaces.train.items()}, fixed)

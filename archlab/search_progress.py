@@ -82,7 +82,8 @@ class _Progress:
             parts = [f"{o.key} {_fmt(v)}" for o, v in zip(self.objectives, s.values, strict=True)]
             return f"trial {s.number} complete  " + "  ".join(parts) + f"  ({s.epochs} epochs)"
         if s.state == "pruned":
-            last = f"  {key} {max(s.curve):.4f}" if s.curve else ""
+            best = min if self.trained.direction == "minimize" else max  # its best epoch, not its worst
+            last = f"  best {key} {best(s.curve):.4f}" if s.curve else ""
             return f"trial {s.number} pruned after {s.epochs} epochs{last}"
         return f"trial {s.number} {s.state}" + (f": {s.message}" if s.message else "")
 

@@ -533,8 +533,10 @@ def _imdb_archive(path: Path) -> tuple[list[str], np.ndarray, list[str], np.ndar
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
                 reviews[parts[-3], parts[-2]].append((parts[-1], text))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"imdb: cannot read {path}: {e or type(e).__name__} (a truncated download or not a "
-                        f"tar archive?); expected aclImdb_v1.tar.gz as distributed") from None
+        # tarfile's "could not be opened" lists every compression it tried, one per line: say it once.
+        reason = "not a tar archive" if "opened successfully" in str(e) else (str(e) or type(e).__name__)
+        raise DataError(f"imdb: cannot read {path}: {reason} (a truncated download?); expected "
+                        f"aclImdb_v1.tar.gz as distributed") from None
     return _imdb_parts({k: sorted(v) for k, v in reviews.items()}, f"{path}:aclImdb")
 
 

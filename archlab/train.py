@@ -715,9 +715,19 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
     return trainer.run()
 
 
+# Settings that decide how data is read, not what is computed: a resume may change them.
+IO_SETTINGS = ("stream", "workers")
+
+
 def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, quiet: bool = False,
-           data_root: str | Path | None = None) -> Run:
-    """Continue a stopped run from its last checkpoint; the result equals an uninterrupted run."""
+           data_root: str | Path | None = None, **io: Any) -> Run:
+    """Continue a stopped run from its last checkpoint; the result equals an uninterrupted run.
+
+    `io` may override `stream` and `workers` (both paths give the same batches)."""
+    if unknown := sorted(set(io) - set(IO_SETTINGS)):
+        raise TrainingError(f"resume: only {', '.join(IO_SETTINGS)} may change on a resumed run. Received: "
+                            f"{', '.join(unknown)}")
+    io = {k: v for k, v in io.items() if v is not None}
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     record = st.get_run(run_id)
     if record.status == "finished":
@@ -729,9 +739,9 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
     if record.tags.get("task") in ("vae", "gan"):  # generative runs have their own loop
         from .generative import resume_generative
 
-        return resume_generative(record, st, quiet=quiet, data_root=data_root)
+        return resume_generative(record, st, quiet=quiet, data_root=data_root, **io)
     spec = Spec.from_dict(thaw(record.spec))
-    s = TrainSettings.from_mapping(thaw(record.settings))
+    s = dataclasses.replace(TrainSettings.from_mapping(thaw(record.settings)), **io)
     dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target, stream=s.stream)
     trainer = Trainer(spec, dataset, s, st, data_uri=record.data, quiet=quiet, run_id=record.run_id)
     trainer.restore()

@@ -103,6 +103,28 @@ def test_token_arrays_become_a_language_model_set(tmp_path):
     assert ds.train.take(torch.tensor([0]))[0].dtype == torch.int64
 
 
+def test_a_byte_corpus_is_tokens_and_bool_labels_are_classes(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (30, 16)).astype(np.uint8)
+    np.save(tmp_path / "train_x.npy", x)
+    np.save(tmp_path / "train_y.npy", np.roll(x, -1, axis=1))  # uint8 (N, T) targets too
+    ds = load_dataset(f"npy:{tmp_path}")
+    assert ds.info.task == "language_model" and ds.info.input_dtype == "long" and ds.train.x.dtype == torch.int64
+    np.save(tmp_path / "train_x.npy", np.zeros((30, 3), np.float32))
+    np.save(tmp_path / "train_y.npy", np.arange(30) % 2 == 0)
+    ds = load_dataset(f"npy:{tmp_path}")
+    assert ds.info.task == "classify" and ds.info.num_classes == 2 and ds.train.y.dtype == torch.int64
+
+
+def test_uint8_export_refuses_features(tmp_path):
+    features = tmp_path / "feat"
+    features.mkdir()
+    np.save(features / "train_x.npy", np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
+    np.save(features / "train_y.npy", np.arange(50) % 2)
+    with pytest.raises(DataError, match=r"--uint8 stores images with values in \[0, 1\].*export without --uint8"):
+        write_npy(tmp_path / "out", load_dataset(f"npy:{features}"), images_as_uint8=True)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
 @pytest.mark.parametrize(("files", "message"), [
     ({}, "train_x.npy not found"),
     ({"train_x.npy": np.zeros((4, 2))}, "has no partner train_y.npy"),
@@ -117,6 +139,19 @@ def test_token_arrays_become_a_language_model_set(tmp_path):
       "test_y.npy": np.zeros(3, int)}, "differ in shape"),
     ({"train_x.npy": np.zeros((4, 2)), "train_y.npy": np.zeros(4, int), "info.json": '{"input": "image"}'},
      "uint8 pixels"),
+    ({"train_x.npy": np.zeros((4, 2)), "train_y.npy": np.zeros(4, int), "info.json": '{"num_classes": "two"}'},
+     "num_classes must be an integer >= 2. Received: 'two'"),
+    ({"train_x.npy": np.zeros((4, 2)), "train_y.npy": np.zeros(4, int), "info.json": '{"num_classes": 10.7}'},
+     "num_classes must be an integer"),
+    ({"train_x.npy": np.zeros((4, 2)), "train_y.npy": np.zeros(4, int), "info.json": '{"class_names": "ab"}'},
+     "class_names must be a list"),
+    ({"train_x.npy": np.zeros((4, 2)), "train_y.npy": np.zeros(4), "info.json": '{"task": "classify"}'},
+     "task classify needs integer ids in y; train_y.npy is float64"),
+    ({"train_x.npy": np.zeros(600), "train_y.npy": np.zeros(600, int)}, r"x needs a sample axis .*reshape\(-1, 1\)"),
+    ({"train_x.npy": np.zeros((10, 2)), "train_y.npy": np.zeros(10, int), "val_x.npy": np.zeros((0, 2)),
+      "val_y.npy": np.zeros(0, int)}, "val_x.npy has no rows; remove val_x.npy and val_y.npy"),
+    ({"train_x.npy": np.array([[0.0, 1.0], [np.nan, 2.0]]), "train_y.npy": np.zeros(2, int)},
+     "train_x.npy row 1 holds NaN or inf"),
 ])
 def test_bad_folders_name_the_file_and_the_fix(tmp_path, files, message):
     for name, content in files.items():
@@ -162,8 +197,19 @@ def test_the_memory_budget_decides_the_path(digits_npy, monkeypatch):
 
 def test_cross_validation_refuses_streamed_data_clearly(digits_npy, monkeypatch, archlab_home):
     monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "100K")
-    with pytest.raises(DataError, match="cross-validation pools the train and validation data in memory"):
+    with pytest.raises(DataError, match=r"cross-validation pools the train and validation data in memory "
+                                        r"\(\d+ KiB decoded\)"):
         compare([MLP], data=f"npy:{digits_npy}", cv=2, epochs=1, quiet=True, jobs=1)
+
+
+def test_compare_records_where_relative_data_lives(digits_npy, monkeypatch, archlab_home):
+    import archlab.compare
+
+    monkeypatch.setattr(archlab.compare, "_DATA_CACHE", {})  # the test above cached it streamed
+    monkeypatch.chdir(digits_npy.parent)
+    compare([MLP], data=f"npy:{digits_npy.name}", cv=2, epochs=1, quiet=True, jobs=1)
+    runs = open_store().list_runs()
+    assert runs and {r.data for r in runs} == {f"npy:{digits_npy}"}  # evaluable from any folder
 
 
 # ------------------------------------------------------------------------ training
@@ -246,7 +292,9 @@ def test_ctrl_c_to_the_process_group_while_streaming_then_resume(digits_npy, tmp
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    resumed = subprocess.run([sys.executable, "-m", "archlab", "train", "--resume", record.run_id, "--quiet"],
+    # How data is read may change on resume: finish it in memory, with the same result.
+    resumed = subprocess.run([sys.executable, "-m", "archlab", "train", "--resume", record.run_id, "--no-stream",
+                              "--workers", "0", "--quiet"],
                              env=_env(homes["stopped"]), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     (ref, ref_dir), (mine, my_dir) = _only_run(homes["reference"]), _only_run(homes["stopped"])
@@ -272,3 +320,15 @@ def test_data_command_describes_and_exports(tmp_path, monkeypatch):
     assert "streams from disk (more than the in-memory budget of 10 KiB)" in result.output
     exported = load_dataset(f"npy:{tmp_path / 'd'}", stream=False)
     assert torch.equal(exported.test.y, load_dataset("digits").test.y)
+
+
+def test_data_command_notes_classes_without_samples(tmp_path):
+    from typer.testing import CliRunner
+
+    from archlab.cli import app
+
+    np.save(tmp_path / "train_x.npy", np.zeros((40, 3), np.float32))
+    np.save(tmp_path / "train_y.npy", 1 + np.arange(40) % 2)  # labels 1 and 2
+    result = CliRunner().invoke(app, ["data", f"npy:{tmp_path}"])
+    assert result.exit_code == 0, result.output
+    assert "3 classes" in result.output and "class 0 has no training samples" in result.output
