@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/inspect_large.py
 	$(BIN)/python bench/fit_overhead.py --quick
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/stream.py --n 20000 --repeats 1
 
 clean:
 	rm -rf $(VENV) archlab-runs archlab-report.html .pytest_cache

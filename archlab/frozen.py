@@ -1,4 +1,6 @@
-"""FrozenDict: the read-only mapping that frozen specs, layer arguments and run records use.
+"""Read-only plain data: FrozenDict, and `freeze`/`thaw` between it and dicts and lists.
+
+Frozen specs, layer arguments and run records are all made of these.
 
 `types.MappingProxyType` would do, except that it cannot be pickled, so neither could anything
 holding one: `copy.deepcopy(model)`, `torch.save(model)` and process pools all failed on a
@@ -9,6 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from .errors import SpecError
+
+# Deeper data than this is refused: a spec is never that deep, and a YAML alias that refers
+# to itself (`model: &x [*x]`) would otherwise recurse until Python gives up.
+_MAX_DEPTH = 100
 
 
 class FrozenDict(Mapping[str, Any]):
@@ -47,3 +55,28 @@ class FrozenDict(Mapping[str, Any]):
 
     def copy(self) -> dict[str, Any]:
         return dict(self._data)
+
+
+def freeze(value: Any, _depth: int = 0) -> Any:
+    """Deep-freeze plain data: dict -> FrozenDict (string keys), list -> tuple."""
+    if _depth > _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
+        raise SpecError(f"spec data is nested more than {_MAX_DEPTH} levels deep "
+                        f"(a YAML alias that refers to itself?)")
+    if isinstance(value, Mapping):
+        return FrozenDict({str(k): freeze(v, _depth + 1) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v, _depth + 1) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The inverse of `freeze`: plain dicts and lists, ready for YAML or JSON.
+
+    >>> thaw(FrozenDict({"a": (1, 2)}))
+    {'a': [1, 2]}
+    """
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value

@@ -29,7 +29,7 @@ import yaml
 
 from .errors import SpecError
 from .expr import evaluate
-from .frozen import FrozenDict
+from .frozen import FrozenDict, freeze, thaw
 
 SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "encoder", "decoder", "generator",
             "discriminator", "train")
@@ -56,35 +56,6 @@ _Loader.add_implicit_resolver(
 
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
-
-
-# ----------------------------------------------------------------------------- freezing
-
-
-# Deeper data than this is refused: a spec is never that deep, and a YAML alias that refers
-# to itself (`model: &x [*x]`) would otherwise recurse until Python gives up.
-_MAX_DEPTH = 100
-
-
-def freeze(value: Any, _depth: int = 0) -> Any:
-    """Deep-freeze plain data: dict -> read-only mapping, list -> tuple."""
-    if _depth > _MAX_DEPTH and isinstance(value, Mapping | list | tuple):
-        raise SpecError(f"spec data is nested more than {_MAX_DEPTH} levels deep "
-                        f"(a YAML alias that refers to itself?)")
-    if isinstance(value, Mapping):
-        return FrozenDict({str(k): freeze(v, _depth + 1) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(freeze(v, _depth + 1) for v in value)
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """The inverse of `freeze`: plain dicts and lists, ready for YAML or JSON."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [thaw(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------ search-space markers

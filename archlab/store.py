@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import StoreError
-from .frozen import FrozenDict
+from .frozen import FrozenDict, freeze, thaw
 
 __all__ = [
     "STATUSES",
@@ -70,28 +70,6 @@ def default_root() -> Path:
 
 
 # ----------------------------------------------------------------------------- records
-
-
-def _freeze(obj: Any) -> Any:
-    """Deep read-only copy: dicts -> FrozenDict, lists/tuples -> tuples."""
-    if isinstance(obj, Mapping):
-        return FrozenDict({k: _freeze(v) for k, v in obj.items()})
-    if isinstance(obj, list | tuple):
-        return tuple(_freeze(v) for v in obj)
-    return obj
-
-
-def thaw(obj: Any) -> Any:
-    """Plain mutable deep copy of a frozen record field: mappings -> dict, tuples -> list.
-
-    >>> thaw(FrozenDict({"a": (1, 2)}))
-    {'a': [1, 2]}
-    """
-    if isinstance(obj, Mapping):
-        return {k: thaw(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [thaw(v) for v in obj]
-    return obj
 
 
 @dataclass(frozen=True)
@@ -134,7 +112,7 @@ class RunRecord:
 
     def __post_init__(self) -> None:
         for field in ("spec", "settings", "env", "test_metrics", "tags"):
-            object.__setattr__(self, field, _freeze(getattr(self, field)))
+            object.__setattr__(self, field, freeze(getattr(self, field)))
         object.__setattr__(self, "history", tuple(self.history))
 
     def best(self, metric: str, mode: str = "max") -> float | None:
