@@ -49,6 +49,7 @@ from .data import Dataset, Split, load_dataset
 from .errors import ArchlabError, DataError, SpecError, TrainingError
 from .frozen import FrozenDict
 from .layers import TensorType
+from .ondisk import describe_data_path
 from .spec import InputSpec, Spec, check_shape, load_spec, thaw
 from .store import SQLiteRunStorage, open_store
 from .train import (
@@ -446,6 +447,11 @@ class _GenerativeTrainer:
         try:
             with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
                                batch_size=s.batch_size, primary=self.primary) as progress:
+                if note := describe_data_path(self.dataset):
+                    progress.note(note)
+                # The budget counts from the run's first start; it is checked at epoch ends (the
+                # generative loops checkpoint there only).
+                deadline = started + 60 * s.max_minutes if s.max_minutes else None
                 while self.epoch < s.epochs:
                     if s.early_stop and self.stale >= s.early_stop:
                         progress.note(f"early stop: val_{self.primary} has not improved for {self.stale} epochs")
@@ -457,6 +463,9 @@ class _GenerativeTrainer:
                     progress.epoch_done(record)
                     if self.on_epoch is not None:
                         self.on_epoch(record)
+                    if deadline is not None and time.perf_counter() >= deadline and self.epoch < s.epochs:
+                        progress.note(f"time budget of {s.max_minutes:g} min spent after epoch {self.epoch}")
+                        break
         except KeyboardInterrupt:
             message = (f"interrupted by the user after epoch {self.epoch}; resume with "
                        f"`archlab train --resume {self.run_id}`")

@@ -241,6 +241,12 @@ def test_evaluate_scores_a_generative_run_by_its_own_metrics(archlab_home, spec)
     assert "(val)" in cli.output and ("kl" in cli.output or "d_fake" in cli.output)
 
 
+def test_a_time_budget_stops_a_generative_run_after_an_epoch(archlab_home) -> None:
+    run = fit_generative(GAN, data="digits", quiet=True, epochs=50, max_minutes=1e-6)
+    assert len(run.history) == 1 and run.status == "finished"
+    assert open_store().get_run(run.run_id).status == "finished"
+
+
 @pytest.mark.parametrize("spec", [VAE, GAN])
 def test_an_interrupted_run_resumes_to_the_same_weights(archlab_home, spec) -> None:
     straight = fit(spec, data="digits", quiet=True, epochs=3)
