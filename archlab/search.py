@@ -223,7 +223,13 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
 
     example = concrete_spec(base, {n: _example_value(s) for n, s in spaces.vars.items()},
                             {n: _example_value(s) for n, s in spaces.train.items()}, fixed)
-    _dataset(data, resolve_settings(example, fixed).seed, str(data_root) if data_root else None, target)
+    ds = _dataset(data, resolve_settings(example, fixed).seed, str(data_root) if data_root else None, target)
+    from .ondisk import DiskSplit
+
+    if cv and isinstance(ds.train, DiskSplit):  # streamed from disk: say now that folds cannot pool it
+        from .compare import development_split
+
+        development_split(ds)  # raises, naming the size and the fix
 
     st = open_store(store)
     if jobs > 1 and isinstance(storage, optuna.storages.BaseStorage):

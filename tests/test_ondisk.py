@@ -332,3 +332,16 @@ def test_data_command_notes_classes_without_samples(tmp_path):
     result = CliRunner().invoke(app, ["data", f"npy:{tmp_path}"])
     assert result.exit_code == 0, result.output
     assert "3 classes" in result.output and "class 0 has no training samples" in result.output
+
+
+def test_search_with_folds_refuses_streamed_data_before_any_trial(digits_npy, monkeypatch, archlab_home):
+    import archlab.search_trial
+    from archlab.search import search
+
+    monkeypatch.setattr(archlab.search_trial, "_DATA_CACHE", {})  # loaded afresh, under the limit below
+    monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "100K")
+    spec = {**MLP, "vars": {"width": {"int": [8, 16]}},
+            "model": ["flatten", {"linear": "$width"}, "relu", {"linear": "$num_classes"}]}
+    with pytest.raises(DataError, match="cross-validation pools"):
+        search(spec, data=f"npy:{digits_npy}", trials=2, cv=2, epochs=1, quiet=True)
+    assert open_store().list_runs() == []
