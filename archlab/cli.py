@@ -346,7 +346,9 @@ def evaluate_cmd(
     from .train import evaluate
 
     result = evaluate(run_id, data, split=split)
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+    # A VAE's loss is its negative ELBO (recon + kl, nats per image): say so where it is printed.
+    label = {"loss": "loss (-ELBO)"} if "kl" in result else {}
+    metrics = "  ".join(f"{label.get(k, k)} {v:.4f}" for k, v in result.items() if isinstance(v, float))
     print(f"{result['run_id']} on {result['data']} ({split}): {metrics}")
 
 
