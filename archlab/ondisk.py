@@ -70,9 +70,13 @@ def _decode_x(raw: np.ndarray, kind: str) -> Tensor:
     return t.div_(255.0) if kind == "image" else t
 
 
+def _is_ids(dtype: np.dtype) -> bool:
+    """Integer (or bool) targets are ids (classes, tokens) and decode to int64; others to float32."""
+    return np.issubdtype(dtype, np.integer) or dtype == np.bool_
+
+
 def _decode_y(raw: np.ndarray) -> Tensor:
-    ids = np.issubdtype(raw.dtype, np.integer) or raw.dtype == np.bool_
-    return torch.from_numpy(np.array(raw, dtype=np.int64 if ids else np.float32))
+    return torch.from_numpy(np.array(raw, dtype=np.int64 if _is_ids(raw.dtype) else np.float32))
 
 
 def _kind_of(dtype: np.dtype) -> str:
@@ -138,7 +142,7 @@ class DiskSplit:
     def nbytes(self) -> int:
         """Bytes the decoded tensors would take in memory."""
         x_item = 8 if self.kind == "tokens" else 4
-        y_item = 8 if np.issubdtype(self.y.dtype, np.integer) or self.y.dtype == np.bool_ else 4
+        y_item = 8 if _is_ids(self.y.dtype) else 4
         return len(self) * (x_item * math.prod(self.sample_shape) + y_item * math.prod(self.target_shape))
 
     def to(self, device: torch.device | str) -> DiskSplit:
@@ -394,7 +398,7 @@ def _load_npy(arg, *, seed, root, target, val_fraction) -> Dataset:
     shapes = {p: a[0].shape[1:] for p, a in given.items()}
     if len(set(shapes.values())) > 1:
         raise DataError(f"npy: the splits' samples differ in shape: {shapes}")
-    int_y = np.issubdtype(y_tr.dtype, np.integer) or y_tr.dtype == np.bool_
+    int_y = _is_ids(y_tr.dtype)
     kind = info_json.get("input") or _kind_of(x_tr.dtype)
     if kind == "image" and "input" not in info_json and int_y and y_tr.ndim == 2 and y_tr.shape == x_tr.shape:
         kind = "tokens"  # (N, T) bytes with (N, T) integer targets: a byte-level corpus, not images
