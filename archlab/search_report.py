@@ -20,6 +20,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
+from .report import _chart, _section  # the comparison report's HTML pieces
 from .search import SearchResult, TrialSummary
 
 _esc = html.escape
@@ -62,14 +63,6 @@ def search_sections_html(result: SearchResult) -> str:
 
 
 # ---------------------------------------------------------------------------- pieces
-
-
-def _section(sid: str, heading: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{heading}</h2>{body}</section>'
-
-
-def _chart(cid: str, svg: str, caption: str) -> str:
-    return f'<figure class="chart" id="{cid}">{svg}<figcaption>{_esc(caption)}</figcaption></figure>'
 
 
 def _overview(r: SearchResult, title: str) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -44,14 +43,6 @@ TINY = {
     "model": ["flatten", {"linear": "$width"}, "$act", {"linear": "$num_classes"}],
     "train": {"epochs": 2, "batch_size": 128, "lr": {"float": [1e-7, 3e-2], "log": True, "default": 1e-2}},
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _journal(tmp_path: Path) -> str:

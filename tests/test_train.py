@@ -46,15 +46,6 @@ TINY = {"name": "tiny", "model": ["flatten", {"linear": 32}, "relu", {"dropout":
                                   {"linear": "$num_classes"}]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: fast on a busy 2-core machine, and the same in every run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def store(tmp_path):
     return open_store(tmp_path / "store")
