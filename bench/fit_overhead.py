@@ -55,16 +55,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from archlab import build, load_spec  # noqa: E402
-from archlab.checkpoint import save_checkpoint  # noqa: E402
+from archlab import (
+    build,  # noqa: E402
+    load_spec,
+)
 from archlab.data import Split, load_dataset  # noqa: E402
-from archlab.store import open_store  # noqa: E402
-from archlab.train import (  # noqa: E402
+from archlab.runs import open_store  # noqa: E402
+from archlab.train import (
     Trainer,
     TrainSettings,
     evaluate_split,
     fit,
     resolve_settings,
+    save_checkpoint,  # noqa: E402
     save_weights,
 )
 
@@ -492,7 +495,7 @@ def archlab_breakdown(workload: Workload, home: Path, rounds: int) -> dict[str, 
     sums = tr.task.stats(out.detach().float(), y, loss)
     tr.history = [{"epoch": i, "train_loss": 0.1, "val_acc": 0.9, "seconds": 1.0} for i in range(workload.epochs)]
 
-    from archlab.progress import EpochProgress
+    from archlab.train import EpochProgress
 
     progress = EpochProgress(total_epochs=s.epochs, steps=steps, batch_size=s.batch_size,
                              primary="acc", quiet=True)

@@ -17,7 +17,7 @@ import time
 import torch
 
 from archlab import build
-from archlab.generate import generate
+from archlab.model import generate
 
 MODELS = {
     "gpt-mini (d=128, 4 layers, context 128)": ("zoo:gpt-mini", {}),

@@ -34,10 +34,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from archlab.data import load_dataset  # noqa: E402
-from archlab.generative import fit_generative, save_grid  # noqa: E402
+from archlab.runs import open_store  # noqa: E402
 from archlab.spec import parse_assignment  # noqa: E402
-from archlab.store import open_store  # noqa: E402
-from archlab.train import fit, load_run_model  # noqa: E402
+from archlab.train import fit, fit_generative, load_run_model, save_grid  # noqa: E402  # noqa: E402
 
 CONFIDENCE = 0.9
 

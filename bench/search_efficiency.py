@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from archlab.measure import inspect  # noqa: E402
+from archlab.model import inspect  # noqa: E402
 from archlab.search import export_specs, search  # noqa: E402
 from archlab.spec import load_spec  # noqa: E402
 from archlab.train import fit  # noqa: E402

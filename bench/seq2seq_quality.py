@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from archlab.seq2seq import PAD
+from archlab.model import PAD
 from archlab.train import fit
 
 

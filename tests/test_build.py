@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from archlab import build
-from archlab.build import Network, Parallel, Repeat, Residual, Serial
-from archlab.errors import ShapeError, SpecError
+from archlab.core import ShapeError, SpecError
+from archlab.model import Network, Parallel, Repeat, Residual, Serial
 
 F8 = {"shape": [8]}
 IMG = {"shape": [3, 8, 8]}
@@ -245,7 +245,7 @@ def test_recursive_block_is_caught_with_a_spec_error() -> None:
 
 
 def test_too_many_layers_fail_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys.modules["archlab.build"], "_MAX_LAYERS", 50)
+    monkeypatch.setattr(sys.modules["archlab.model._builder"], "_MAX_LAYERS", 50)
     s = spec([{"repeat": 10_000, "block": {"repeat": 10_000, "block": "relu"}}])
     assert "model[0].repeat[0].repeat[50].relu: the model has more than 50 layers" in error(s)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import archlab.checkpoint as ckpt
-from archlab.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from archlab.errors import StoreError
+import archlab.train._checkpoint as ckpt
+from archlab.core import StoreError
+from archlab.train import has_checkpoint, load_checkpoint, save_checkpoint
 
 
 class Net(nn.Module):

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from archlab import LAYERS, inspect, zoo_names
 from archlab.cli import app
-from archlab.errors import SpecError
+from archlab.core import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from archlab import cli
+import archlab.cli._app as cli
 from archlab.cli import app
-from archlab.store import open_store
+from archlab.runs import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

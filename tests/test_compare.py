@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from archlab.cli import app
 from archlab.compare import (
     OVERFIT_GAP,
+    CandidateSummary,
     compare,
     comparison_from_runs,
     diagnose,
@@ -17,9 +18,8 @@ from archlab.compare import (
     parse_vary,
     recommend,
 )
-from archlab.errors import DataError, SpecError
-from archlab.results import CandidateSummary
-from archlab.store import open_store
+from archlab.core import DataError, SpecError
+from archlab.runs import open_store
 
 TINY = {
     "name": "tiny",
@@ -134,7 +134,7 @@ def test_cli_compare_with_vary_prints_the_table_and_recommendation(tmp_path):
 
 
 def test_report_from_single_runs_is_honest_and_refuses_what_it_cannot_compare(tmp_path):
-    from archlab.errors import ArchlabError
+    from archlab.core import ArchlabError
     from archlab.train import fit
 
     a = fit(TINY, data="digits", epochs=1, quiet=True)

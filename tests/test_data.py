@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from archlab.core import DataError
 from archlab.data import (
     DATASETS,
     Augment,
@@ -24,7 +25,6 @@ from archlab.data import (
     load_dataset,
     num_batches,
 )
-from archlab.errors import DataError
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:

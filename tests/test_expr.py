@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from archlab.errors import SpecError
-from archlab.expr import evaluate
+from archlab.core import SpecError
+from archlab.spec import evaluate
 
 
 @pytest.mark.parametrize(

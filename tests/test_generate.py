@@ -10,10 +10,9 @@ from typer.testing import CliRunner
 
 from archlab import build
 from archlab.cli import app
-from archlab.errors import ArchlabError
-from archlab.generate import KVCache, generate
-from archlab.tasks import LanguageModel
-from archlab.train import fit
+from archlab.core import ArchlabError
+from archlab.model import KVCache, generate
+from archlab.train import LanguageModel, fit
 
 SMALL_GPT = {"dim": 32, "heads": 4, "depth": 2, "vocab_size": 20}
 

@@ -14,19 +14,20 @@ from typer.testing import CliRunner
 import archlab
 from archlab import SpecError
 from archlab.cli import app
-from archlab.generative import (
-    GANNetwork,
-    VAENetwork,
+from archlab.model import GANNetwork, VAENetwork
+from archlab.runs import open_store
+from archlab.spec import Spec, load_spec
+from archlab.train import (
+    evaluate,
     evaluate_vae,
+    fit,
     fit_generative,
     gan_step,
     image_grid,
     kl_divergence,
+    resume,
     vae_loss,
 )
-from archlab.spec import Spec, load_spec
-from archlab.store import open_store
-from archlab.train import evaluate, fit, resume
 
 LATENT = 3
 VAE = {
@@ -189,7 +190,7 @@ def test_one_alternating_step_updates_d_and_g_separately() -> None:
 
 
 def test_generative_zoo_specs_inspect_and_draw() -> None:
-    from archlab.report import architecture_html
+    from archlab.compare import architecture_html
 
     for name, first in (("vae", "encoder[0].flatten"), ("gan", "generator[0].linear")):
         r = archlab.inspect(f"zoo:{name}")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archlab import LAYERS, build, inspect
-from archlab.errors import ShapeError, SpecError
+from archlab.core import ShapeError, SpecError
 
 EMB = {"embedding": {"vocab": 11, "dim": 8}}
 

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from archlab import build, inspect
-from archlab.errors import SpecError
+from archlab.core import SpecError
 from archlab.layers import LAYERS, TensorType, register_layer
-from archlab.measure import OPTIMIZER_STATES, count_params, group_by_kind, parse_bytes
+from archlab.model import OPTIMIZER_STATES, count_params, group_by_kind, parse_bytes
 
 MLP = {"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]}
 

@@ -18,9 +18,8 @@ from safetensors.torch import load_file
 
 from archlab import DataError
 from archlab.compare import compare
-from archlab.data import Split, load_dataset
-from archlab.ondisk import DiskSplit, memory_budget, parse_size, serve, write_npy
-from archlab.store import open_store
+from archlab.data import DiskSplit, Split, load_dataset, memory_budget, parse_size, serve, write_npy
+from archlab.runs import open_store
 from archlab.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,9 +202,9 @@ def test_cross_validation_refuses_streamed_data_clearly(digits_npy, monkeypatch,
 
 
 def test_compare_records_where_relative_data_lives(digits_npy, monkeypatch, archlab_home):
-    import archlab.compare
+    import archlab.compare._compare as compare_module
 
-    monkeypatch.setattr(archlab.compare, "_DATA_CACHE", {})  # the test above cached it streamed
+    monkeypatch.setattr(compare_module, "_DATA_CACHE", {})  # the test above cached it streamed
     monkeypatch.chdir(digits_npy.parent)
     compare([MLP], data=f"npy:{digits_npy.name}", cv=2, epochs=1, quiet=True, jobs=1)
     runs = open_store().list_runs()
@@ -335,10 +334,10 @@ def test_data_command_notes_classes_without_samples(tmp_path):
 
 
 def test_search_with_folds_refuses_streamed_data_before_any_trial(digits_npy, monkeypatch, archlab_home):
-    import archlab.search_trial
+    import archlab.search._trial as trial_module
     from archlab.search import search
 
-    monkeypatch.setattr(archlab.search_trial, "_DATA_CACHE", {})  # loaded afresh, under the limit below
+    monkeypatch.setattr(trial_module, "_DATA_CACHE", {})  # loaded afresh, under the limit below
     monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "100K")
     spec = {**MLP, "vars": {"width": {"int": [8, 16]}},
             "model": ["flatten", {"linear": "$width"}, "relu", {"linear": "$num_classes"}]}

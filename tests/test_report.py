@@ -18,8 +18,14 @@ import pytest
 from matplotlib.image import imread
 
 import archlab
-from archlab.report import architecture_html, write_report
-from archlab.results import CandidateSummary, Comparison, FoldResult, pareto_front
+from archlab.compare import (
+    CandidateSummary,
+    Comparison,
+    FoldResult,
+    architecture_html,
+    pareto_front,
+    write_report,
+)
 
 SECTIONS = ("overview", "comparison", "curves", "efficiency", "gap", "confusion", "architecture")
 CHARTS = ("learning-curves", "metric-vs-params", "metric-vs-flops", "gap-bars", "confusion-matrix")

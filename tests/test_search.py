@@ -11,9 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from archlab import cli
+import archlab.cli._app as cli
 from archlab.cli import app
-from archlab.errors import SpecError
+from archlab.core import SpecError
+from archlab.runs import open_store
 from archlab.search import (
     Budget,
     ParetoMedianPruner,
@@ -30,7 +31,6 @@ from archlab.search import (
     studies,
 )
 from archlab.spec import load_spec
-from archlab.store import open_store
 
 runner = CliRunner()
 
@@ -88,7 +88,8 @@ def test_spaces_map_to_optuna_distributions_and_sub_blocks_map_back():
     net_spec = concrete_spec(load_spec(spec), vars_, {})
     assert not net_spec.spaces
     # Labels stay unique when two blocks would share one.
-    from archlab.spec import ChoiceSpace, freeze
+    from archlab.core import freeze
+    from archlab.spec import ChoiceSpace
 
     assert choice_labels(ChoiceSpace(freeze([[{"linear": 2}], [{"linear": 4}]]))) == ["0:linear", "1:linear"]
 
@@ -352,7 +353,7 @@ def test_cli_search_studies_and_one_line_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_search_report_draws_three_charts_for_a_multi_objective_study(tmp_path):
-    from archlab.search_report import search_sections_html
+    from archlab.search import search_sections_html
 
     result = search(TINY, trials=4, epochs=1, objectives=["val_acc", "params:min"], storage=_journal(tmp_path),
                     quiet=True, sampler="random")

@@ -6,12 +6,11 @@ import pytest
 import torch
 
 from archlab import build, inspect, load_spec
+from archlab.core import SpecError
 from archlab.data import DataInfo, Dataset, Split
-from archlab.errors import SpecError
-from archlab.seq2seq import BOS, EOS, PAD, Seq2SeqNetwork
-from archlab.store import open_store
-from archlab.tasks import Seq2Seq
-from archlab.train import Trainer, TrainSettings
+from archlab.model import BOS, EOS, PAD, Seq2SeqNetwork
+from archlab.runs import open_store
+from archlab.train import Seq2Seq, Trainer, TrainSettings
 
 TINY = {
     "name": "tiny-s2s",

@@ -9,20 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from archlab.errors import SpecError
-from archlab.frozen import FrozenDict
+from archlab.core import FrozenDict, SpecError, freeze, thaw
 from archlab.spec import (
     ChoiceSpace,
     FloatSpace,
     IntSpace,
     Spec,
-    freeze,
     load_spec,
     parse_assignment,
     parse_shape,
     resolve_vars,
     substitute,
-    thaw,
     zoo_names,
 )
 

@@ -16,19 +16,16 @@ from pathlib import Path
 
 import pytest
 
-import archlab.store as store_module
-from archlab.errors import StoreError
-from archlab.store import (
+from archlab.core import StoreError, thaw
+from archlab.runs import (
     EpochRecord,
     RunRecord,
     RunStorage,
     SQLiteRunStorage,
     default_root,
     open_store,
-    thaw,
 )
 
-PACKAGE_DIR = Path(store_module.__file__).parent
 ENV = {"torch": "2.x", "device": "cpu", "python": "3.11", "host": "test"}
 SPEC = {"name": "mlp", "model": [{"linear": 16}, "relu", {"linear": 10}]}
 
@@ -116,7 +113,7 @@ def test_tag_keys_with_dots_and_quotes(store):
 
 def test_prefix_lookup_and_ambiguity(store, monkeypatch):
     ids = iter(["r1234aaaa", "r1234bbbb", "r9999cccc"])
-    monkeypatch.setattr("archlab.store._new_run_id", lambda: next(ids))
+    monkeypatch.setattr("archlab.runs._store._new_run_id", lambda: next(ids))
     a, b, c = (_new(store) for _ in range(3))
     assert store.get_run("r9").run_id == c
     assert store.get_run("r1234b").run_id == b
@@ -128,7 +125,7 @@ def test_prefix_lookup_and_ambiguity(store, monkeypatch):
 
 def test_id_collision_is_retried(store, monkeypatch):
     ids = iter(["raaaaaaaa", "raaaaaaaa", "rbbbbbbbb"])
-    monkeypatch.setattr("archlab.store._new_run_id", lambda: next(ids))
+    monkeypatch.setattr("archlab.runs._store._new_run_id", lambda: next(ids))
     assert (_new(store), _new(store)) == ("raaaaaaaa", "rbbbbbbbb")
 
 
@@ -317,15 +314,11 @@ def test_forked_child_opens_its_own_connection(store):
 
 WRITER = textwrap.dedent(
     """
-    import sys, time, types
+    import sys, time
     from pathlib import Path
 
-    # Load archlab.store without running archlab/__init__.py, which imports torch (~1.5 s
-    # per process): the store itself needs only the standard library and errors.py.
-    package = types.ModuleType("archlab")
-    package.__path__ = [sys.argv[3]]
-    sys.modules["archlab"] = package
-    from archlab.store import open_store
+    # archlab.runs imports no torch (~1.5 s per process): see test_runs_imports_no_torch.
+    from archlab.runs import open_store
 
     root, worker = Path(sys.argv[1]), int(sys.argv[2])
     store = open_store(root)
@@ -347,7 +340,7 @@ def test_concurrent_writer_processes(tmp_path):
     root.mkdir()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(root), str(k), str(PACKAGE_DIR)],
+            [sys.executable, "-c", WRITER, str(root), str(k)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -411,3 +404,9 @@ def test_records_are_hashable(store):
     store.log_epoch(rid, 0, {"a": 1.0})
     a, b = store.get_run(rid), store.get_run(rid)
     assert a == b and len({a, b}) == 1 and len({a.history[0], b.history[0]}) == 1
+
+
+def test_runs_imports_no_torch():
+    code = "import sys, archlab.runs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -12,19 +12,22 @@ from types import MappingProxyType
 import pytest
 import torch
 
-from archlab.data import DataInfo, Dataset, Split, _check, load_dataset
-from archlab.errors import DataError
-from archlab.text import (
-    _WORD_RE,
+from archlab.core import DataError
+from archlab.data import (
     BPETokenizer,
     CharTokenizer,
+    DataInfo,
+    Dataset,
+    Split,
     SymbolTokenizer,
     WordTokenizer,
-    _stdlib_corpus,
+    load_dataset,
     pad_sequences,
     tokenizer_from_dict,
     words,
 )
+from archlab.data._dataset import _check
+from archlab.data._text import _WORD_RE, _stdlib_corpus
 
 HAS_TOKENIZERS = importlib.util.find_spec("tokenizers") is not None
 needs_tokenizers = pytest.mark.skipif(not HAS_TOKENIZERS, reason="`tokenizers` is not installed")

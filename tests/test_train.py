@@ -20,19 +20,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import archlab.progress as progress_module
-from archlab.build import build
-from archlab.checkpoint import has_checkpoint, load_checkpoint
+import archlab.train._progress as progress_module
+from archlab.core import ArchlabError, DataError, SpecError, TrainingError
 from archlab.data import DataInfo, Dataset, Split, load_dataset
-from archlab.errors import ArchlabError, DataError, SpecError, TrainingError
+from archlab.model import build
+from archlab.runs import open_store
 from archlab.spec import load_spec
-from archlab.store import open_store
 from archlab.train import (
     Run,
     Trainer,
     TrainSettings,
     evaluate,
     fit,
+    has_checkpoint,
+    load_checkpoint,
     make_optimizer,
     make_schedule,
     resolve_settings,
@@ -705,8 +706,8 @@ def test_relative_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
 
 def test_an_epoch_callback_can_stop_a_run_with_a_status():
     from archlab.data import load_dataset
+    from archlab.runs import open_store
     from archlab.spec import load_spec
-    from archlab.store import open_store
     from archlab.train import StopRun, Trainer, TrainSettings
 
     seen = []

@@ -1,0 +1,490 @@
+"""Compare candidate architectures by k-fold cross-validation.
+
+    result = archlab.compare(["zoo:mlp", "zoo:cnn"], data="digits", cv=5)
+    result.recommended, result.rule
+
+Every candidate is trained on every fold of the development data (the data set's train and
+validation splits pooled; stratified folds for classification). The test split is never
+looked at while choosing: only the recommended candidate is retrained on all development
+data at the end and scored on it, once. Each fold is a run in the run store, tagged with
+a key of everything that determines it, so re-running the same command reuses finished
+folds (an interrupted comparison resumes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import statistics
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core import ArchlabError, DataError, SpecError, thaw
+from ..data import Dataset, Split, load_dataset
+from ..model import build, inspect
+from ..runs import SQLiteRunStorage, open_store
+from ..spec import Spec, load_spec, parse_assignment
+from ..train import Trainer, absolute_data_uri, make_task, resolve_settings
+from ._results import CandidateSummary, Comparison, FoldResult
+
+# The diagnosis rule (also stated in the README). Metrics where larger is better.
+UNDERFIT_TOLERANCE = 0.01   # train metric this far below the best candidate's validation metric
+OVERFIT_GAP = 0.03          # train - validation above this
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str
+    spec: Spec
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """Everything one worker needs to train one candidate on one fold (picklable)."""
+
+    candidate: str
+    spec: Mapping[str, Any]
+    data: str
+    data_root: str | None
+    target: str | None
+    settings: Mapping[str, Any]
+    cv: int
+    repeat: int
+    fold: int
+    seed: int
+    store_root: str
+    key: str
+    threads: int
+    comparison: str = ""   # one id for every fold of one `compare` call (for `archlab report`)
+
+
+# ------------------------------------------------------------------------- candidates
+
+
+def parse_vary(items: Sequence[str] | Mapping[str, Sequence[Any]] | None) -> dict[str, list[Any]]:
+    """`["depth=1,2,3", "width=32,64"]` -> {"depth": [1, 2, 3], "width": [32, 64]}."""
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        return {k: list(v) for k, v in items.items()}
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        name, raw = parse_assignment(item)
+        text = item.split("=", 1)[1]
+        values = [parse_assignment(f"{name}={v}")[1] for v in text.split(",")] if "," in text else [raw]
+        if not name or not values or any(v is None for v in values):
+            raise SpecError(f"--vary {item}: expected VAR=v1,v2,... e.g. --vary depth=1,2,3")
+        grid[name] = values
+    return grid
+
+
+def make_candidates(specs: Sequence[str | Spec | Mapping[str, Any]], vary: Mapping[str, Sequence[Any]]) -> list[Candidate]:
+    out: list[Candidate] = []
+    for source in specs:
+        spec = load_spec(source)
+        combos = list(itertools.product(*vary.values())) if vary else [()]
+        for combo in combos:
+            assignment = dict(zip(vary, combo, strict=True))
+            try:
+                concrete = spec.with_vars(assignment) if assignment else spec
+            except SpecError as e:  # with_vars speaks of --set; here the user wrote --vary
+                raise SpecError(str(e).replace("--set ", f"--vary (in {spec.name}) ", 1)) from None
+            label = spec.name + (f"[{','.join(f'{k}={v}' for k, v in assignment.items())}]" if assignment else "")
+            taken = {c.label for c in out}
+            n = 2
+            base = label
+            while label in taken:
+                label, n = f"{base}#{n}", n + 1
+            out.append(Candidate(label, concrete))
+    if not out:
+        raise SpecError("compare: give at least one spec")
+    return out
+
+
+# ---------------------------------------------------------------------------- folds
+
+
+def development_split(ds: Dataset) -> Split:
+    """Train and validation pooled: the data the comparison may look at."""
+    if not (isinstance(ds.train, Split) and isinstance(ds.val, Split)):
+        from ..data import format_size
+
+        need = sum(p.nbytes for p in (ds.train, ds.val) if not isinstance(p, Split))
+        raise DataError(f"{ds.info.name}: cross-validation pools the train and validation data in memory "
+                        f"({format_size(need)} decoded), but this data set streams from disk; raise "
+                        f"ARCHLAB_MEMORY_LIMIT above that (or, in `archlab search`, drop --cv; or train the "
+                        f"candidates one by one with `archlab train`)")
+    return Split(torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y]))
+
+
+def fold_indices(y: torch.Tensor, cv: int, repeat: int, seed: int, stratified: bool) -> list[tuple[Any, Any]]:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    labels = y.cpu().numpy()
+    if stratified:
+        counts = [c for c in torch.bincount(y.cpu()).tolist() if c > 0]
+        smallest = min(counts) if counts else 0
+        if smallest < cv:
+            raise DataError(f"--cv {cv}: the smallest class has only {smallest} samples; use --cv {max(2, smallest)} or fewer")
+        splitter: Any = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed + repeat)
+    else:
+        splitter = KFold(n_splits=cv, shuffle=True, random_state=seed + repeat)
+    return list(splitter.split(labels.reshape(len(labels), -1), labels if stratified else None))
+
+
+def _key(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_DATA_CACHE: dict[tuple, Dataset] = {}
+
+
+def _dataset(uri: str, seed: int, root: str | None, target: str | None) -> Dataset:
+    key = (uri, seed, root, target)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_dataset(uri, seed=seed, root=root, target=target)
+    return _DATA_CACHE[key]
+
+
+def run_fold(job: FoldJob) -> FoldResult:
+    """Train one candidate on one fold, or return the finished run the store already has."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    store = open_store(job.store_root)
+    for record in store.list_runs(status="finished", tags={"compare_key": job.key}):
+        saved = store.run_dir(record.run_id) / "fold.json"
+        if saved.exists():
+            d = json.loads(saved.read_text())
+            return FoldResult(job.candidate, job.fold, job.repeat, record.run_id,
+                              tuple(dict(e.metrics) for e in record.history), d["val_metric"],
+                              d["train_metric"], d["train_seconds"], reused=True)
+    ds = _dataset(job.data, job.seed, job.data_root, job.target)
+    dev = development_split(ds)
+    spec = Spec.from_dict(job.spec)
+    settings = resolve_settings(spec, job.settings)
+    task_name = settings.task or ds.info.task
+    train_idx, val_idx = fold_indices(dev.y, job.cv, job.repeat, job.seed, task_name == "classify")[job.fold]
+    tr, va = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+    empty = Split(dev.x[:0], dev.y[:0])
+    fold_ds = Dataset(ds.info, Split(dev.x[tr], dev.y[tr]), Split(dev.x[va], dev.y[va]), empty)
+    tags = {"compare_key": job.key, "candidate": job.candidate, "fold": str(job.fold),
+            "repeat": str(job.repeat), "cv": str(job.cv), "comparison": job.comparison}
+    trainer = Trainer(spec, fold_ds, settings, store, data_uri=job.data, quiet=True, tags=tags,
+                      evaluate_test=False, evaluate_train=True)
+    started = time.perf_counter()
+    run = trainer.run()
+    seconds = time.perf_counter() - started
+    primary = trainer.task.primary
+    best = max(run.history, key=lambda e: e[f"val_{primary}"]) if trainer.task.mode == "max" else \
+        min(run.history, key=lambda e: e[f"val_{primary}"])
+    result = FoldResult(job.candidate, job.fold, job.repeat, run.run_id, tuple(run.history),
+                        best[f"val_{primary}"], run.train_metrics[primary], seconds)
+    (store.run_dir(run.run_id) / "fold.json").write_text(json.dumps(
+        {"val_metric": result.val_metric, "train_metric": result.train_metric, "train_seconds": seconds}))
+    return result
+
+
+# --------------------------------------------------------------------- measurements
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with n intra-op threads. On a busy machine, more threads than free cores make
+    OpenMP wait on descheduled threads: tiny models then run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@torch.no_grad()
+def latency_ms(spec: Spec, batch: int, repeats: int) -> float:
+    """Median wall time of one eval-mode forward pass on the CPU with one thread, in ms."""
+    with torch_threads(1):
+        return _latency_ms(spec, batch, repeats)
+
+
+def _latency_ms(spec: Spec, batch: int, repeats: int) -> float:
+    net = build(spec, seed=0).eval()
+    x = net.example_input(batch)
+    for _ in range(max(2, repeats // 5)):
+        net(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        net(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def diagnose(train: float, val: float, best_val: float, mode: str = "max") -> str:
+    """under-fitting: its training metric is below the best validation metric any candidate
+    reached (less the tolerance) — it cannot even fit its own training data that well.
+    over-fitting: train - validation gap above OVERFIT_GAP. Otherwise fine."""
+    sign = 1 if mode == "max" else -1
+    if sign * (train - best_val) < -UNDERFIT_TOLERANCE:
+        return "under-fitting"
+    if sign * (train - val) > OVERFIT_GAP:
+        return "over-fitting"
+    return "fine"
+
+
+def recommend(cands: Sequence[CandidateSummary], mode: str, metric: str) -> tuple[str, str]:
+    """The best mean validation metric, or — among candidates within one standard error of
+    the best — the one with the fewest parameters. Returns (label, rule in words)."""
+    sign = 1 if mode == "max" else -1
+    best = max(cands, key=lambda c: sign * c.val_mean)
+    close = [c for c in cands if sign * (best.val_mean - c.val_mean) <= best.val_se]
+    smallest = min(close, key=lambda c: (c.params, -sign * c.val_mean))
+    if smallest.label == best.label:
+        return best.label, (f"best mean validation {metric} ({best.val_mean:.4f}); no candidate with fewer "
+                            f"parameters is within one standard error ({best.val_se:.4f})")
+    return smallest.label, (f"one-standard-error rule: {smallest.label} ({smallest.val_mean:.4f}, "
+                            f"{smallest.params:,} params) is within one standard error ({best.val_se:.4f}) of the "
+                            f"best mean {best.label} ({best.val_mean:.4f}, {best.params:,} params) and is the smallest")
+
+
+def summarize(cand: Candidate, folds: Sequence[FoldResult], best_val: float, mode: str,
+              spec_for_data: Spec, latency_repeats: tuple[int, int] = (30, 8)) -> CandidateSummary:
+    report = inspect(spec_for_data)
+    vals = [f.val_metric for f in folds]
+    gaps = [f.train_metric - f.val_metric for f in folds]
+    train_mean = statistics.fmean(f.train_metric for f in folds)
+    val_mean = statistics.fmean(vals)
+    return CandidateSummary(
+        label=cand.label, spec=spec_for_data.to_dict(), params=report.params, flops=report.flops_per_sample,
+        train_seconds=statistics.fmean(f.train_seconds for f in folds),
+        latency_ms_b1=latency_ms(spec_for_data, 1, latency_repeats[0]),
+        latency_ms_b256=latency_ms(spec_for_data, 256, latency_repeats[1]),
+        val_mean=val_mean, val_std=statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        gap_mean=statistics.fmean(gaps), diagnosis=diagnose(train_mean, val_mean, best_val, mode),
+        folds=tuple(sorted(folds, key=lambda f: (f.repeat, f.fold))))
+
+
+# ------------------------------------------------------------------------------ API
+
+
+def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits", *, cv: int = 5, repeats: int = 1,
+            vary: Sequence[str] | Mapping[str, Sequence[Any]] | None = None, jobs: int = 1,
+            report: str | Path | None = None, store: SQLiteRunStorage | str | Path | None = None,
+            quiet: bool = False, data_root: str | Path | None = None, target: str | None = None,
+            seed: int = 0, command: str = "", **settings: Any) -> Comparison:
+    """Cross-validate candidate specs and recommend one; see the module docstring.
+
+    >>> result = compare(["zoo:mlp", "zoo:cnn"], data="digits", cv=3, epochs=2)  # doctest: +SKIP
+    """
+    if cv < 2:
+        raise SpecError(f"--cv must be at least 2. Received: {cv}")
+    if repeats < 1 or jobs < 1:
+        raise SpecError("--repeats and --jobs must be at least 1")
+    st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
+    cands = make_candidates(specs, parse_vary(vary))
+    data = absolute_data_uri(data)  # runs record where their data is, so they evaluate from anywhere
+    ds = _dataset(data, seed, str(data_root) if data_root else None, target)
+    overrides = {**{k: v for k, v in settings.items() if v is not None}, "seed": seed}
+    if target:
+        overrides["target"] = target
+    info = ds.info
+
+    # Fail fast: every candidate must build for this data and fit its task before any training.
+    concrete: dict[str, Spec] = {}
+    for c in cands:
+        spec = c.spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype)
+        s = resolve_settings(spec, overrides)
+        net = build(spec, device="meta")
+        make_task(s.task or info.task, info.num_classes, info.vocab_size).check_output(net.output_shape)
+        concrete[c.label] = spec
+
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    comparison_id = _key({"candidates": [c.spec.to_dict() for c in cands], "data": data, "settings": overrides,
+                          "cv": cv, "repeats": repeats, "seed": seed, "target": target})
+    jobs_list = []
+    for c in cands:
+        for r in range(repeats):
+            for f in range(cv):
+                payload = {"spec": c.spec.to_dict(), "data": data, "settings": overrides, "cv": cv,
+                           "repeat": r, "fold": f, "seed": seed, "target": target}
+                jobs_list.append(FoldJob(c.label, c.spec.to_dict(), data, str(data_root) if data_root else None,
+                                         target, overrides, cv, r, f, seed, str(st.root), _key(payload), threads,
+                                         comparison_id))
+    results = _run_jobs(jobs_list, jobs, quiet)
+
+    by_candidate = {c.label: [r for r in results if r.candidate == c.label] for c in cands}
+    task = make_task(resolve_settings(concrete[cands[0].label], overrides).task or info.task, info.num_classes,
+                     info.vocab_size)
+    mode, metric = task.mode, task.primary
+    sign = 1 if mode == "max" else -1
+    means = {label: statistics.fmean(f.val_metric for f in folds) for label, folds in by_candidate.items()}
+    best_val = max(means.values(), key=lambda v: sign * v)
+    summaries = tuple(summarize(c, by_candidate[c.label], best_val, mode, concrete[c.label]) for c in cands)
+    label, rule = recommend(summaries, mode, metric)
+
+    with torch_threads(threads or torch.get_num_threads()):  # the same share of the cores as a worker
+        final = _final_run(concrete[label], ds, data, overrides, st, cv, repeats, seed, label, quiet,
+                           comparison_id)
+    comparison = Comparison(
+        data=data, metric=metric, mode=mode, cv=cv, repeats=repeats, candidates=summaries, recommended=label,
+        rule=rule, test_metrics=final.test_metrics, test_report=final.test_report, final_run_id=final.run_id,
+        class_names=info.class_names, command=command)
+    if report is not False:
+        from ._report import write_report
+
+        write_report(comparison, Path(report or "archlab-report.html"))
+    return comparison
+
+
+def _run_jobs(jobs_list: list[FoldJob], jobs: int, quiet: bool) -> list[FoldResult]:
+    from ..train import TaskProgress
+
+    results: list[FoldResult] = []
+    with TaskProgress(len(jobs_list), "folds", quiet=quiet) as progress:
+        if jobs == 1:
+            for job in jobs_list:
+                result = run_fold(job)
+                results.append(result)
+                progress.advance(_fold_line(result))
+        else:
+            # Fresh interpreters: a forked child would inherit torch's thread pools mid-use.
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(run_fold, job) for job in jobs_list]
+                try:
+                    for future in as_completed(futures):
+                        result = future.result()
+                        results.append(result)
+                        progress.advance(_fold_line(result))
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    return results
+
+
+def _fold_line(r: FoldResult) -> str:
+    reused = " (reused from the run store)" if r.reused else f" ({r.train_seconds:.1f}s)"
+    return f"{r.candidate} fold {r.fold + 1}" + (f" repeat {r.repeat + 1}" if r.repeat else "") + \
+        f": val {r.val_metric:.4f}{reused}"
+
+
+def _final_run(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any], store: SQLiteRunStorage,
+               cv: int, repeats: int, seed: int, label: str, quiet: bool, comparison: str = ""):  # noqa: ANN202
+    """Retrain the recommended spec on all development data; score the test split once."""
+    key = _key({"final": spec.to_dict(), "data": data, "settings": overrides, "seed": seed})
+    for record in store.list_runs(status="finished", tags={"compare_key": key}):
+        report_path = store.run_dir(record.run_id) / "test_report.json"
+        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        return _Final(record.run_id, dict(record.test_metrics), report)
+    dev = development_split(ds)
+    final_ds = Dataset(ds.info, dev, Split(dev.x[:0], dev.y[:0]), ds.test)
+    settings = resolve_settings(spec, overrides)
+    trainer = Trainer(spec, final_ds, settings, store, data_uri=data, quiet=True,
+                      tags={"compare_key": key, "candidate": label, "role": "final", "cv": str(cv),
+                            "comparison": comparison})
+    if not quiet:
+        print(f"retraining {label} on all {len(final_ds.train):,} development samples for the test score ...", flush=True)
+    run = trainer.run()
+    return _Final(run.run_id, run.test_metrics, run.test_report)
+
+
+@dataclass(frozen=True)
+class _Final:
+    run_id: str
+    test_metrics: dict[str, float]
+    test_report: dict[str, Any]
+
+
+# ---------------------------------------------------------------- from stored runs
+
+
+def comparison_from_runs(run_ids: Sequence[str], store: SQLiteRunStorage | str | Path | None = None) -> Comparison:
+    """A Comparison built from runs already in the store (for `archlab report`).
+
+    Fold runs of one `compare` call group by candidate; any other run is its own candidate,
+    judged on its single validation split, with the test score it recorded (no retraining).
+    """
+    from ..train import TASKS
+
+    st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
+    records = [st.get_run(r) for r in run_ids]
+    if not records:
+        raise ArchlabError("report: give at least one run id (see `archlab runs`)")
+    for rec in records:
+        if rec.status != "finished":
+            raise ArchlabError(f"report: run {rec.run_id} is {rec.status}; only finished runs can be compared "
+                               f"(resume it with `archlab train --resume {rec.run_id}`)")
+    datas = sorted({r.data for r in records})
+    if len(datas) > 1:
+        raise ArchlabError(f"report: the runs use different data sets ({', '.join(datas)}); compare runs on one data set")
+    tasks = sorted({r.tags.get("task", "classify") for r in records})
+    if len(tasks) > 1 or tasks[0] not in TASKS:
+        raise ArchlabError(f"report: the runs are of different or unknown tasks ({', '.join(tasks)})")
+    task = TASKS.get(tasks[0])
+    metric, mode = task.primary, task.mode
+    sign = 1 if mode == "max" else -1
+    groups: dict[str, list] = {}
+    final = None
+    for rec in records:
+        if rec.tags.get("role") == "final":
+            final = rec
+            continue
+        if "fold" in rec.tags:  # folds of the same comparison (older runs: of the same candidate name)
+            label = rec.tags.get("candidate", rec.name)
+            key = f"{label} @{rec.tags['comparison']}" if rec.tags.get("comparison") else label
+        else:
+            label = key = f"{rec.name} ({rec.run_id})"
+        groups.setdefault(key, []).append(rec)
+    if not groups and final is not None:
+        groups[final.tags.get("candidate", final.name)] = [final]
+    labels = {key: key.split(" @")[0] for key in groups}
+    if len(set(labels.values())) < len(labels):  # the same candidate from two comparisons: keep them apart
+        labels = {key: key.replace(" @", " #")[:len(key.split(" @")[0]) + 7] for key in groups}
+    folds_by: dict[str, list[FoldResult]] = {}
+    single = not any("fold" in r.tags for recs in groups.values() for r in recs)
+    for key, recs in groups.items():
+        folds = []
+        for i, rec in enumerate(recs):
+            saved = st.run_dir(rec.run_id) / "fold.json"
+            history = tuple(dict(e.metrics) for e in rec.history)
+            if saved.exists():
+                d = json.loads(saved.read_text())
+                val, train, secs = d["val_metric"], d["train_metric"], d["train_seconds"]
+            else:
+                val = rec.best(f"val_{metric}", mode)
+                if val is None:
+                    raise ArchlabError(f"report: run {rec.run_id} has no val_{metric} (trained without a "
+                                       f"validation split?); it cannot be compared")
+                at_best = next(e for e in history if e.get(f"val_{metric}") == val)
+                train = at_best.get(f"train_{metric}", float("nan"))
+                secs = rec.duration_s or 0.0
+            folds.append(FoldResult(labels[key], int(rec.tags.get("fold", i)), int(rec.tags.get("repeat", 0)),
+                                    rec.run_id, history, val, train, secs, reused=True))
+        folds_by[labels[key]] = folds
+    spec_of = {labels[key]: Spec.from_dict(thaw(recs[0].spec)) for key, recs in groups.items()}
+    best_val = max((statistics.fmean(f.val_metric for f in fs) for fs in folds_by.values()), key=lambda v: sign * v)
+    summaries = tuple(summarize(Candidate(label, spec_of[label]), fs, best_val, mode, spec_of[label],
+                                latency_repeats=(10, 3)) for label, fs in folds_by.items())
+    label, rule = recommend(summaries, mode, metric)
+    if final is not None:
+        source, note = final, "retrained on all development data, it scores on the test split"
+    else:
+        by_label = {f.candidate: f.run_id for fs in folds_by.values() for f in fs}
+        source = st.get_run(by_label[label])
+        note = f"the test score run {source.run_id} recorded when it was trained (no retraining)"
+    report_path = st.run_dir(source.run_id) / "test_report.json"
+    cv = 1 if single else max(len(fs) for fs in folds_by.values())
+    return Comparison(
+        data=datas[0], metric=metric, mode=mode, cv=cv, repeats=1, candidates=summaries, recommended=label,
+        rule=rule, test_metrics=dict(source.test_metrics),
+        test_report=json.loads(report_path.read_text()) if report_path.exists() else {},
+        final_run_id=source.run_id, command="archlab report " + " ".join(run_ids), test_note=note)

@@ -1,0 +1,600 @@
+"""The HTML report of a comparison: one self-contained file, readable offline.
+
+Charts are matplotlib figures embedded as inline SVG, the CSS is inline and there is no
+script, font or image to fetch, so the file can be mailed, archived or opened on a machine
+with no network. Sections (each with a stable id): overview, comparison (the table and the
+recommendation), curves, efficiency (metric vs params / FLOPs), gap, confusion, architecture.
+
+    >>> from archlab.report import write_report
+    >>> write_report(comparison, "report.html")          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from ..core import ArchlabError, thaw
+from ..layers import TensorType
+from ..model import COMPOSITES, build
+from ..spec import Spec, load_spec, substitute
+from ._results import CandidateSummary, Comparison, pareto_front
+
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
+           "#ff9da7", "#9c755f", "#bab0ac")
+DIAGNOSIS_COLORS = {"fine": "#59a14f", "over-fitting": "#e15759", "under-fitting": "#4e79a7"}
+_esc = html.escape
+_TRADEOFF_NOTE = "Error bars: ±1 std over folds. Dashed: Pareto front (no other candidate is cheaper and better)."
+
+
+def write_report(comparison: Comparison, path: str | Path) -> Path:
+    """Write the comparison as one self-contained HTML file and return its path.
+
+    >>> write_report(archlab.compare(["zoo:mlp", "zoo:cnn"], data="digits"), "r.html")  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render_report(comparison)
+    # Write then rename, so a report being regenerated is never seen half written. (Not
+    # mkstemp: its file is private, 0600, and a report is meant to be shared.)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def render_report(c: Comparison) -> str:
+    """The report as an HTML string (what `write_report` writes)."""
+    rec = next((x for x in c.candidates if x.label == c.recommended), None)
+    title = f"archlab comparison: {c.data}"
+    sections = [
+        _overview(c, title),
+        _section("comparison", "Comparison", _table(c) + _recommendation(c)),
+        _section("curves", f"Learning curves ({_esc(c.metric)})",
+                 _chart("learning-curves", _learning_curves(c),
+                        "Validation mean over folds with a ±1 std band. Train (dashed) is the running "
+                        "average during each epoch, in training mode (dropout on), so it can sit below "
+                        "validation; the gap chart uses the train metric re-measured in eval mode. Folds "
+                        "that stopped early leave the mean after their last epoch.")),
+        _section("efficiency", f"Validation {_esc(c.metric)} against cost", '<div class="pair">'
+                 + _chart("metric-vs-params", _tradeoff(c, "params", "parameters"), _TRADEOFF_NOTE)
+                 + _chart("metric-vs-flops", _tradeoff(c, "flops", "forward FLOPs per sample"), _TRADEOFF_NOTE)
+                 + "</div>"),
+        _section("gap", "Train–validation gap",
+                 _chart("gap-bars", _gap_bars(c), "Train metric minus validation metric, mean over "
+                        "folds (error bars: std over folds), coloured by diagnosis.")),
+        _section("confusion", "Test confusion matrix" + (f" ({_esc(rec.label)})" if rec else ""),
+                 _confusion_section(c)),
+        _section("architecture", "Architecture" + (f" of {_esc(rec.label)}" if rec else ""),
+                 _architecture_section(rec)),
+    ]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
+            + "\n".join(sections) + "\n</main></body></html>\n")
+
+
+# ------------------------------------------------------------------------- HTML pieces
+
+
+def _section(sid: str, heading: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{heading}</h2>{body}</section>'
+
+
+def _chart(cid: str, svg: str, caption: str) -> str:
+    return f'<figure class="chart" id="{cid}">{svg}<figcaption>{_esc(caption)}</figcaption></figure>'
+
+
+def _overview(c: Comparison, title: str) -> str:
+    when = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    better = "higher is better" if c.mode == "max" else "lower is better"
+    rows = [("data set", _esc(c.data)),
+            ("validation", _esc(c.design)),
+            ("metric", f"{_esc(c.metric)} ({better})"),
+            ("candidates", str(len(c.candidates))),
+            ("command", f"<code>{_esc(c.command)}</code>" if c.command else "—"),
+            ("generated", _esc(when))]
+    dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
+    return f'<header id="overview"><h1>{_esc(title)}</h1><dl class="meta">{dl}</dl></header>'
+
+
+def _si(n: float) -> str:
+    """1234567 -> '1.23M': the table compares magnitudes; exact values are in the tooltip."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g}{prefix}"
+    return f"{n:.3g}"
+
+
+def _table(c: Comparison) -> str:
+    m = _esc(c.metric)
+    head = ("candidate", "params", "FLOPs / sample (fwd)", "train s / fold", "latency b=1 (ms)",
+            "latency b=256 (ms)", f"val {m} (mean ± std)", "train − val gap", "diagnosis")
+    rows = []
+    for x in c.candidates:
+        is_rec = x.label == c.recommended
+        badge = ' <span class="star" title="recommended">★ recommended</span>' if is_rec else ""
+        diag = (f'<span class="diag" style="background:{DIAGNOSIS_COLORS.get(x.diagnosis, "#999")}">'
+                f"{_esc(x.diagnosis)}</span>")
+        cells = (f"<td>{_esc(x.label)}{badge}</td>",
+                 f'<td title="{x.params:,}">{_si(x.params)}</td>',
+                 f'<td title="{x.flops:,} FLOPs (= {x.flops // 2:,} MACs)">{_si(x.flops)}</td>',
+                 f"<td>{x.train_seconds:.1f}</td>", f"<td>{x.latency_ms_b1:.3g}</td>",
+                 f"<td>{x.latency_ms_b256:.3g}</td>",
+                 f"<td>{x.val_mean:.4f} ± {x.val_std:.4f}</td>", f"<td>{x.gap_mean:+.4f}</td>",
+                 f"<td>{diag}</td>")
+        tr = '<tr class="recommended">' if is_rec else "<tr>"
+        rows.append(f'{tr}{"".join(cells)}</tr>')
+    ths = "".join(f"<th>{h}</th>" for h in head)
+    return (f'<div class="table-wrap"><table class="results"><thead><tr>{ths}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _recommendation(c: Comparison) -> str:
+    text = f"Recommended: <strong>{_esc(c.recommended)}</strong>"
+    if c.rule:
+        text += f" — {_esc(c.rule)}"
+    text += "."
+    if c.test_metrics:
+        metrics = ", ".join(f"{_esc(k)} {v:.4f}" for k, v in c.test_metrics.items())
+        run = f" (run <code>{_esc(c.final_run_id)}</code>)" if c.final_run_id else ""
+        text += f" {_esc(c.test_note[:1].upper() + c.test_note[1:])}: {metrics}{run}."
+    return f'<p class="recommendation" id="recommendation">{text}</p>'
+
+
+def _confusion_section(c: Comparison) -> str:
+    confusion = c.test_report.get("confusion") if c.test_report else None
+    if not confusion:
+        return '<p class="note">No confusion matrix: the final model has no test report for a classification task.</p>'
+    return _chart("confusion-matrix", _confusion(confusion, c.class_names),
+                  "Rows: true class, columns: predicted class. Colour: share of the true class.")
+
+
+def _architecture_section(rec: CandidateSummary | None) -> str:
+    if rec is None:
+        return '<p class="note">The recommended candidate is not among the candidates.</p>'
+    try:
+        diagram = architecture_html(rec.spec)
+    except ArchlabError as e:  # a report is still worth writing without its diagram
+        return f'<p class="note">Cannot draw the architecture: {_esc(str(e))}</p>'
+    yaml_text = load_spec(rec.spec).to_yaml()
+    return (f'<figure class="diagram" id="architecture-diagram">{diagram}</figure>'
+            f"<details><summary>spec (YAML)</summary><pre>{_esc(yaml_text)}</pre></details>")
+
+
+# ------------------------------------------------------------------------------ charts
+
+
+def _svg(fig: Figure, chart_id: str) -> str:
+    """The figure as an inline <svg> whose ids cannot clash with other charts on the page."""
+    buf = io.StringIO()
+    # A fixed salt gives the same ids for the same figure (reproducible files); glyphs are
+    # drawn as paths so no font is needed where the report is opened.
+    with matplotlib.rc_context({"svg.hashsalt": chart_id, "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE (an external DTD URL)
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+    ids = set(re.findall(r'\bid="([^"]+)"', svg))
+
+    # Ids are global in an HTML document, and matplotlib reuses glyph ids between figures.
+    def scope(m: re.Match[str]) -> str:
+        return f"{m[1]}{chart_id}-{m[2]}" if m[2] in ids else m[0]
+
+    return re.sub(r'(\bid="|href="#|url\(#)([^")]+)', scope, svg)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    # Figure() directly, not pyplot: no global figure registry, no backend switch.
+    fig = Figure(figsize=(width, height), layout="constrained")
+    fig.set_facecolor("white")
+    return fig
+
+
+def _colors(c: Comparison) -> dict[str, str]:
+    return {x.label: PALETTE[i % len(PALETTE)] for i, x in enumerate(c.candidates)}
+
+
+def _epoch_stats(x: CandidateSummary, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and std over folds; early-stopped folds simply stop contributing."""
+    per_epoch: dict[int, list[float]] = {}
+    for fold in x.folds:
+        for i, record in enumerate(fold.history):
+            value = record.get(key)
+            if value is not None and math.isfinite(value):
+                per_epoch.setdefault(int(record.get("epoch", i + 1)), []).append(float(value))
+    epochs = sorted(per_epoch)
+    return (np.array(epochs), np.array([np.mean(per_epoch[e]) for e in epochs]),
+            np.array([np.std(per_epoch[e]) for e in epochs]))
+
+
+def _learning_curves(c: Comparison) -> str:
+    n = max(len(c.candidates), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = _new_figure(4.3 * cols, 3.1 * rows)
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    colors = _colors(c)
+    for ax, x in zip(axes, c.candidates, strict=False):
+        color = colors[x.label]
+        epochs, val, val_sd = _epoch_stats(x, f"val_{c.metric}")
+        t_epochs, train, _ = _epoch_stats(x, f"train_{c.metric}")
+        if len(epochs):
+            # A one-epoch run is a single point: a line needs a marker to be seen at all.
+            ax.plot(epochs, val, color=color, lw=2, label="validation (mean ± 1 std)",
+                    marker="o" if len(epochs) == 1 else None)
+            ax.fill_between(epochs, val - val_sd, val + val_sd, color=color, alpha=0.2, lw=0)
+        if len(t_epochs):
+            ax.plot(t_epochs, train, color=color, lw=1.5, ls="--", label="train (mean)",
+                    marker="x" if len(t_epochs) == 1 else None)
+        if not len(epochs) and not len(t_epochs):
+            ax.text(0.5, 0.5, "no history", ha="center", va="center", transform=ax.transAxes)
+        star = " ★" if x.label == c.recommended else ""
+        ax.set_title(f"{x.label}{star}  ({len(x.folds)} folds)", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel(c.metric)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, loc="best")
+    for ax in axes[len(c.candidates):]:
+        ax.set_visible(False)
+    return _svg(fig, "learning-curves")
+
+
+def _tradeoff(c: Comparison, attr: str, xlabel: str) -> str:
+    fig = _new_figure(6.0, 4.2)
+    ax = fig.add_subplot()
+    colors = _colors(c)
+    # A log axis cannot show 0 (a parameter-free model); clamp to 1.
+    xs = [max(float(getattr(x, attr)), 1.0) for x in c.candidates]
+    ys = [x.val_mean for x in c.candidates]
+    front = pareto_front(list(zip(xs, ys, strict=True)), c.mode)
+    if front:
+        # A staircase: each front point is the best metric available up to the next one's cost.
+        ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="#555",
+                ls="--", lw=1.2, label="Pareto front", zorder=1)
+    for x, px, py in zip(c.candidates, xs, ys, strict=True):
+        is_rec = x.label == c.recommended
+        ax.errorbar(px, py, yerr=x.val_std, fmt="*" if is_rec else "o", ms=15 if is_rec else 8,
+                    color=colors[x.label], mec="black" if is_rec else colors[x.label], capsize=3,
+                    zorder=3)
+        ax.annotate(x.label, (px, py), xytext=(7, 7),
+                    textcoords="offset points", fontsize=9)
+    ax.set_xscale("log")
+    # Ticks at 1-2-5 steps (fewer over a wide range) with SI labels (50k, 2M): matplotlib's default labels every minor
+    # tick when the candidates span less than a decade, and they collide.
+    decades = math.log10(max(xs) / min(xs)) if xs else 0.0
+    subs = (1.0, 2.0, 5.0) if decades < 1.5 else (1.0, 3.0) if decades < 3 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.2, y=0.15)
+    ax.set_xlabel(f"{xlabel} (log scale)")
+    ax.set_ylabel(f"validation {c.metric}")
+    ax.grid(alpha=0.3, which="both")
+    if any(x.label == c.recommended for x in c.candidates):
+        ax.plot([], [], "*", ms=11, color="white", mec="black", label="recommended")
+    ax.legend(fontsize=8, loc="lower right" if c.mode == "max" else "upper right")
+    return _svg(fig, f"metric-vs-{attr}")
+
+
+def _gap_bars(c: Comparison) -> str:
+    n = len(c.candidates)
+    fig = _new_figure(7.0, 1.2 + 0.45 * max(n, 1))
+    ax = fig.add_subplot()
+    labels = [x.label for x in c.candidates]
+    gaps = [x.gap_mean for x in c.candidates]
+    spread = [float(np.std([f.train_metric - f.val_metric for f in x.folds])) if x.folds else 0.0
+              for x in c.candidates]
+    colors = [DIAGNOSIS_COLORS.get(x.diagnosis, "#999999") for x in c.candidates]
+    ys = np.arange(n)
+    ax.barh(ys, gaps, xerr=spread, color=colors, capsize=3, height=0.6)
+    for y, g, s in zip(ys, gaps, spread, strict=True):
+        ax.annotate(f"{g:+.4f}", (g + math.copysign(s, g or 1), y), xytext=(5 if g >= 0 else -5, 0),
+                    textcoords="offset points", va="center", ha="left" if g >= 0 else "right", fontsize=9)
+    ax.set_yticks(ys, labels)
+    ax.invert_yaxis()  # first candidate on top, as in the table
+    ax.axvline(0, color="#333", lw=0.8)
+    ax.margins(x=0.25)
+    ax.set_xlabel(f"train {c.metric} − validation {c.metric}")
+    ax.grid(alpha=0.3, axis="x")
+    seen = dict.fromkeys(x.diagnosis for x in c.candidates)
+    ax.legend(handles=[Patch(color=DIAGNOSIS_COLORS.get(d, "#999999"), label=d) for d in seen],
+              fontsize=8, loc="best")
+    return _svg(fig, "gap-bars")
+
+
+def _confusion(confusion: Sequence[Sequence[float]], class_names: Sequence[str] | None) -> str:
+    counts = np.asarray(confusion, dtype=float)
+    k = counts.shape[0]
+    names = list(class_names) if class_names and len(class_names) == k else [str(i) for i in range(k)]
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    side = min(max(3.5, 0.45 * k + 1.5), 10.0)
+    fig = _new_figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    if k <= 25:  # beyond that the numbers would not fit in their cells
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.55 else "#222")
+    rotate = 45 if max(map(len, names)) > 3 else 0
+    ax.set_xticks(range(k), names, rotation=rotate, ha="right" if rotate else "center")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    return _svg(fig, "confusion-matrix")
+
+
+# ------------------------------------------------------------------ architecture diagram
+
+
+def architecture_html(spec: Spec | Mapping[str, Any] | str) -> str:
+    """The model of `spec` as nested HTML boxes: serial stacks, parallel branches side by
+    side with their merge, residual groups with their skip, repeats; each leaf with its
+    kind, arguments and output shape (built on the meta device, so no weights).
+
+    >>> "conv2d" in architecture_html("zoo:cnn")
+    True
+    """
+    net = build(spec, device="meta")
+    walker = _Diagram(net.spec, {leaf.path: leaf for leaf in net.layers})
+    env = net.spec.resolved_vars()
+    io_box = '<div class="arch-io">{} <span class="shape">{}</span></div>'
+    halves = getattr(net, "halves", None)  # a VAE or GAN (archlab.generative): its halves side by side
+    if halves:
+        boxes = [f'<div class="arch"><div class="arch-title">{section}</div>'
+                 f'{io_box.format("input", x.describe())}'
+                 f'{walker.serial(_as_list(getattr(net.spec, section)), x, section, env)[0]}'
+                 f'{io_box.format("output", out.describe())}</div>' for section, x, out in halves]
+        return f'<div class="arch-pair">{"".join(boxes)}</div>'
+    if getattr(net.spec, "encoder", None) is None:
+        body, _ = walker.serial(_as_list(net.spec.model), net.input_type, "model", env)
+        return (f'<div class="arch">{io_box.format("input", net.input_type.describe())}'
+                f'{body}{io_box.format("output", net.output_type.describe())}</div>')
+    # seq2seq: encoder and decoder side by side; the decoder reads target tokens, whose type
+    # its first layer saw, and attends to the encoder's output (the memory).
+    encoder, memory = walker.serial(_as_list(net.spec.encoder), net.input_type, "encoder", env)
+    first = next((leaf for leaf in net.layers if leaf.path.startswith("decoder[")), None)
+    target = first.input if first else net.input_type
+    decoder, _ = walker.serial(_as_list(net.spec.decoder), target, "decoder", env)
+    return ('<div class="arch-pair">'
+            f'<div class="arch"><div class="arch-title">encoder</div>'
+            f'{io_box.format("source", net.input_type.describe())}{encoder}'
+            f'{io_box.format("memory → decoder", memory.describe())}</div>'
+            f'<div class="arch"><div class="arch-title">decoder</div>'
+            f'{io_box.format("target", target.describe())}{decoder}'
+            f'{io_box.format("output", net.output_type.describe())}</div></div>')
+
+
+def _as_list(nodes: Any) -> Sequence[Any]:
+    # The top level is always serial, so every path starts model[i] (as in build).
+    return nodes if isinstance(nodes, list | tuple) else (nodes,)
+
+
+_KIND_CLASSES = (("conv", "conv"), ("linear", "dense"), ("mlp", "dense"), ("swiglu", "dense"),
+                 ("norm", "norm"), ("pool", "pool"), ("attention", "attn"), ("block", "attn"),
+                 ("rnn", "rnn"), ("lstm", "rnn"), ("gru", "rnn"), ("embed", "embed"),
+                 ("dropout", "drop"))
+
+
+def _leaf_class(kind: str) -> str:
+    return next((cls for key, cls in _KIND_CLASSES if key in kind), "other")
+
+
+def _args_text(args: Any) -> str:
+    if isinstance(args, Mapping):
+        parts = [f"{k}={_value(v)}" for k, v in args.items() if k != "ctx"]
+        return " ".join(parts)
+    return "" if args is None else _value(args)
+
+
+def _value(v: Any) -> str:
+    v = thaw(v)
+    if isinstance(v, bool):
+        return str(v).lower()
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _group(cls: str, label: str, inner: str) -> str:
+    return f'<div class="arch-group arch-{cls}"><div class="arch-label">{label}</div>{inner}</div>'
+
+
+class _Diagram:
+    """Walks the spec tree the way build.py's `_Builder` does (same paths, same long and
+    short forms), rendering HTML instead of modules; shapes come from the built leaves."""
+
+    def __init__(self, spec: Spec, leaves: Mapping[str, Any]):
+        self.spec, self.leaves = spec, leaves
+
+    def node(self, node: Any, x: TensorType, path: str, env: Mapping[str, Any]) -> tuple[str, TensorType]:
+        if isinstance(node, str) and "$" in node:
+            node = substitute(node, env, path)
+        if isinstance(node, list | tuple):
+            return self.serial(node, x, path, env)
+        if isinstance(node, str):
+            return self.named(node, None, x, path, env)
+        composite = [k for k in node if k in COMPOSITES]
+        if composite:
+            return self.composite(composite[0], node, x, path, env)
+        (name, args), = node.items()
+        return self.named(str(name), args, x, path, env)
+
+    def serial(self, nodes: Sequence[Any], x: TensorType, path: str,
+               env: Mapping[str, Any]) -> tuple[str, TensorType]:
+        parts = []
+        for i, child in enumerate(nodes):
+            part, x = self.node(child, x, f"{path}[{i}]", env)
+            parts.append(part)
+        return f'<div class="arch-serial">{"".join(parts)}</div>', x
+
+    def named(self, name: str, args: Any, x: TensorType, path: str,
+              env: Mapping[str, Any]) -> tuple[str, TensorType]:
+        if name in self.spec.blocks:  # a block reference: its body under `path.name`
+            overrides = substitute(args, env, f"{path}.{name}") if args is not None else {}
+            inner, out = self.node(self.spec.blocks[name], x, f"{path}.{name}", {**env, **overrides})
+            label = _esc(name) + (f" ({_esc(_args_text(overrides))})" if overrides else "")
+            return _group("block", f"block {label}", inner), out
+        leaf = self.leaves.get(f"{path}.{name}")
+        out = leaf.output if leaf else x
+        args_text = _args_text(leaf.args if leaf else args)
+        return (f'<div class="arch-leaf k-{_leaf_class(name)}" title="{_esc(path)}.{_esc(name)}">'
+                f'<b>{_esc(name)}</b> <span class="args">{_esc(args_text)}</span>'
+                f'<div class="shape">→ {out.describe() if leaf else "?"}</div></div>'), out
+
+    def composite(self, kind: str, node: Mapping[str, Any], x: TensorType, path: str,
+                  env: Mapping[str, Any]) -> tuple[str, TensorType]:
+        body = node[kind]
+        options = {k: v for k, v in node.items() if k != kind}
+        if isinstance(body, Mapping) and kind != "repeat":  # {residual: {body: ..., projection: ...}}
+            options = {**{k: v for k, v in body.items() if k not in ("body", "branches")}, **options}
+            body = body.get("body", body.get("branches"))
+        elif kind == "repeat" and isinstance(body, Mapping):  # {repeat: {times: 3, block: ...}}
+            options = {**{k: v for k, v in body.items() if k != "times"}, **options}
+            body = body.get("times")
+        options = {k: substitute(v, env, f"{path}.{kind}") if k not in ("block", "projection") else v
+                   for k, v in options.items()}
+        if isinstance(body, str) and "$" in body:
+            body = substitute(body, env, f"{path}.{kind}")
+        return getattr(self, kind)(body, options, x, f"{path}.{kind}", env)
+
+    def parallel(self, branches: Sequence[Any], options: Mapping[str, Any], x: TensorType,
+                 where: str, env: Mapping[str, Any]) -> tuple[str, TensorType]:
+        merge = options.get("merge", "concat")
+        parts, outs = [], []
+        for i, branch in enumerate(branches):
+            part, out = self.node(branch, x, f"{where}[{i}]", env)
+            parts.append(f'<div class="arch-branch"><div class="arch-label">branch {i + 1}</div>{part}</div>')
+            outs.append(out)
+        out = outs[0]
+        if merge == "concat":  # the builder's rule: channels first, else the last dim
+            dim = 0 if out.layout in ("channels", "flat") else out.rank - 1
+            shape = list(out.shape)
+            shape[dim] = sum(o.shape[dim] for o in outs)
+            out = dataclasses.replace(out, shape=tuple(shape))
+        merge_box = f'<div class="arch-merge">{_esc(merge)} <span class="shape">→ {out.describe()}</span></div>'
+        inner = f'<div class="arch-branches">{"".join(parts)}</div>{merge_box}'
+        return _group("parallel", f"parallel · {len(parts)} branches", inner), out
+
+    def residual(self, body: Any, options: Mapping[str, Any], x: TensorType, where: str,
+                 env: Mapping[str, Any]) -> tuple[str, TensorType]:
+        inner, out = self.node(body, x, where, env)
+        projection = options.get("projection", "auto")
+        skip, add = "skip: x", "+ x"
+        if out.shape != x.shape or out.dtype != x.dtype:
+            add = "+ projection(x)"
+            if projection == "auto":  # what build's _auto_projection makes
+                if x.layout == "channels" and x.rank in (2, 3):
+                    strides = [-(-a // b) for a, b in zip(x.shape[1:], out.shape[1:], strict=True)]
+                    stride = f", stride {max(strides)}" if max(strides) > 1 else ""
+                    norm = " + batchnorm" if "batchnorm" in repr(thaw(body)) else ""
+                    skip = f"projection: 1×1 conv{stride}{norm}"
+                else:
+                    skip = "projection: linear"
+                skip = f'<div class="arch-leaf k-conv">{_esc(skip)}<div class="shape">→ {out.describe()}</div></div>'
+            else:
+                skip, _ = self.node(projection, x, f"{where}.projection", env)
+                skip = f'<div class="arch-label">projection</div>{skip}'
+        else:
+            skip = f'<span class="arch-skip-label">{skip}</span>'
+        row = (f'<div class="arch-res-row"><div class="arch-res-body">{inner}</div>'
+               f'<div class="arch-skip">{skip}</div></div>')
+        add_box = f'<div class="arch-merge">⊕ add {add} <span class="shape">→ {out.describe()}</span></div>'
+        return _group("residual", "residual", row + add_box), out
+
+    def repeat(self, times: int, options: Mapping[str, Any], x: TensorType, where: str,
+               env: Mapping[str, Any]) -> tuple[str, TensorType]:
+        var = options.get("var", "i")
+        runs: list[list[Any]] = []  # [html, first copy, count]: identical neighbours collapse
+        for i in range(times):
+            part, x = self.node(options["block"], x, f"{where}[{i}]", {**env, var: i})
+            if runs and _untitled(runs[-1][0]) == _untitled(part):
+                runs[-1][2] += 1
+            else:
+                runs.append([part, i, 1])
+        copies = []
+        for part, first, count in runs:
+            if times == 1:  # a "copy 0" frame inside "repeat × 1" would only add nesting
+                copies.append(part)
+                break
+            label = (f"{var} = {first}" if count == 1 else
+                     f"{var} = {first}…{first + count - 1}: identical, × {count}")
+            copies.append(_group("copy", label, part))
+        label = f"repeat × {times}" + (f" ({_esc(var)} = 0…{times - 1})" if times > 1 else "")
+        inner = f'<div class="arch-serial">{"".join(copies)}</div>' if copies else "(no copies)"
+        return _group("repeat", label, inner), x
+
+
+def _untitled(part: str) -> str:
+    """A copy's HTML without its tooltips (which hold the copy's own path)."""
+    return re.sub(r' title="[^"]*"', "", part)
+
+
+_CSS = """
+body{margin:0;background:#f4f6f8;color:#1d2733;font:14px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif}
+main{max-width:1240px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:24px;margin:0 0 10px}h2{font-size:18px;margin:0 0 12px}
+header,section{background:#fff;border:1px solid #dde3ea;border-radius:10px;padding:18px 22px;margin-bottom:18px}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:3px 18px;margin:0}
+dl.meta dt{color:#5b6776}dl.meta dd{margin:0}
+code,pre{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace;font-size:12.5px}
+code{background:#eef1f5;padding:1px 5px;border-radius:4px;word-break:break-all}
+pre{background:#f6f8fa;padding:10px;border-radius:6px;overflow:auto}
+table.results{border-collapse:collapse;width:100%;font-size:13px}
+.results th,.results td{padding:7px 9px;border-bottom:1px solid #e3e8ee;text-align:right;white-space:nowrap}
+.results th:first-child,.results td:first-child{text-align:left}
+.results th{background:#f0f3f7;font-weight:600;white-space:normal;vertical-align:bottom}
+.table-wrap{overflow-x:auto}
+.results tr.recommended td{background:#fff5d6;font-weight:600}
+.results tr.recommended td:first-child{box-shadow:inset 4px 0 #e0a800}
+.star{color:#a87b00;font-size:11px;margin-left:6px}
+.diag{color:#fff;border-radius:10px;padding:1px 8px;font-size:12px;font-weight:500}
+.recommendation{margin:14px 0 0;padding:10px 14px;background:#fff9e6;border-left:4px solid #e0a800;border-radius:4px}
+figure{margin:0}figure.chart svg{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{color:#5b6776;font-size:12.5px;text-align:center;margin-top:4px}
+#confusion-matrix svg{max-width:560px}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+.note{color:#5b6776;font-style:italic}
+details{margin-top:12px}summary{cursor:pointer;color:#3a6ea5}
+#architecture-diagram{overflow-x:auto;padding:6px 0}
+.arch{display:flex;flex-direction:column;align-items:center;font-size:12px;line-height:1.3;min-width:max-content}
+.arch-pair{display:flex;gap:48px;justify-content:center;align-items:flex-start}
+.arch-title{font-weight:600;font-size:13px;margin-bottom:6px}.arch>.arch-title+*::before{display:none}
+.arch-serial{display:flex;flex-direction:column;align-items:center}
+.arch>*+*,.arch-serial>*+*{margin-top:14px;position:relative}
+.arch>*+*::before,.arch-serial>*+*::before{content:"";position:absolute;left:50%;top:-15px;height:14px;border-left:2px solid #9aa5b1}
+.arch-leaf,.arch-io,.arch-merge{background:#fff;border:1px solid #c4ccd6;border-left-width:5px;border-radius:6px;padding:3px 10px;text-align:center;min-width:140px;max-width:320px}
+.arch-io{background:#1d2733;color:#fff;border-color:#1d2733}.arch-io .shape{color:#cfd8e3}
+.arch-merge{background:#f0f3f7;border-left-width:1px;font-weight:600}
+.arch-leaf .args{color:#5b6776;overflow-wrap:anywhere}.shape{font-family:ui-monospace,Menlo,monospace;color:#2b5c8a}
+.k-conv{border-left-color:#4e79a7}.k-dense{border-left-color:#f28e2b}.k-norm{border-left-color:#59a14f}
+.k-pool{border-left-color:#76b7b2}.k-attn{border-left-color:#b07aa1}.k-rnn{border-left-color:#edc948}
+.k-embed{border-left-color:#9c755f}.k-drop{border-left-color:#bab0ac}.k-other{border-left-color:#e15759}
+.arch-group{display:flex;flex-direction:column;align-items:center;border:1px solid #c4ccd6;border-radius:8px;padding:22px 12px 10px;background:rgba(29,39,51,.02)}
+.arch-group>.arch-label,.arch-branch>.arch-label,.arch-skip>.arch-label{position:absolute;top:3px;left:8px;font-size:11px;color:#5b6776;white-space:nowrap}
+.arch-group,.arch-branch,.arch-skip{position:relative}
+.arch-residual{border:2px solid #59a14f;background:#f5faf4}.arch-repeat{border:1.5px dashed #7b8794}.arch-parallel{border:2px solid #b07aa1;background:#fbf7fa}
+.arch-block{border-style:dotted}.arch-copy{border-color:#dde3ea}
+.arch-branches{display:flex;gap:12px;align-items:flex-start}
+.arch-branch{border-top:2px solid #b07aa1;padding:20px 4px 0;display:flex;flex-direction:column;align-items:center}
+.arch-res-row{display:flex;align-items:stretch;gap:14px}
+.arch-branches+.arch-merge,.arch-res-row+.arch-merge{margin-top:10px}
+.arch-skip{display:flex;align-items:center;border-left:2px dashed #59a14f;padding:20px 0 0 8px;color:#3d7a35;font-weight:600}
+.arch-skip-label{writing-mode:vertical-rl}
+"""

@@ -1,0 +1,59 @@
+"""Data sets: records, splits and batches; images, tables, text, tokenizers, npy files and streaming."""
+
+# Importing these modules registers their entries.
+from . import _images, _ondisk, _tables, _text  # noqa: F401
+from ._dataset import (
+    DATASETS,
+    Augment,
+    DataInfo,
+    Dataset,
+    Split,
+    iterate_batches,
+    load_dataset,
+    num_batches,
+)
+from ._ondisk import (
+    DiskSplit,
+    describe_data_path,
+    format_size,
+    memory_budget,
+    parse_size,
+    serve,
+    stream_batches,
+    write_npy,
+)
+from ._tokenizers import (
+    BPETokenizer,
+    CharTokenizer,
+    SymbolTokenizer,
+    WordTokenizer,
+    pad_sequences,
+    tokenizer_from_dict,
+    words,
+)
+
+__all__ = [
+    "Augment",
+    "BPETokenizer",
+    "CharTokenizer",
+    "DATASETS",
+    "DataInfo",
+    "Dataset",
+    "DiskSplit",
+    "Split",
+    "SymbolTokenizer",
+    "WordTokenizer",
+    "describe_data_path",
+    "format_size",
+    "iterate_batches",
+    "load_dataset",
+    "memory_budget",
+    "num_batches",
+    "pad_sequences",
+    "parse_size",
+    "serve",
+    "stream_batches",
+    "tokenizer_from_dict",
+    "words",
+    "write_npy",
+]

@@ -1,0 +1,187 @@
+"""Attention: multi-head scaled dot-product self-attention (causal or not, grouped-query
+heads, rotary positions) and additive (Bahdanau) attention pooling."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import SpecError
+from ._registry import Built, TensorType, positive, probability, register_layer
+
+
+def rope_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (length, head_dim // 2) for rotary position embeddings."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head by position-dependent angles."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, hd/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float,
+                       causal: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v through PyTorch's fused kernels; k, v may have fewer heads.
+
+    On the meta device (the inspector) PyTorch would fall back to the unfused math path,
+    which saves the whole T x T matrix for backward. Real training on CPU and GPU runs a
+    fused (flash) kernel that saves only q, k, v, the output and a log-sum-exp, so the
+    inspector calls that kernel's op directly to measure what training really keeps.
+    """
+    if q.device.type != "meta":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal,
+                                              enable_gqa=k.shape[1] != q.shape[1])
+    if k.shape[1] != q.shape[1]:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)[0]
+
+
+class LayerCache:
+    """Keys and values one attention layer has seen while decoding."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through F.scaled_dot_product_attention.
+
+    q has `heads` heads; k and v have `kv_heads` (grouped-query attention when fewer).
+    """
+
+    def __init__(self, dim: int, heads: int, kv_heads: int, head_dim: int, causal: bool,
+                 rope: bool, dropout: float, bias: bool, max_len: int, rope_base: float = 10000.0):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.causal, self.dropout = causal, dropout
+        # One fused projection for q, k and v: one matmul instead of three.
+        self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=bias)
+        self.proj = nn.Linear(heads * head_dim, dim, bias=bias)
+        self.rope = rope
+        # Set by archlab.generate.KVCache during decoding: keys and values of earlier steps.
+        self.cache: LayerCache | None = None
+        if rope:
+            cos, sin = rope_tables(max_len, head_dim, rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape  # (B, T, D)
+        q, k, v = self.qkv(x).split(
+            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        start = self.cache.length if self.cache is not None else 0
+        if self.rope:
+            cos, sin = self.rope_cos[start:start + t], self.rope_sin[start:start + t]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.cache is not None and start > 0:
+            k, v = self.cache.extend(k, v)  # (B, KV, start + T, hd)
+            # One new token attends to everything cached; several need the causal offset mask.
+            mask = None if (t == 1 or not self.causal) else torch.ones(
+                t, start + t, dtype=torch.bool, device=q.device).tril(start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+        else:
+            if self.cache is not None:
+                self.cache.extend(k, v)
+            y = scaled_dot_product(q, k, v, self.dropout if self.training else 0.0, self.causal)  # (B, H, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+    def extra_repr(self) -> str:
+        return (f"heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "
+                f"causal={self.causal}, rope={self.rope}")
+
+
+def attention_dims(d: int, heads: int, kv_heads: int | None, head_dim: int | None) -> tuple[int, int]:
+    positive(heads, "heads")
+    kv = positive(kv_heads or heads, "kv_heads")
+    if heads % kv:
+        raise SpecError(f"heads ({heads}) must be a multiple of kv_heads ({kv})")
+    if head_dim is None:
+        if d % heads:
+            raise SpecError(f"model width {d} is not divisible by heads={heads}; "
+                            f"change heads or set head_dim")
+        head_dim = d // heads
+    return kv, positive(head_dim, "head_dim")
+
+
+@register_layer("attention")
+def attention(x: TensorType, heads: int, kv_heads: int | None = None, head_dim: int | None = None,
+              causal: bool = False, rope: bool = False, dropout: float = 0.0, bias: bool = True,
+              rope_base: float = 10000.0) -> Built:
+    """Multi-head scaled dot-product self-attention on (T, D) -> (T, D)."""
+    t, d = x.expect(rank=2, what="a sequence (T, D)")
+    kv, hd = attention_dims(d, heads, kv_heads, head_dim)
+    if rope and hd % 2:
+        raise SpecError(f"rope needs an even head_dim. Received: head_dim={hd}")
+    if not rope_base > 0:
+        raise SpecError(f"argument 'rope_base' must be positive. Received: {rope_base}")
+    module = SelfAttention(d, heads, kv, hd, causal, rope, probability(dropout, "dropout"), bias, t, rope_base)
+    return module, x.derive((t, d), layout="sequence")
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau attention: e_t = v^T tanh(W_h h_t + W_s s + b); a = softmax(e); c = sum a_t h_t.
+
+    `score` is reusable as cross-attention (s = a decoder state, h = encoder outputs).
+    Used as a layer, it pools a (T, D) sequence to (D,) with the query s taken from a learned
+    vector, the last step, or the mean of the sequence.
+    """
+
+    def __init__(self, dim: int, query_dim: int, units: int, query: str = "learned"):
+        super().__init__()
+        self.w_h = nn.Linear(dim, units, bias=False)
+        self.w_s = nn.Linear(query_dim, units, bias=True)  # its bias is the b of the formula
+        self.v = nn.Linear(units, 1, bias=False)
+        self.query = query
+        if query == "learned":
+            self.query_vector = nn.Parameter(torch.zeros(query_dim))
+
+    def score(self, s: torch.Tensor, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention weights (B, T) of query s (B, Dq) over keys h (B, T, D)."""
+        e = self.v(torch.tanh(self.w_h(h) + self.w_s(s).unsqueeze(1))).squeeze(-1)  # (B, T)
+        if mask is not None:
+            e = e.masked_fill(~mask, float("-inf"))
+        return e.softmax(dim=-1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
+        if self.query == "learned":
+            s = self.query_vector.expand(h.shape[0], -1)
+        elif self.query == "last":
+            s = h[:, -1]
+        else:
+            s = h.mean(dim=1)
+        a = self.score(s, h)  # (B, T)
+        return torch.bmm(a.unsqueeze(1), h).squeeze(1)  # (B, D)
+
+    def extra_repr(self) -> str:
+        return f"query={self.query}"
+
+
+@register_layer("additive_attention", "bahdanau")
+def additive_attention(x: TensorType, units: int | None = None,
+                       query: Literal["learned", "last", "mean"] = "learned") -> Built:
+    """Additive (Bahdanau) attention pooling: (T, D) -> (D,)."""
+    _, d = x.expect(rank=2, what="a sequence (T, D)")
+    units = positive(units or d, "units")
+    return AdditiveAttention(d, d, units, query), x.derive((d,), layout="flat")

@@ -1,0 +1,147 @@
+"""Layers that read an encoder's output ("memory") inside a seq2seq decoder.
+
+The encoder-decoder network (archlab/seq2seq.py) sets `memory` (B, S, Dm) and
+`memory_mask` (B, S), True where a source position is real (not padding), on these
+modules before it runs the decoder, and clears them after.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import SpecError
+from ._attention import AdditiveAttention, SelfAttention, attention_dims
+from ._basic import MLP, make_norm
+from ._registry import BuildContext, Built, TensorType, positive, probability, register_layer
+
+
+class MemoryUser(nn.Module):
+    """A module that attends to the encoder's output, set from outside per batch."""
+
+    memory: torch.Tensor | None = None
+    memory_mask: torch.Tensor | None = None
+
+    def _memory(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.memory is None:
+            raise RuntimeError(f"{type(self).__name__} ran without encoder memory; run it inside a Seq2SeqNetwork")
+        return self.memory, self.memory_mask
+
+
+def _need_memory(ctx: BuildContext, name: str) -> TensorType:
+    if ctx.memory is None:
+        raise SpecError(f"{name} attends to an encoder's output: use it in a spec's `decoder:` section, "
+                        f"next to an `encoder:`")
+    if ctx.memory.rank != 2:
+        raise SpecError(f"{name} needs the encoder to output a sequence (S, D); it gives "
+                        f"{ctx.memory.describe()} (use returns: sequence on recurrent layers)")
+    return ctx.memory
+
+
+class CrossAttention(MemoryUser):
+    """Multi-head scaled dot-product attention from the decoder (queries) to the memory."""
+
+    def __init__(self, dim: int, memory_dim: int, heads: int, head_dim: int, bias: bool = True):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.q = nn.Linear(dim, heads * head_dim, bias=bias)
+        self.kv = nn.Linear(memory_dim, 2 * heads * head_dim, bias=bias)
+        self.proj = nn.Linear(heads * head_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
+        memory, mask = self._memory()
+        b, t, _ = x.shape
+        s = memory.shape[1]
+        q = self.q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k, v = self.kv(memory).view(b, s, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, S, hd) each
+        attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, S)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+
+@register_layer("cross_attention")
+def cross_attention(x: TensorType, ctx: BuildContext, heads: int, head_dim: int | None = None,
+                    bias: bool = True) -> Built:
+    """Multi-head attention from a (T, D) decoder sequence to the encoder's (S, Dm) output."""
+    t, d = x.expect(rank=2, what="a sequence (T, D)")
+    memory = _need_memory(ctx, "cross_attention")
+    _, hd = attention_dims(d, heads, None, head_dim)
+    return CrossAttention(d, memory.shape[1], heads, hd, bias), x.derive((t, d), layout="sequence")
+
+
+class CrossDecoderBlock(nn.Module):
+    """Pre-norm transformer decoder block: causal self-attention, cross-attention, MLP."""
+
+    def __init__(self, dim: int, memory_dim: int, heads: int, hidden: int, norm: str, dropout: float,
+                 max_len: int, bias: bool = True):
+        super().__init__()
+        hd = dim // heads
+        self.norm1 = make_norm(norm, dim)
+        self.attn = SelfAttention(dim, heads, heads, hd, True, False, dropout, bias, max_len)
+        self.norm2 = make_norm(norm, dim)
+        self.cross = CrossAttention(dim, memory_dim, heads, hd, bias)
+        self.norm3 = make_norm(norm, dim)
+        self.mlp = MLP(dim, hidden, "gelu", bias, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
+        x = x + self.drop(self.attn(self.norm1(x)))
+        x = x + self.drop(self.cross(self.norm2(x)))
+        return x + self.mlp(self.norm3(x))
+
+
+@register_layer("cross_decoder_block")
+def cross_decoder_block(x: TensorType, ctx: BuildContext, heads: int, hidden: int | None = None,
+                        mlp_ratio: float = 4.0, norm: str = "layernorm", dropout: float = 0.0,
+                        bias: bool = True) -> Built:
+    """Transformer decoder block with cross-attention to the encoder (seq2seq), on (T, D)."""
+    t, d = x.expect(rank=2, what="a sequence (T, D)")
+    memory = _need_memory(ctx, "cross_decoder_block")
+    attention_dims(d, heads, None, None)
+    hidden = positive(hidden or int(round(d * mlp_ratio)), "hidden")
+    block = CrossDecoderBlock(d, memory.shape[1], heads, hidden, norm, probability(dropout, "dropout"), t, bias)
+    return block, x.derive((t, d), layout="sequence")
+
+
+class AdditiveDecoder(MemoryUser):
+    """GRU decoder with Bahdanau attention (Bahdanau et al. 2015), one step at a time:
+
+        c_t = sum_s a_ts h_s,  a_t = softmax_s(v^T tanh(W_h h_s + W_s s_{t-1} + b))
+        s_t = GRU([y_t; c_t], s_{t-1});   output_t = [s_t; c_t]
+
+    s_0 is a learned projection of the mean of the memory (padding excluded).
+    """
+
+    def __init__(self, dim: int, memory_dim: int, hidden: int, units: int):
+        super().__init__()
+        self.attention = AdditiveAttention(memory_dim, hidden, units, query="given")
+        self.cell = nn.GRUCell(dim + memory_dim, hidden)
+        self.init = nn.Linear(memory_dim, hidden)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:  # (B, T, E) -> (B, T, hidden + Dm)
+        memory, mask = self._memory()
+        if mask is None:
+            pooled = memory.mean(dim=1)
+        else:
+            m = mask.unsqueeze(-1).to(memory.dtype)
+            pooled = (memory * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+        s = torch.tanh(self.init(pooled))  # (B, H)
+        outputs = []
+        for t in range(y.shape[1]):
+            a = self.attention.score(s, memory, mask)  # (B, S)
+            c = torch.bmm(a.unsqueeze(1), memory).squeeze(1)  # (B, Dm)
+            s = self.cell(torch.cat([y[:, t], c], dim=-1), s)
+            outputs.append(torch.cat([s, c], dim=-1))
+        return torch.stack(outputs, dim=1)
+
+
+@register_layer("additive_decoder")
+def additive_decoder(x: TensorType, ctx: BuildContext, hidden: int, units: int | None = None) -> Built:
+    """GRU decoder with additive (Bahdanau) attention over the encoder: (T, E) -> (T, hidden + Dm)."""
+    t, e = x.expect(rank=2, what="embedded targets (T, E)")
+    memory = _need_memory(ctx, "additive_decoder")
+    dm = memory.shape[1]
+    positive(hidden, "hidden")
+    module = AdditiveDecoder(e, dm, hidden, positive(units or hidden, "units"))
+    return module, x.derive((t, hidden + dm), layout="sequence")

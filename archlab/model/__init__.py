@@ -1,0 +1,41 @@
+"""Spec -> nn.Module: the builder (shape inference), the network kinds, the inspector, KV-cache decoding."""
+
+from ._builder import COMPOSITES, Network, Parallel, Repeat, Residual, Serial, build
+from ._decode import KVCache, generate
+from ._generative import GAN_BETAS, GENERATIVE_TASKS, GANNetwork, VAENetwork, generative_task
+from ._inspect import (
+    OPTIMIZER_STATES,
+    Inspection,
+    count_params,
+    group_by_kind,
+    inspect,
+    parse_bytes,
+)
+from ._seq2seq import BOS, EOS, PAD, Seq2SeqNetwork
+
+__all__ = [
+    "BOS",
+    "COMPOSITES",
+    "EOS",
+    "GANNetwork",
+    "GAN_BETAS",
+    "GENERATIVE_TASKS",
+    "Inspection",
+    "KVCache",
+    "Network",
+    "OPTIMIZER_STATES",
+    "PAD",
+    "Parallel",
+    "Repeat",
+    "Residual",
+    "Seq2SeqNetwork",
+    "Serial",
+    "VAENetwork",
+    "build",
+    "count_params",
+    "generate",
+    "generative_task",
+    "group_by_kind",
+    "inspect",
+    "parse_bytes",
+]

@@ -1,0 +1,425 @@
+"""Spec -> `nn.Module`, with shape inference at every node.
+
+The builder walks the spec's `model` tree once. Each node receives the `TensorType` its
+input will have, checks it, builds its module and returns the output type, so a wrong
+shape is reported at the node that cannot take it, with the node that produced it:
+
+    model[4].residual[1].conv2d: expects (C,H,W) input, got (128,) (flat) produced by model[3].flatten
+
+Node forms (after `$var` / `${expr}` substitution):
+    [a, b, c]                              serial
+    relu | {linear: 10} | {conv2d: {...}}  a leaf layer from the registry
+    name | {name: {var: value}}            a named block from `blocks:` (with var overrides)
+    {parallel: [[...], [...]], merge: concat|add|mean}
+    {residual: [...], projection: auto|none|[...]}
+    {repeat: N, block: ..., var: i}        N copies; the copy index is var `i`
+
+Module names follow spec paths: `model[3].residual[0].conv2d` is `model.3.residual.0`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import FrozenDict, ShapeError, SpecError, thaw
+from ..layers import LAYERS, BuildContext, TensorType, default_layout
+from ..spec import Spec, check_shape, load_spec, substitute
+
+COMPOSITES = ("parallel", "residual", "repeat")
+# Each level costs a few Python frames; this stays well inside the default recursion limit
+# even when build is called from deep inside another program (a test runner, a search).
+_MAX_DEPTH = 100
+# Far beyond any real model, but `repeat: 1e9` (a typo, or a search gone wrong) fails at once
+# instead of building modules until memory runs out.
+_MAX_REPEAT = 10_000
+_MAX_LAYERS = 100_000
+MERGES = ("concat", "add", "mean")
+
+
+# ----------------------------------------------------------------- container modules
+
+
+class Serial(nn.Sequential):
+    """Layers in order. Children are named "0", "1", ... after their spec index."""
+
+
+class Parallel(nn.Module):
+    """Branches on the same input, merged by concat (along `dim`), add or mean."""
+
+    def __init__(self, branches: list[nn.Module], merge: str, dim: int):
+        super().__init__()
+        self.parallel = nn.ModuleList(branches)
+        self.merge, self.dim = merge, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [branch(x) for branch in self.parallel]
+        if self.merge == "concat":
+            return torch.cat(outs, dim=self.dim)
+        total = outs[0]
+        for y in outs[1:]:
+            total = total + y
+        return total / len(outs) if self.merge == "mean" else total
+
+    def extra_repr(self) -> str:
+        return f"merge={self.merge}" + (f", dim={self.dim}" if self.merge == "concat" else "")
+
+
+class Residual(nn.Module):
+    """x + f(x), with `proj(x)` in place of x where f changes the shape."""
+
+    def __init__(self, body: nn.Module, proj: nn.Module | None):
+        super().__init__()
+        self.residual = body
+        self.proj = proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.proj is None else self.proj(x)
+        return skip + self.residual(x)
+
+
+class Repeat(nn.Module):
+    """N copies in order, under `repeat.0`, `repeat.1`, ... like their spec paths."""
+
+    def __init__(self, copies: list[nn.Module]):
+        super().__init__()
+        self.repeat = Serial(*copies)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.repeat(x)
+
+
+class ShapedNetwork:
+    """Per-sample input and output shapes of a built network (its `input_type`/`output_type`)."""
+
+    input_type: TensorType
+    output_type: TensorType
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.input_type.shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.output_type.shape
+
+
+class Network(ShapedNetwork, nn.Module):
+    """The built model: `model` holds the spec's layers. A plain nn.Module.
+
+    `layers` lists each leaf (spec path, layer kind, module name, input and output type)
+    for the inspector; `spec` is the concrete spec it was built from.
+    """
+
+    def __init__(self, model: nn.Module, spec: Spec, input_type: TensorType, output_type: TensorType,
+                 layers: list[LeafInfo]):
+        super().__init__()
+        self.model = model
+        # Plain attributes, not submodules: kept out of state_dict and parameters().
+        self.spec = spec
+        self.input_type = input_type
+        self.output_type = output_type
+        self.layers = layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def example_input(self, batch: int = 2, device: torch.device | str | None = None,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A batch of the right shape and dtype (token ids in range for embeddings)."""
+        shape = (batch, *self.input_shape)
+        if self.input_type.dtype == "long":
+            vocab = min((m.num_embeddings for m in self.modules() if isinstance(m, nn.Embedding)),
+                        default=2)
+            if torch.device(device or "cpu").type == "meta":
+                return torch.empty(shape, dtype=torch.long, device=device)
+            return torch.randint(0, vocab, shape, device=device)
+        return torch.randn(shape, device=device, dtype=dtype) if torch.device(device or "cpu").type != "meta" \
+            else torch.empty(shape, device=device, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class LeafInfo:
+    path: str            # spec path, e.g. model[3].residual[0].conv2d
+    kind: str            # layer name, e.g. conv2d
+    module_name: str     # qualified module name, e.g. model.3.residual.0
+    input: TensorType
+    output: TensorType
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- builder
+
+
+@dataclass
+class _Builder:
+    spec: Spec
+    leaves: list[LeafInfo] = field(default_factory=list)
+    ctx_built: list[tuple[str, str, nn.Module]] = field(default_factory=list)
+    memory: TensorType | None = None  # set while building a seq2seq decoder
+    depth: int = 0
+
+    def node(self, node: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise SpecError(f"{path}: nesting is deeper than {_MAX_DEPTH} levels; "
+                            f"is a block referring to itself?")
+        try:
+            return self._node(node, x, path, qual, env)
+        finally:
+            self.depth -= 1
+
+    def _node(self, node: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        if isinstance(node, str) and "$" in node:
+            node = substitute(node, env, path)
+        if isinstance(node, list | tuple):
+            return self.serial(node, x, path, qual, env)
+        if isinstance(node, str):
+            return self.named(node, None, x, path, qual, env)
+        if isinstance(node, Mapping):
+            keys = list(node)
+            composite = [k for k in keys if k in COMPOSITES]
+            if composite:
+                return self.composite(composite[0], node, x, path, qual, env)
+            if len(keys) != 1:
+                raise SpecError(f"{path}: a layer is written as a one-key mapping such as "
+                                f"{{linear: 10}}, got keys {keys}. Put each layer in its own list item.")
+            return self.named(str(keys[0]), node[keys[0]], x, path, qual, env)
+        raise SpecError(f"{path}: expected a layer name, a {{layer: args}} mapping or a list. "
+                        f"Received: {thaw(node)!r}")
+
+    def serial(self, nodes: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        modules = []
+        for i, child in enumerate(nodes):
+            module, x = self.node(child, x, f"{path}[{i}]", f"{qual}.{i}", env)
+            modules.append(module)
+        return Serial(*modules), x
+
+    def named(self, name: str, args: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        if name in self.spec.blocks:
+            return self.block_ref(name, args, x, path, qual, env)
+        if name not in LAYERS:
+            known = [*LAYERS.names(), *self.spec.blocks]
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise SpecError(f"{path}: unknown layer {name!r}.{hint} "
+                            f"List layers with `archlab layers`.")
+        return self.leaf(name, args, x, path, qual, env)
+
+    def leaf(self, name: str, args: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        where = f"{path}.{name}"
+        if len(self.leaves) >= _MAX_LAYERS:
+            raise SpecError(f"{where}: the model has more than {_MAX_LAYERS:,} layers; is a repeat count too large?")
+        layer = LAYERS.get(name)
+        args = substitute(args, env, where)
+        freeze = False
+        if isinstance(args, Mapping) and "freeze" in args:
+            freeze = args["freeze"]
+            if not isinstance(freeze, bool):
+                raise SpecError(f"{where}: 'freeze' must be true or false. Received: {freeze!r}")
+            args = {k: v for k, v in args.items() if k != "freeze"}
+        kwargs = layer.bind(args, where)
+        if layer.wants_ctx:
+            kwargs["ctx"] = BuildContext(where, self.ctx_built, self.memory)
+        try:
+            module, out = layer.fn(x, **kwargs)
+        except SpecError as e:  # ShapeError included: prefix the path once
+            raise type(e)(f"{where}: {e}") from None
+        except RuntimeError as e:  # weights too large for PyTorch to describe (> 2**63 bytes)
+            if "overflow" not in str(e).lower():
+                raise
+            raise SpecError(f"{where}: its weights are too large for PyTorch "
+                            f"({str(e).splitlines()[0]}); reduce its sizes") from None
+        out = TensorType(out.shape, out.dtype, out.layout, where)
+        if freeze:
+            module.requires_grad_(False)
+        self.leaves.append(LeafInfo(where, name, qual, x, out, FrozenDict(kwargs)))
+        self.ctx_built.append((where, name, module))
+        return module, out
+
+    def block_ref(self, name: str, args: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        overrides = substitute(args, env, f"{path}.{name}") if args is not None else {}
+        if not isinstance(overrides, Mapping):
+            raise SpecError(f"{path}.{name}: a block takes a mapping of var overrides such as "
+                            f"{{{name}: {{width: 64}}}}. Received: {thaw(overrides)!r}")
+        inner = {**env, **overrides}
+        return self.node(self.spec.blocks[name], x, f"{path}.{name}", qual, FrozenDict(inner))
+
+    # -- composition
+
+    def composite(self, kind: str, node: Mapping[str, Any], x: TensorType, path: str, qual: str,
+                  env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        body = node[kind]
+        options = {k: v for k, v in node.items() if k != kind}
+        if isinstance(body, Mapping) and kind != "repeat":  # long form: {residual: {body: ..., projection: ...}}
+            options = {**{k: v for k, v in body.items() if k not in ("body", "branches")}, **options}
+            body = body.get("body", body.get("branches"))
+        elif kind == "repeat" and isinstance(body, Mapping):
+            options = {**{k: v for k, v in body.items() if k != "times"}, **options}
+            body = body.get("times")
+        options = {k: substitute(v, env, f"{path}.{kind}") if k not in ("block", "projection") else v
+                   for k, v in options.items()}
+        return getattr(self, kind)(body, options, x, f"{path}.{kind}", qual, env)
+
+    def _check_options(self, options: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+        for key in options:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SpecError(f"{where}: unknown option {key!r}.{hint} Allowed: {', '.join(allowed)}")
+
+    def parallel(self, branches: Any, options: Mapping[str, Any], x: TensorType, where: str,
+                 qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        self._check_options(options, ("merge",), where)
+        merge = options.get("merge", "concat")
+        if merge not in MERGES:
+            raise SpecError(f"{where}: merge must be one of {', '.join(MERGES)}. Received: {merge!r}")
+        if isinstance(branches, str) and "$" in branches:
+            branches = substitute(branches, env, where)
+        if not isinstance(branches, list | tuple) or len(branches) < 2:
+            raise SpecError(f"{where}: expected a list of at least 2 branches, each a list of layers. "
+                            f"Received: {thaw(branches)!r}")
+        modules, outs = [], []
+        for i, branch in enumerate(branches):
+            module, out = self.node(branch, x, f"{where}[{i}]", f"{qual}.parallel.{i}", env)
+            modules.append(module)
+            outs.append(out)
+        dim = 0 if outs[0].layout in ("channels", "flat") else outs[0].rank - 1
+        shapes = ", ".join(f"{o.describe()} from {o.source}" for o in outs)
+        if len({o.dtype for o in outs}) != 1:
+            raise ShapeError(f"{where}: branches give different dtypes ({shapes}); "
+                             f"embed token ids in every branch or in none")
+        if merge == "concat":
+            ranks_ok = len({o.rank for o in outs}) == 1
+            rest_ok = ranks_ok and len({o.shape[:dim] + o.shape[dim + 1:] for o in outs}) == 1
+            if not rest_ok:
+                raise ShapeError(f"{where}: concat needs branch outputs equal in all dims but dim {dim}; "
+                                 f"got {shapes}")
+            shape = list(outs[0].shape)
+            shape[dim] = sum(o.shape[dim] for o in outs)
+            out = outs[0].derive(tuple(shape))
+        else:
+            if len({o.shape for o in outs}) != 1:
+                raise ShapeError(f"{where}: merge '{merge}' needs branch outputs of one shape; got {shapes}. "
+                                 f"Use merge: concat or make the branches agree.")
+            out = outs[0]
+        # +1: the tensor's dim 0 is the batch.
+        return Parallel(modules, merge, dim + 1), TensorType(out.shape, out.dtype, out.layout, where)
+
+    def residual(self, body: Any, options: Mapping[str, Any], x: TensorType, where: str,
+                 qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        self._check_options(options, ("projection",), where)
+        if isinstance(body, str) and "$" in body:
+            body = substitute(body, env, where)
+        if body is None:
+            raise SpecError(f"{where}: expected the layers of the residual branch, e.g. residual: [linear: 64, relu]")
+        module, out = self.node(body, x, where, f"{qual}.residual", env)
+        projection = options.get("projection", "auto")
+        proj = None
+        if out.shape != x.shape or out.dtype != x.dtype:
+            if projection in ("none", False):
+                raise ShapeError(f"{where}: the branch maps {x.describe()} to {out.describe()} but "
+                                 f"projection is 'none'; make the shapes agree or allow projection: auto")
+            if projection == "auto":
+                proj = self._auto_projection(x, out, where, body)
+            else:
+                proj, pout = self.node(projection, x, f"{where}.projection", f"{qual}.proj", env)
+                if pout.shape != out.shape:
+                    raise ShapeError(f"{where}.projection: maps {x.describe()} to {pout.describe()} "
+                                     f"but the branch gives {out.describe()}")
+        elif projection not in ("auto", "none", False):
+            raise SpecError(f"{where}: a projection is given but the branch keeps the shape "
+                            f"{x.describe()}; remove 'projection'")
+        return Residual(module, proj), TensorType(out.shape, out.dtype, out.layout, where)
+
+    def _auto_projection(self, x: TensorType, out: TensorType, where: str, body: Any) -> nn.Module:
+        if x.dtype != "float":
+            raise ShapeError(f"{where}: cannot add token ids {x.describe()} to {out.describe()}; "
+                             f"put the embedding before the residual")
+        if x.rank == out.rank and x.layout == "channels" and x.rank in (2, 3):
+            strides = []
+            for a, b in zip(x.shape[1:], out.shape[1:], strict=True):
+                if b > a or a % b and (a + 1) // 2 != b:
+                    raise ShapeError(f"{where}: cannot project {x.describe()} onto {out.describe()} "
+                                     f"with a strided 1x1 convolution; give an explicit projection")
+                strides.append(max(1, -(-a // b)))
+            conv = (nn.Conv1d if x.rank == 2 else nn.Conv2d)
+            uses_bn = "batchnorm" in repr(thaw(body))
+            layers: list[nn.Module] = [conv(x.shape[0], out.shape[0], 1, stride=tuple(strides), bias=not uses_bn)]
+            if uses_bn:  # ResNet's downsample: 1x1 conv + batchnorm
+                layers.append((nn.BatchNorm1d if x.rank == 2 else nn.BatchNorm2d)(out.shape[0]))
+            return Serial(*layers)
+        if x.rank == out.rank and x.shape[:-1] == out.shape[:-1]:
+            return nn.Linear(x.shape[-1], out.shape[-1])
+        raise ShapeError(f"{where}: cannot project {x.describe()} onto {out.describe()} "
+                         f"automatically; give an explicit projection or make the shapes agree")
+
+    def repeat(self, times: Any, options: Mapping[str, Any], x: TensorType, where: str,
+               qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        self._check_options(options, ("block", "var"), where)
+        times = substitute(times, env, where)
+        if isinstance(times, bool) or not isinstance(times, int) or times < 0:
+            raise SpecError(f"{where}: expected a non-negative integer count. Received: {thaw(times)!r}")
+        if times > _MAX_REPEAT:
+            raise SpecError(f"{where}: {times} copies is more than the {_MAX_REPEAT:,} a spec may repeat")
+        if "block" not in options:
+            raise SpecError(f"{where}: missing 'block' (the layers to repeat), e.g. "
+                            f"{{repeat: 3, block: [linear: 64, relu]}}")
+        var = options.get("var", "i")
+        if not isinstance(var, str) or not var.isidentifier():
+            raise SpecError(f"{where}: 'var' must be a name. Received: {var!r}")
+        modules = []
+        for i in range(times):
+            inner = FrozenDict({**env, var: i})
+            module, x = self.node(options["block"], x, f"{where}[{i}]", f"{qual}.repeat.{i}", inner)
+            modules.append(module)
+        return Repeat(modules), TensorType(x.shape, x.dtype, x.layout, x.source)
+
+
+def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | None = None,
+          seed: int = 0, *, vars: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
+          dtype: str | None = None) -> Network:
+    """Build a spec into a plain `nn.Module` (a `Network`), checking shapes at every node.
+
+    On `device="meta"` no weights are allocated (used by `inspect`); elsewhere the
+    initialisation is deterministic given `seed`.
+
+    >>> net = build({"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]})
+    >>> net(torch.zeros(3, 4)).shape
+    torch.Size([3, 2])
+    """
+    spec = load_spec(spec)
+    if vars:
+        spec = spec.with_vars(vars, strict=False)
+    if spec.spaces:
+        spec = spec.with_defaults()
+    if input_shape is not None:
+        spec = spec.with_input(tuple(input_shape), dtype)
+    elif dtype is not None:
+        spec = spec.with_input(None, dtype)
+    if spec.input is None or not spec.input.shape:
+        raise SpecError("input: the spec has no input shape; add `input: {shape: [1, 28, 28]}` "
+                        "or pass one (--input 1,28,28, or the data set gives it at train time)")
+    shape = check_shape(spec.input.shape, "input.shape")
+    env = FrozenDict(spec.resolved_vars())
+    x = TensorType(shape, spec.input.dtype, default_layout(shape, spec.input.dtype), "input")
+    if spec.generator is not None or spec.train.get("task") in ("vae", "gan"):
+        from ._generative import build_generative
+
+        return build_generative(spec, x, env, device, seed)  # type: ignore[return-value]
+    if spec.encoder is not None:
+        from ._seq2seq import build_seq2seq
+
+        return build_seq2seq(spec, x, env, device, seed)  # type: ignore[return-value]
+    builder = _Builder(spec)
+    with torch.device(device), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # The top level is always serial, so every path starts model[i].
+        nodes = spec.model if isinstance(spec.model, list | tuple) else (spec.model,)
+        model, out = builder.serial(nodes, x, "model", "model", env)
+    return Network(model, spec, x, out, builder.leaves)

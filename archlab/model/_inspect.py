@@ -1,0 +1,406 @@
+"""What an architecture costs: parameters, forward FLOPs and training memory.
+
+Everything runs on PyTorch's meta device: tensors there have shapes and dtypes but no
+storage, so a 7-billion-parameter spec is measured on a laptop in seconds.
+
+FLOPs. A dispatch mode sees every ATen op of one forward pass and prices it from its
+shapes. Matrix products and convolutions cost 2 FLOPs per multiply-accumulate (1 MAC =
+2 FLOPs); attention costs its two matrix products plus its softmax; pointwise ops cost
+1 FLOP per output element, softmax 3, layer/batch norm 5, reductions and pooling 1 per
+element read. Views, copies, gathers and allocations cost 0. Any other op is listed as
+*uncounted* with how often it ran: never silently priced at zero.
+
+Memory for one training step, split as PyTorch holds it under mixed precision
+(`torch.autocast`): fp32 weights, fp32 gradients of trainable weights, optimizer state
+(SGD with momentum: 1 copy, Adam/AdamW: 2 copies) and the activations autograd saves for
+backward, measured from the tensors autograd actually saves (a saved-tensor hook, each
+storage counted once, weights excluded), in the compute dtype. Allocator slack, CUDA
+context and temporary workspace are not included: the figures are a floor, not a ceiling.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..core import SpecError, thaw
+from ..spec import Spec, load_spec
+from ._builder import Network, build
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 copies of each trainable weight
+OUTSIDE = "(merges and skip adds)"
+
+# ----------------------------------------------------------------------- op pricing
+
+_FREE = {
+    "view", "_unsafe_view", "reshape", "t", "transpose", "permute", "expand", "expand_as",
+    "slice", "select", "split", "split_with_sizes", "unsafe_split", "unbind", "chunk", "narrow",
+    "squeeze", "unsqueeze", "clone", "copy_", "contiguous", "cat", "stack", "embedding",
+    "zeros", "ones", "empty", "empty_like", "zeros_like", "ones_like", "full", "full_like",
+    "scalar_tensor", "arange", "tril", "triu", "detach", "alias", "_to_copy", "to", "index_select",
+    "gather", "index", "lift_fresh", "new_zeros", "new_empty", "new_ones", "fill_", "zero_",
+    "as_strided", "repeat", "repeat_interleave", "flip", "roll", "constant_pad_nd", "_reshape_alias",
+    "empty_strided", "randn", "rand", "randint", "normal_", "uniform_", "set_", "resize_",
+    "lift_fresh_copy", "_local_scalar_dense", "flatten", "unflatten", "view_as", "masked_select",
+    "transpose_", "t_", "squeeze_", "unsqueeze_", "detach_", "as_strided_", "_unsafe_index",
+}
+_POINTWISE = {
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "relu", "relu_", "where",
+    "clamp", "clamp_", "clamp_min", "sigmoid", "sigmoid_", "tanh", "tanh_", "silu", "silu_", "gelu",
+    "exp", "exp_", "log", "sqrt", "rsqrt", "pow", "sin", "cos", "abs", "maximum", "minimum",
+    "leaky_relu", "leaky_relu_", "elu", "hardtanh", "hardtanh_", "masked_fill", "masked_fill_",
+    "bernoulli_", "bernoulli", "native_dropout", "lt", "gt", "le", "ge", "eq", "ne", "logical_not",
+    "reciprocal", "square", "erf", "threshold", "sign", "addcmul", "addcdiv", "lerp",
+    "bitwise_not", "bitwise_and", "bitwise_or", "logical_and", "logical_or",
+}
+_REDUCTION = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "logsumexp", "argmax",
+              "_adaptive_avg_pool2d", "adaptive_avg_pool1d", "_adaptive_avg_pool1d", "norm"}
+_PER_ELEMENT = {"_softmax": 3, "_safe_softmax": 3, "_log_softmax": 3,
+                "native_layer_norm": 5, "native_batch_norm": 5, "_native_batch_norm_legit": 5,
+                "_native_batch_norm_legit_functional": 5, "_native_batch_norm_legit_no_training": 5}
+
+
+def _numel(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return x.numel()
+    if isinstance(x, list | tuple):
+        return sum(_numel(v) for v in x)
+    return 0
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, list | tuple):
+        for v in x:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def op_flops(name: str, args: tuple, out: Any) -> int | None:
+    """FLOPs of one ATen op (by its overload packet name), or None if it is unknown."""
+    if name == "mm":
+        (m, k), n = args[0].shape, args[1].shape[1]
+        return 2 * m * k * n
+    if name == "addmm":
+        (m, k), n = args[1].shape, args[2].shape[1]
+        return 2 * m * k * n + m * n
+    if name == "bmm":
+        (b, m, k), n = args[0].shape, args[1].shape[2]
+        return 2 * b * m * k * n
+    if name == "baddbmm":
+        (b, m, k), n = args[1].shape, args[2].shape[2]
+        return 2 * b * m * k * n + b * m * n
+    if name in ("convolution", "_convolution"):
+        w, bias = args[1], args[2]
+        groups = args[8] if len(args) > 8 else 1
+        y = _first_tensor(out)
+        assert y is not None
+        macs_per_out = (w.shape[1]) * math.prod(w.shape[2:])  # w: (out, in/groups, *kernel)
+        del groups  # already folded into w.shape[1]
+        return 2 * y.numel() * macs_per_out + (y.numel() if bias is not None else 0)
+    if name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+                "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"):
+        q, k = args[0], args[1]
+        b, h, t, d = q.shape
+        s = k.shape[2]
+        return 4 * b * h * t * s * d + 3 * b * h * t * s  # q k^T, softmax, a v
+    if name in ("max_pool2d_with_indices", "max_pool1d", "max_pool2d", "avg_pool2d", "avg_pool1d",
+                "max_pool1d_with_indices"):
+        kernel = args[1]
+        kernel = [kernel] if isinstance(kernel, int) else list(kernel)
+        if name.startswith("max_pool2d") or name == "avg_pool2d":
+            kernel = kernel * 2 if len(kernel) == 1 else kernel
+        y = _first_tensor(out)
+        assert y is not None
+        return y.numel() * math.prod(kernel)
+    if name in _FREE:
+        return 0
+    if name in _POINTWISE:
+        return _numel(_first_tensor(out))
+    if name in _REDUCTION:
+        return _numel(_first_tensor(args))
+    if name in _PER_ELEMENT:
+        return _PER_ELEMENT[name] * _numel(_first_tensor(out))
+    return None
+
+
+def op_macs(name: str, args: tuple, out: Any) -> int:
+    """Multiply-accumulates of matrix products, convolutions and attention; 0 for other ops."""
+    if name in ("mm", "addmm"):
+        a, b = (args[0], args[1]) if name == "mm" else (args[1], args[2])
+        return a.shape[0] * a.shape[1] * b.shape[1]
+    if name in ("bmm", "baddbmm"):
+        a, b = (args[0], args[1]) if name == "bmm" else (args[1], args[2])
+        return a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
+    if name in ("convolution", "_convolution"):
+        w, y = args[1], _first_tensor(out)
+        assert y is not None
+        return y.numel() * w.shape[1] * math.prod(w.shape[2:])
+    if name.startswith("_scaled_dot_product_") and "backward" not in name:
+        q, k = args[0], args[1]
+        b, h, t, d = q.shape
+        return 2 * b * h * t * k.shape[2] * d
+    return 0
+
+
+class _CostMode(TorchDispatchMode):
+    """Prices every op of a forward pass and charges it to the innermost spec layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.flops: Counter[str] = Counter()
+        self.macs = 0
+        self.uncounted: dict[str, list] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        where = self.stack[-1] if self.stack else OUTSIDE
+        cost = op_flops(name, args, out)
+        if cost is None:
+            entry = self.uncounted.setdefault(name, [0, where])
+            entry[0] += 1
+        else:
+            self.flops[where] += cost
+            self.macs += op_macs(name, args, out)
+        return out
+
+
+# ---------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    path: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    flops: int                      # forward FLOPs per sample
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Uncounted:
+    op: str
+    calls: int
+    first_seen_in: str
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes for one training step at `batch` samples."""
+
+    batch: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    activations_per_sample: float
+    activations_fixed: float
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def at_batch(self, batch: int) -> int:
+        act = self.activations_fixed + self.activations_per_sample * batch
+        return int(self.weights + self.gradients + self.optimizer + act)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    name: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    dtype: str
+    optimizer: str
+    layers: tuple[LayerCost, ...]
+    params: int
+    trainable: int
+    flops_per_sample: int           # forward
+    uncounted: tuple[Uncounted, ...]
+    memory: Memory
+    device_memory: int | None = None
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    macs_per_sample: int = 0        # multiply-accumulates of matmuls, convolutions, attention
+
+    @property
+    def frozen(self) -> int:
+        return self.params - self.trainable
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.device_memory is None else self.memory.total <= self.device_memory
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch whose training step fits in `device_memory` (0 if none does)."""
+        if self.device_memory is None:
+            return None
+        m = self.memory
+        room = self.device_memory - (m.weights + m.gradients + m.optimizer + m.activations_fixed)
+        if room <= 0 or m.activations_per_sample <= 0:
+            return 0 if room <= 0 else None
+        return max(0, int(room // m.activations_per_sample))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["vars"] = dict(self.vars)
+        d.update(frozen=self.frozen,
+                 training_flops_per_sample_approx=3 * self.flops_per_sample,
+                 fits=self.fits, max_batch=self.max_batch)
+        d["memory"]["total"] = self.memory.total
+        return d
+
+
+# ------------------------------------------------------------------------ measuring
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """'80GB' (10^9), '80GiB' (2^30), '512MB', '16G' (=GiB), or a number of bytes."""
+    if isinstance(text, int | float):
+        return int(text)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise SpecError(f"--device-memory: expected a size such as 80GB or 24GiB. Received: {text!r}")
+    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    if not unit and not text.strip().upper().endswith("B"):
+        raise SpecError(f"--device-memory: {text!r} has no unit; write e.g. 80GB (10^9 bytes) or 80GiB (2^30)")
+    power = " KMGT".index(unit or " ")
+    bare_unit = unit and not binary and not text.strip().upper().endswith("B")
+    base = 1024 if (binary or bare_unit) else 1000
+    return int(value * base**power)
+
+
+def _unique_params(module: nn.Module, seen: set[int]) -> int:
+    total = 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = True) -> tuple[_CostMode, int]:
+    """One meta forward; returns the op costs and the bytes autograd saved for backward.
+
+    FLOPs are taken in eval mode (inference: dropout off, batch norm on running statistics),
+    the memory saved for backward in training mode."""
+    leaf_modules = dict(net.named_modules())
+    mode = _CostMode()
+    handles = []
+    for leaf in net.layers:
+        module = leaf_modules[leaf.module_name]
+        handles.append(module.register_forward_pre_hook(
+            lambda _m, _a, p=leaf.path: mode.stack.append(p)))
+        handles.append(module.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
+    exclude = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in exclude:
+            saved[storage._cdata] = storage.nbytes()
+        return t
+
+    x = net.example_input(batch, device="meta", dtype=dtype)
+    net.train(train)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
+            y = net(x)
+        activation_bytes = sum(saved.values())
+        del y  # the graph (and every saved storage) lived until the sum above
+    finally:
+        for h in handles:
+            h.remove()
+    return mode, activation_bytes
+
+
+def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...] | None = None,
+            batch: int = 1, dtype: str = "fp32", optimizer: str = "adamw",
+            device_memory: str | int | None = None, vars: Mapping[str, Any] | None = None) -> Inspection:
+    """Parameters, forward FLOPs and training memory of a spec, on the meta device.
+
+    >>> r = inspect({"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]})
+    >>> r.params, r.flops_per_sample
+    (58, 114)
+    """
+    if dtype not in DTYPES:
+        raise SpecError(f"--dtype: expected one of {', '.join(DTYPES)}. Received: {dtype!r}")
+    if optimizer not in OPTIMIZER_STATES:
+        raise SpecError(f"--optimizer: expected one of {', '.join(OPTIMIZER_STATES)}. Received: {optimizer!r}")
+    if batch < 1:
+        raise SpecError(f"--batch: expected a positive integer. Received: {batch}")
+    spec = load_spec(spec)
+    if vars:
+        spec = spec.with_vars(vars)
+    net = build(spec, input_shape=input_shape, device="meta")
+    torch_dtype = DTYPES[dtype]
+    if torch_dtype != torch.float32:
+        net = net.to(torch_dtype)
+
+    mode1, _ = _forward_cost(net, 1, torch_dtype, train=False)
+    # The line through batches 2 and 3, not 1 and 2: at batch 1 PyTorch often skips a copy
+    # (a transpose across a size-1 dim is already contiguous), so batch 1 may save less.
+    measured = {2: _forward_cost(net, 2, torch_dtype)[1], 3: _forward_cost(net, 3, torch_dtype)[1]}
+    per_sample = measured[3] - measured[2]
+    fixed = measured[2] - 2 * per_sample
+    act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype)[1]
+
+    seen: set[int] = set()
+    rows = []
+    for leaf in net.layers:
+        module = net.get_submodule(leaf.module_name)
+        n = _unique_params(module, seen)
+        note = f"tied to {module.tied_to}" if hasattr(module, "tied_to") else ""
+        if any(not p.requires_grad for p in module.parameters()):
+            note = (note + "; " if note else "") + "frozen"
+        rows.append(LayerCost(leaf.path, leaf.kind, leaf.output.shape, n, mode1.flops[leaf.path], note))
+    extra_params = _unique_params(net, seen)  # auto projections inside residuals
+    if mode1.flops.get(OUTSIDE) or extra_params:
+        rows.append(LayerCost(OUTSIDE, "", net.output_shape, extra_params, mode1.flops.get(OUTSIDE, 0),
+                              "skip adds, concats, residual projections"))
+
+    params = sum(p.numel() for p in net.parameters())
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    memory = Memory(batch=batch, weights=4 * params + sum(b.numel() * 4 for b in net.buffers()),
+                    gradients=4 * trainable, optimizer=4 * trainable * OPTIMIZER_STATES[optimizer],
+                    activations=act_b, activations_per_sample=float(per_sample),
+                    activations_fixed=float(fixed))
+    uncounted = tuple(Uncounted(op, c, w) for op, (c, w) in sorted(mode1.uncounted.items()))
+    return Inspection(
+        name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,
+        optimizer=optimizer, layers=tuple(rows), params=params, trainable=trainable,
+        flops_per_sample=sum(mode1.flops.values()), macs_per_sample=mode1.macs, uncounted=uncounted, memory=memory,
+        device_memory=None if device_memory is None else parse_bytes(device_memory),
+        vars=thaw(net.spec.resolved_vars()),  # plain data: to_dict() must deep-copy it
+    )
+
+
+def count_params(module: nn.Module) -> int:
+    """Unique parameters of a module (tied weights counted once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def group_by_kind(report: Inspection) -> dict[str, dict[str, int]]:
+    """Params and FLOPs summed per layer kind, e.g. for a compact summary."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"params": 0, "flops": 0, "count": 0})
+    for row in report.layers:
+        g = out[row.kind or OUTSIDE]
+        g["params"] += row.params
+        g["flops"] += row.flops
+        g["count"] += 1
+    return dict(out)

@@ -1,0 +1,725 @@
+"""The run store: every training run as a record in SQLite, its artifacts in a folder.
+
+Storage is kept apart from logic, as in Optuna: the trainer, CLI and comparison code talk to
+the small abstract base :class:`RunStorage`; :class:`SQLiteRunStorage` is the one backend.
+Layout under the root (``$ARCHLAB_HOME``, default ``./archlab-runs``)::
+
+    <root>/archlab.db           SQLite database in WAL mode (runs, epochs)
+    <root>/runs/<run_id>/       artifacts of one run: checkpoints, the spec, plots
+
+Records handed out are immutable (:class:`RunRecord`, :class:`EpochRecord`): mappings are
+read-only ``FrozenDict`` views and sequences are tuples; ``record.to_dict()`` gives
+plain, mutable copies. Several processes may write to one store at once: each process (and
+thread) opens its own connection lazily, writes are short ``BEGIN IMMEDIATE`` transactions,
+and "database is locked" is retried with a busy timeout and backoff.
+
+>>> import tempfile
+>>> store = open_store(tempfile.mkdtemp())
+>>> rid = store.create_run(name="mlp", data="digits", spec={}, settings={}, env={}, params=10)
+>>> store.log_epoch(rid, 0, {"val_acc": 0.5})
+>>> store.set_status(rid, "finished", duration_s=1.0)
+>>> store.get_run(rid[:5]).best("val_acc")
+0.5
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..core import FrozenDict, StoreError, freeze, thaw
+
+__all__ = [
+    "STATUSES",
+    "EpochRecord",
+    "RunRecord",
+    "RunStorage",
+    "SQLiteRunStorage",
+    "default_root",
+    "open_store",
+    "thaw",
+]
+
+STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
+SCHEMA_VERSION = 1
+DB_NAME = "archlab.db"
+
+_T = TypeVar("_T")
+
+
+def default_root() -> Path:
+    """The store's root folder: ``$ARCHLAB_HOME`` if set, else ``./archlab-runs``.
+
+    >>> isinstance(default_root(), Path)
+    True
+    """
+    env = os.environ.get("ARCHLAB_HOME")
+    return Path(env).expanduser() if env else Path("archlab-runs")
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """The metrics of one epoch, e.g. ``{"train_loss": .., "val_loss": .., "seconds": ..}``."""
+
+    epoch: int
+    metrics: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", FrozenDict(dict(self.metrics)))
+
+    def __hash__(self) -> int:
+        return hash((self.epoch, tuple(self.metrics.items())))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as stored; immutable (mappings are read-only, sequences are tuples).
+
+    Use :meth:`to_dict` (or :func:`thaw` on one field) for plain, mutable copies, e.g.
+    ``thaw(record.spec)`` to rebuild the model from its spec.
+    """
+
+    run_id: str
+    name: str
+    status: str
+    created_at: float
+    updated_at: float
+    duration_s: float | None
+    data: str
+    spec: Mapping[str, Any]
+    settings: Mapping[str, Any]
+    env: Mapping[str, Any]
+    params: int | None
+    history: tuple[EpochRecord, ...]
+    test_metrics: Mapping[str, float]
+    tags: Mapping[str, str]
+    message: str
+
+    def __post_init__(self) -> None:
+        for field in ("spec", "settings", "env", "test_metrics", "tags"):
+            object.__setattr__(self, field, freeze(getattr(self, field)))
+        object.__setattr__(self, "history", tuple(self.history))
+
+    def best(self, metric: str, mode: str = "max") -> float | None:
+        """Best value of ``metric`` over the history (NaN ignored); None if never logged.
+
+        >>> r = _example_record([{"val_loss": 0.9}, {"val_loss": 0.4}, {"val_loss": float("nan")}])
+        >>> r.best("val_loss", "min")
+        0.4
+        """
+        if mode not in ("max", "min"):
+            raise StoreError(f"best(): mode must be 'max' or 'min'. Received: mode={mode!r}")
+        values = [
+            e.metrics[metric]
+            for e in self.history
+            if metric in e.metrics and not math.isnan(e.metrics[metric])
+        ]
+        if not values:
+            return None
+        return max(values) if mode == "max" else min(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, mutable, JSON-able (up to NaN/inf) copy of the record."""
+        out = {
+            name: thaw(getattr(self, name))
+            for name in self.__dataclass_fields__
+            if name != "history"
+        }
+        out["history"] = [{"epoch": e.epoch, "metrics": dict(e.metrics)} for e in self.history]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunRecord:
+        """Inverse of :meth:`to_dict`."""
+        fields = dict(d)
+        fields["history"] = tuple(
+            EpochRecord(int(e["epoch"]), e["metrics"]) for e in fields.get("history", ())
+        )
+        return cls(**fields)
+
+    def __reduce__(self):
+        return (RunRecord.from_dict, (self.to_dict(),))
+
+    def __hash__(self) -> int:  # the mappings are unhashable; equal records share these
+        return hash((self.run_id, self.updated_at))
+
+
+def _example_record(history: list[dict[str, float]]) -> RunRecord:
+    """A minimal record, for docstring examples."""
+    return RunRecord(
+        "r0", "x", "finished", 0.0, 0.0, None, "digits", {}, {}, {}, None,
+        tuple(EpochRecord(i, m) for i, m in enumerate(history)), {}, {}, "",
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the contract
+
+
+class RunStorage(ABC):
+    """Abstract run storage; every backend honours this contract.
+
+    - Run ids are short strings, unique within a store, generated by the store.
+    - A write is committed when the call returns (it survives a crash of the process);
+      concurrent writers (processes or threads) never lose or duplicate a record.
+    - Reads return immutable :class:`RunRecord` snapshots; later writes do not change them.
+    - Every failure the user can fix raises :class:`~archlab.errors.StoreError`.
+    """
+
+    @abstractmethod
+    def create_run(
+        self,
+        *,
+        name: str,
+        data: str,
+        spec: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        env: Mapping[str, Any],
+        params: int | None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Record a new run with status ``"running"`` and return its id."""
+
+    @abstractmethod
+    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Record the metrics of one epoch (values coerced to float; NaN/inf allowed).
+
+        Idempotent per ``(run_id, epoch)``: logging an epoch again (after a resume)
+        replaces it. ``run_id`` must be the full id.
+        """
+
+    @abstractmethod
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        message: str = "",
+        test_metrics: Mapping[str, float] | None = None,
+        duration_s: float | None = None,
+    ) -> None:
+        """Set the status (one of :data:`STATUSES`) and message; ``test_metrics`` and
+        ``duration_s`` replace the stored ones when given, and are kept when None."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run with this id, or with this unique id prefix; StoreError otherwise."""
+
+    @abstractmethod
+    def list_runs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Runs, newest first, optionally only those with one of the given statuses and
+        all the given tags (key and value equal)."""
+
+    @abstractmethod
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run (full id or unique prefix): its record, epochs and artifacts."""
+
+
+# ----------------------------------------------------------------------------- encoding
+
+# Strict JSON (no bare NaN tokens, so SQLite's JSON functions accept every column): a
+# non-finite float is written as {"$float": "nan" | "inf" | "-inf"}.
+_FLOAT_TAG = "$float"
+
+
+def _to_jsonable(obj: Any, where: str) -> Any:
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {_FLOAT_TAG: repr(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): _to_jsonable(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    item = getattr(obj, "item", None)  # numpy scalars, 0-d tensors
+    if callable(item) and getattr(obj, "ndim", 0) == 0:
+        return _to_jsonable(item(), where)
+    raise StoreError(
+        f"{where}: cannot store a value of type {type(obj).__name__} "
+        f"(expected JSON types: dict, list, str, int, float, bool, None). Received: {obj!r:.80}"
+    )
+
+
+def _from_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if len(obj) == 1 and _FLOAT_TAG in obj:
+            return float(obj[_FLOAT_TAG])
+        return {k: _from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_jsonable(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any, where: str) -> str:
+    return json.dumps(_to_jsonable(obj, where), allow_nan=False, separators=(",", ":"))
+
+
+def _loads(text: str | None) -> Any:
+    return _from_jsonable(json.loads(text)) if text else {}
+
+
+def _metrics(metrics: Mapping[str, float] | None, where: str) -> dict[str, float]:
+    out = {}
+    for k, v in (metrics or {}).items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"{where}[{k!r}]: expected a number. Received: {v!r:.80} ({type(v).__name__})"
+            ) from None
+    return out
+
+
+# ----------------------------------------------------------------------------- SQLite backend
+
+_SCHEMA = """
+CREATE TABLE runs (
+    run_id       TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    duration_s   REAL,
+    data         TEXT NOT NULL,
+    spec         TEXT NOT NULL,   -- JSON
+    settings     TEXT NOT NULL,   -- JSON
+    env          TEXT NOT NULL,   -- JSON
+    params       INTEGER,
+    test_metrics TEXT NOT NULL,   -- JSON
+    tags         TEXT NOT NULL,   -- JSON object of str -> str
+    message      TEXT NOT NULL
+);
+CREATE INDEX runs_created ON runs (created_at);
+CREATE TABLE epochs (
+    run_id  TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    epoch   INTEGER NOT NULL,
+    metrics TEXT NOT NULL,        -- JSON
+    PRIMARY KEY (run_id, epoch)
+);
+"""
+
+# Connections a forked child inherited from its parent. They are never used nor closed in
+# the child (closing could disturb the parent's locks); holding them stops finalisation.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _new_run_id() -> str:
+    """ "r" + 8 random hex digits: short, and a few characters already make a unique prefix
+    (a time-sortable id would share its first characters with every run of the day)."""
+    return "r" + os.urandom(4).hex()
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class SQLiteRunStorage(RunStorage):
+    """Run storage in one SQLite file (WAL mode) under ``root``; artifacts beside it.
+
+    Safe to share between threads and forked or spawned processes: each (process, thread)
+    opens its own connection on first use.
+
+    >>> import tempfile
+    >>> s = SQLiteRunStorage(tempfile.mkdtemp())
+    >>> s.list_runs()
+    []
+    """
+
+    busy_timeout_s = 30.0  # how long SQLite waits on a lock before reporting "locked"
+    retries = 20  # then how many more times a transaction is retried, with backoff
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.db_path = self.root / DB_NAME
+        self._local = threading.local()
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"SQLiteRunStorage({str(self.root)!r})"
+
+    def __reduce__(self):  # pickles as its root, so it can be handed to spawned workers
+        return (type(self), (self.root,))
+
+    # -- connections -------------------------------------------------------------------
+
+    def _corrupt(self, exc: Exception) -> StoreError:
+        return StoreError(
+            f"{self.db_path}: not a readable archlab run store ({exc}); move the file "
+            f"aside or set ARCHLAB_HOME to another folder"
+        )
+
+    def _connect(self) -> sqlite3.Connection:
+        """This process's and thread's connection, opened (and the schema made) lazily."""
+        local = self._local
+        pid = os.getpid()
+        conn = getattr(local, "conn", None)
+        if conn is not None and local.pid == pid:
+            return conn
+        if conn is not None:  # inherited through fork: never touch it
+            _INHERITED.append(conn)
+            local.conn = None
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                self.db_path, timeout=self.busy_timeout_s, isolation_level=None,
+                check_same_thread=False,
+            )  # fmt: skip
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"{self.db_path}: cannot open the run store ({exc}); check that the folder "
+                f"exists and is writable, or set ARCHLAB_HOME"
+            ) from None
+        try:
+            self._retry(lambda: self._setup(conn))
+        except BaseException:
+            conn.close()
+            raise
+        local.conn, local.pid = conn, pid
+        return conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # NORMAL in WAL mode: a commit survives any crash of the process and the file is
+        # never corrupted; only a power cut may lose the last commits. FULL would fsync on
+        # every commit, which makes many small writers (searches) ~30x slower.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if self._ready:
+            return
+        # WAL lets readers run beside one writer; the setting is stored in the file.
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+                if tables:
+                    raise StoreError(
+                        f"{self.db_path}: an SQLite file that is not an archlab run store "
+                        f"(tables {tables[:5]}); move the file aside or set ARCHLAB_HOME"
+                    )
+                # one statement at a time: executescript() would COMMIT our transaction
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.db_path}: written by a newer archlab (schema {version}, this one "
+                    f"reads up to {SCHEMA_VERSION}); upgrade archlab"
+                )
+            # Migrations from older schema versions go here: `if version < 2: ...`.
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._ready = True
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    def _retry(self, fn: Callable[[], _T]) -> _T:
+        delay = 0.01
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise StoreError(
+                        f"{self.db_path}: {exc}; check the folder is writable and the disk "
+                        f"not full, or set ARCHLAB_HOME to another folder"
+                    ) from None
+                if attempt == self.retries:
+                    raise StoreError(
+                        f"{self.db_path}: {exc} (still, after {self.retries} retries); "
+                        f"another process holds the store locked, try again"
+                    ) from None
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as exc:
+                raise self._corrupt(exc) from None
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` in one short write transaction, retried while the store is locked."""
+        conn = self._connect()
+
+        def attempt() -> _T:
+            # IMMEDIATE takes the write lock up front, so a transaction never has to
+            # upgrade a read lock (the one case where SQLite skips the busy handler).
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return self._retry(attempt)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn`` on one consistent snapshot (a read transaction)."""
+        conn = self._connect()
+
+        def attempt() -> _T:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+        return self._retry(attempt)
+
+    def _exists(self) -> bool:
+        return self.db_path.exists()
+
+    # -- the contract ------------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> Path:
+        """The artifact folder of a run, ``<root>/runs/<run_id>``, created on demand."""
+        path = self.root / "runs" / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def create_run(
+        self,
+        *,
+        name: str,
+        data: str,
+        spec: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        env: Mapping[str, Any],
+        params: int | None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        row = {
+            "name": str(name),
+            "data": str(data),
+            "spec": _dumps(spec, "spec"),
+            "settings": _dumps(settings, "settings"),
+            "env": _dumps(env, "env"),
+            "params": None if params is None else int(params),
+            "tags": _dumps({str(k): str(v) for k, v in (tags or {}).items()}, "tags"),
+        }
+
+        def insert(conn: sqlite3.Connection) -> str:
+            now = time.time()
+            while True:  # ids are random; the primary key catches the rare collision
+                run_id = _new_run_id()
+                try:
+                    conn.execute(
+                        "INSERT INTO runs (run_id, name, status, created_at, updated_at, "
+                        "duration_s, data, spec, settings, env, params, test_metrics, tags, "
+                        "message) VALUES (?, ?, 'running', ?, ?, NULL, ?, ?, ?, ?, ?, '{}', ?, '')",
+                        (run_id, row["name"], now, now, row["data"], row["spec"],
+                         row["settings"], row["env"], row["params"], row["tags"]),
+                    )  # fmt: skip
+                    return run_id
+                except sqlite3.IntegrityError:
+                    continue
+
+        return self._write(insert)
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        text = _dumps(_metrics(metrics, "metrics"), "metrics")
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE runs SET updated_at = ? WHERE run_id = ?", (time.time(), run_id)
+            )
+            if cur.rowcount == 0:
+                raise self._not_found(run_id)
+            conn.execute(
+                "INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
+                (run_id, int(epoch), text),
+            )
+
+        self._write(upsert)
+
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        message: str = "",
+        test_metrics: Mapping[str, float] | None = None,
+        duration_s: float | None = None,
+    ) -> None:
+        if status not in STATUSES:
+            raise StoreError(
+                f"run {run_id!r}: unknown status. Expected one of {', '.join(STATUSES)}. "
+                f"Received: status={status!r}"
+            )
+        tm = None if test_metrics is None else _dumps(_metrics(test_metrics, "test_metrics"), "")
+
+        def update(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, message = ?, updated_at = ?, "
+                "test_metrics = COALESCE(?, test_metrics), duration_s = COALESCE(?, duration_s) "
+                "WHERE run_id = ?",
+                (status, str(message), time.time(), tm,
+                 None if duration_s is None else float(duration_s), run_id),
+            )  # fmt: skip
+            if cur.rowcount == 0:
+                raise self._not_found(run_id)
+
+        self._write(update)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        if not self._exists():
+            raise self._not_found(run_id)
+
+        def read(conn: sqlite3.Connection) -> RunRecord:
+            full = self._resolve(conn, run_id)
+            return self._records(conn, "WHERE run_id = ?", [full])[0]
+
+        return self._read(read)
+
+    def list_runs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        if not self._exists():
+            return []
+        where, args = [], []
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            unknown = [s for s in wanted if s not in STATUSES]
+            if unknown:
+                raise StoreError(
+                    f"list_runs: unknown status {unknown[0]!r}. Expected one of "
+                    f"{', '.join(STATUSES)}"
+                )
+            where.append(f"status IN ({', '.join('?' * len(wanted))})")
+            args += wanted
+        for key, value in (tags or {}).items():
+            # json_each over the tags object: exact key match, no JSON-path quoting issues
+            where.append(
+                "EXISTS (SELECT 1 FROM json_each(runs.tags) AS t WHERE t.key = ? AND t.value = ?)"
+            )
+            args += [str(key), str(value)]
+        sql = ("WHERE " + " AND ".join(where)) if where else ""
+        sql += " ORDER BY created_at DESC, rowid DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return self._read(lambda conn: self._records(conn, sql, args))
+
+    def delete_run(self, run_id: str) -> None:
+        if not self._exists():
+            raise self._not_found(run_id)
+
+        def delete(conn: sqlite3.Connection) -> str:
+            full = self._resolve(conn, run_id)
+            conn.execute("DELETE FROM epochs WHERE run_id = ?", (full,))
+            conn.execute("DELETE FROM runs WHERE run_id = ?", (full,))
+            return full
+
+        full = self._write(delete)
+        shutil.rmtree(self.root / "runs" / full, ignore_errors=True)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _not_found(self, run_id: str) -> StoreError:
+        return StoreError(f"run {run_id!r} not found in {self.root}; list runs with `archlab runs`")
+
+    def _resolve(self, conn: sqlite3.Connection, run_id: str) -> str:
+        """Full id from a full id or a unique prefix."""
+        if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+            return run_id
+        if run_id:
+            rows = conn.execute(
+                "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id LIMIT 6",
+                (len(run_id), run_id),
+            ).fetchall()
+            if len(rows) == 1:
+                return rows[0][0]
+            if len(rows) > 1:
+                shown = ", ".join(r[0] for r in rows[:5])
+                raise StoreError(
+                    f"run prefix {run_id!r} is ambiguous in {self.root}: matches {shown}"
+                    f"{', ...' if len(rows) > 5 else ''}; give more characters of the id"
+                )
+        raise self._not_found(run_id)
+
+    def _records(self, conn: sqlite3.Connection, where: str, args: list) -> list[RunRecord]:
+        rows = conn.execute(
+            "SELECT run_id, name, status, created_at, updated_at, duration_s, data, spec, "
+            f"settings, env, params, test_metrics, tags, message FROM runs {where}",
+            args,
+        ).fetchall()
+        history: dict[str, list[EpochRecord]] = {r[0]: [] for r in rows}
+        ids = list(history)
+        for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ids[i : i + 500]
+            for rid, epoch, metrics in conn.execute(
+                f"SELECT run_id, epoch, metrics FROM epochs WHERE run_id IN "
+                f"({', '.join('?' * len(chunk))}) ORDER BY run_id, epoch",
+                chunk,
+            ):
+                history[rid].append(EpochRecord(epoch, _loads(metrics)))
+        return [
+            RunRecord(
+                run_id=r[0],
+                name=r[1],
+                status=r[2],
+                created_at=r[3],
+                updated_at=r[4],
+                duration_s=r[5],
+                data=r[6],
+                spec=_loads(r[7]),
+                settings=_loads(r[8]),
+                env=_loads(r[9]),
+                params=r[10],
+                history=tuple(history[r[0]]),
+                test_metrics=_loads(r[11]),
+                tags=_loads(r[12]),
+                message=r[13],
+            )  # fmt: skip
+            for r in rows
+        ]
+
+
+def open_store(root: str | Path | None = None) -> SQLiteRunStorage:
+    """The run store under ``root`` (default: :func:`default_root`).
+
+    >>> import tempfile
+    >>> open_store(tempfile.mkdtemp()).list_runs(status="finished")
+    []
+    """
+    return SQLiteRunStorage(root)

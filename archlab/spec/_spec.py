@@ -1,0 +1,565 @@
+"""Specs: YAML or dict -> a frozen, validated `Spec`.
+
+A spec is data. It is read with a safe YAML loader, checked section by section, and frozen
+(mappings become read-only, lists become tuples) so `Spec.from_dict(s.to_dict()) == s`.
+Layer-level checks (names, arguments, shapes) happen in `build`, where shapes are known;
+this module owns the top-level sections, vars, expressions and search-space markers.
+
+    name: my-net
+    input: {shape: [1, 8, 8]}            # per-sample shape; dtype float (default) or long
+    vars: {width: 32, depth: {int: [1, 4], default: 2}}
+    blocks: {stage: [conv2d: {out: $width, kernel: 3, padding: same}, relu]}
+    model: [stage, flatten, linear: $num_classes]
+    train: {epochs: 10}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..core import FrozenDict, SpecError, freeze, thaw
+from ._expr import evaluate
+
+SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "encoder", "decoder", "generator",
+            "discriminator", "train")
+INPUT_DTYPES = ("float", "long")
+# Values a data set supplies at train time; a spec gives defaults for inspection.
+DATA_VARS = ("num_classes", "vocab_size", "target_len")
+
+_VAR_REF = re.compile(r"^\$([A-Za-z_]\w*)$")
+_EXPR = re.compile(r"\$\{([^{}]*)\}")
+_BARE_ARITHMETIC = re.compile(r"^\$[A-Za-z_]\w*\s*(?:[-+*/%]|//|\*\*)\s*[\w(.]")  # `$w*2`, `$depth - 1`
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but `1e-3` is a float (as in YAML 1.2 and JSON), not the
+    string YAML 1.1 makes of an exponent without a dot."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
+
+
+# ------------------------------------------------------------------ search-space markers
+
+
+@dataclass(frozen=True)
+class IntSpace:
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+    default: int | None = None
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"int": [self.low, self.high]}
+        if self.log:
+            d["log"] = True
+        if self.step != 1:
+            d["step"] = self.step
+        if self.default is not None:
+            d["default"] = self.default
+        return d
+
+    def contains(self, v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and self.low <= v <= self.high
+
+
+@dataclass(frozen=True)
+class FloatSpace:
+    low: float
+    high: float
+    log: bool = False
+    default: float | None = None
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"float": [self.low, self.high]}
+        if self.log:
+            d["log"] = True
+        if self.default is not None:
+            d["default"] = self.default
+        return d
+
+    def contains(self, v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and self.low <= v <= self.high
+
+
+@dataclass(frozen=True)
+class ChoiceSpace:
+    options: tuple
+    default: Any = None
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"choice": thaw(self.options)}
+        if self.default is not None:
+            d["default"] = thaw(self.default)
+        return d
+
+    def contains(self, v: Any) -> bool:
+        return freeze(v) in self.options
+
+
+SearchSpace = IntSpace | FloatSpace | ChoiceSpace
+_MARKERS = ("int", "float", "choice")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def parse_space(name: str, value: Mapping) -> SearchSpace:
+    """Parse a `{int: [lo, hi], log: true}`-style marker; errors name `vars.NAME`."""
+    where = f"vars.{name}"
+    kind = next(k for k in _MARKERS if k in value)
+    allowed = {"int": {"int", "log", "step", "default"}, "float": {"float", "log", "default"},
+               "choice": {"choice", "default"}}[kind]
+    extra = set(value) - allowed
+    if extra:
+        raise SpecError(f"{where}: unknown key {sorted(extra)[0]!r} in a {kind} search space; "
+                        f"allowed: {', '.join(sorted(allowed))}")
+    default = value.get("default")
+    if kind == "choice":
+        options = value["choice"]
+        if not isinstance(options, list | tuple) or not options:
+            raise SpecError(f"{where}: expected a non-empty list of options, e.g. "
+                            f"{{choice: [relu, gelu]}}. Received: {thaw(options)!r}")
+        space: SearchSpace = ChoiceSpace(freeze(list(options)), freeze(default))
+    else:
+        bounds = value[kind]
+        if (not isinstance(bounds, list | tuple) or len(bounds) != 2
+                or not all(_is_number(b) and math.isfinite(b) for b in bounds)):
+            raise SpecError(f"{where}: expected [low, high] numbers, e.g. {{{kind}: [1, 8]}}. "
+                            f"Received: {thaw(bounds)!r}")
+        low, high = bounds
+        log = value.get("log", False)
+        if not isinstance(log, bool):
+            raise SpecError(f"{where}: 'log' must be true or false. Received: {log!r}")
+        if low > high:
+            raise SpecError(f"{where}: low {low} is greater than high {high}")
+        if log and low <= 0:
+            raise SpecError(f"{where}: a log scale needs low > 0. Received: low={low}")
+        if kind == "int":
+            if not all(isinstance(b, int) for b in bounds):
+                raise SpecError(f"{where}: int bounds must be integers. Received: {list(bounds)}")
+            step = value.get("step", 1)
+            if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+                raise SpecError(f"{where}: 'step' must be a positive integer. Received: {step!r}")
+            if log and step != 1:
+                raise SpecError(f"{where}: 'step' cannot be combined with 'log' (Optuna's rule)")
+            space = IntSpace(low, high, log, step, default)
+        else:
+            if default is not None and not _is_number(default):
+                raise SpecError(f"{where}: default must be a number. Received: {thaw(default)!r}")
+            space = FloatSpace(float(low), float(high), log,
+                               None if default is None else float(default))
+    if default is not None and not space.contains(default):
+        raise SpecError(f"{where}: default {thaw(default)!r} is outside the space {space.to_dict()}")
+    return space
+
+
+def _is_marker(value: Any) -> bool:
+    return isinstance(value, Mapping) and any(k in value for k in _MARKERS)
+
+
+# ------------------------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]
+    dtype: str = "float"
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed, frozen spec. `model` and `blocks` hold frozen node data, checked at build."""
+
+    name: str
+    input: InputSpec | None
+    model: Any
+    vars: Mapping[str, Any] = field(default_factory=lambda: FrozenDict({}))
+    spaces: Mapping[str, SearchSpace] = field(default_factory=lambda: FrozenDict({}))
+    blocks: Mapping[str, Any] = field(default_factory=lambda: FrozenDict({}))
+    train: Mapping[str, Any] = field(default_factory=lambda: FrozenDict({}))
+    description: str = ""
+    encoder: Any = None    # seq2seq: the source encoder's layers (then `model` is absent)
+    decoder: Any = None    # seq2seq: the target decoder's layers, reading the encoder's output
+    generator: Any = None      # GAN: latent (latent,) -> image (see archlab.generative)
+    discriminator: Any = None  # GAN: image -> one logit (1,)
+
+    # -- round trip
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "spec") -> Spec:
+        return _parse(data, where)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        if self.input is not None:
+            out["input"] = self.input.to_dict()
+        if self.vars or self.spaces:
+            merged = {k: thaw(v) for k, v in self.vars.items()}
+            merged.update({k: s.to_dict() for k, s in self.spaces.items()})
+            out["vars"] = merged
+        if self.blocks:
+            out["blocks"] = thaw(self.blocks)
+        if self.model is not None:
+            out["model"] = thaw(self.model)
+        if self.encoder is not None:
+            out["encoder"] = thaw(self.encoder)
+            out["decoder"] = thaw(self.decoder)
+        if self.generator is not None:
+            out["generator"] = thaw(self.generator)
+            out["discriminator"] = thaw(self.discriminator)
+        if self.train:
+            out["train"] = thaw(self.train)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    # -- variations
+    def with_vars(self, values: Mapping[str, Any], *, strict: bool = True) -> Spec:
+        """A copy with vars set; a search-space var becomes a plain value (validated).
+
+        `strict` refuses names the spec does not declare (for user `--set`); data-derived
+        vars (`num_classes`, `vocab_size`) are always accepted.
+        """
+        new_vars = dict(self.vars)
+        spaces = dict(self.spaces)
+        for name, value in values.items():
+            if name in spaces:
+                if not spaces[name].contains(value):
+                    raise SpecError(f"vars.{name}: {thaw(value)!r} is outside the search space "
+                                    f"{spaces[name].to_dict()}")
+                del spaces[name]
+            elif strict and name not in new_vars and name not in DATA_VARS:
+                known = sorted({*self.vars, *self.spaces})
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SpecError(f"--set {name}: the spec has no var {name!r}.{hint} "
+                                f"Known vars: {', '.join(known) or 'none'}")
+            new_vars[name] = freeze(value)
+        return dataclasses.replace(self, vars=FrozenDict(new_vars),
+                                   spaces=FrozenDict(spaces))
+
+    def with_defaults(self) -> Spec:
+        """Every search space at its default; an error names those without one."""
+        missing = [n for n, s in self.spaces.items() if s.default is None]
+        if missing:
+            examples = " ".join(f"--set {n}={_example(self.spaces[n])}" for n in missing)
+            raise SpecError(f"vars.{missing[0]}: is a search space {self.spaces[missing[0]].to_dict()} "
+                            f"with no default; pick a value with {examples} or add 'default:'")
+        return self.with_vars({n: s.default for n, s in self.spaces.items()})
+
+    def with_input(self, shape: tuple[int, ...] | None = None, dtype: str | None = None) -> Spec:
+        if dtype is not None and dtype not in INPUT_DTYPES:
+            raise SpecError(f"input.dtype: expected one of {', '.join(INPUT_DTYPES)}. Received: {dtype!r}")
+        current = self.input or InputSpec(())
+        return dataclasses.replace(self, input=InputSpec(
+            tuple(shape) if shape is not None else current.shape, dtype or current.dtype))
+
+    def with_train(self, **settings: Any) -> Spec:
+        merged = {**thaw(self.train), **settings}
+        return dataclasses.replace(self, train=freeze(merged))
+
+    def resolved_vars(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Vars with every expression evaluated (vars may refer to other vars)."""
+        if self.spaces:
+            return self.with_defaults().resolved_vars(extra)
+        return resolve_vars({**self.vars, **(extra or {})})
+
+
+def _example(space: SearchSpace) -> str:
+    if isinstance(space, ChoiceSpace):
+        return str(thaw(space.options[0]))
+    return str(space.low)
+
+
+def resolve_vars(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate vars that refer to other vars, in dependency order, refusing cycles."""
+    done: dict[str, Any] = {}
+    active: list[str] = []
+
+    class _Lazy(Mapping):
+        def __getitem__(self, key: str) -> Any:
+            return get(key)
+
+        def __iter__(self):
+            return iter(raw)
+
+        def __len__(self) -> int:
+            return len(raw)
+
+        def __contains__(self, key: object) -> bool:
+            return key in raw
+
+    lazy = _Lazy()
+
+    def get(name: str) -> Any:
+        if name in done:
+            return done[name]
+        if name in active:
+            cycle = " -> ".join([*active[active.index(name):], name])
+            raise SpecError(f"vars.{name}: vars refer to each other in a cycle: {cycle}")
+        if name not in raw:
+            raise KeyError(name)
+        active.append(name)
+        done[name] = substitute(raw[name], lazy, f"vars.{name}")
+        active.pop()
+        return done[name]
+
+    for name in raw:
+        get(name)
+    return done
+
+
+def substitute(value: Any, names: Mapping[str, Any], where: str) -> Any:
+    """Replace `$var` and `${expr}` in strings, recursively through lists and mappings.
+
+    A string that is exactly `$name` or `${expr}` becomes the value itself (a number stays
+    a number, a list stays a list); `${...}` inside longer text is interpolated as text.
+    """
+    if isinstance(value, str) and "$" in value:
+        m = _VAR_REF.match(value)
+        if m:
+            if m.group(1) not in names:
+                raise SpecError(f"{where}: unknown var {m.group(1)!r} in {value!r} "
+                                f"(known: {', '.join(sorted(names)) or 'none'})")
+            return names[m.group(1)]
+        bare = value.strip()
+        if _BARE_ARITHMETIC.match(bare):
+            # `$w*2`: a var name followed by arithmetic, which only ${...} evaluates.
+            raise SpecError(f"{where}: {value!r} is not a var reference; arithmetic goes inside ${{...}}: "
+                            f"write '${{{bare[1:]}}}'")
+        try:
+            full = _EXPR.fullmatch(value.strip())
+            if full:
+                return evaluate(full.group(1), names)
+            return _EXPR.sub(lambda mm: _format(evaluate(mm.group(1), names)), value)
+        except SpecError as e:  # an error inside another var already names that var
+            raise SpecError(str(e) if str(e).startswith("vars.") else f"{where}: {e}") from None
+    if isinstance(value, Mapping):
+        return FrozenDict({k: substitute(v, names, where) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(substitute(v, names, where) for v in value)
+    return value
+
+
+def _format(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse(data: Any, where: str) -> Spec:
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where}: a spec must be a mapping with at least 'model'. "
+                        f"Received: {type(data).__name__}")
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), SECTIONS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise SpecError(f"{where}: unknown section {unknown[0]!r}.{hint} "
+                        f"Sections: {', '.join(SECTIONS)}")
+    has_pair = data.get("encoder") is not None or data.get("decoder") is not None
+    if has_pair and (data.get("encoder") is None or data.get("decoder") is None or data.get("model") is not None):
+        raise SpecError(f"{where}: an encoder-decoder spec (seq2seq, or a VAE with train: {{task: vae}}) has both "
+                        f"'encoder' and 'decoder' sections and no 'model'")
+    has_gan = data.get("generator") is not None or data.get("discriminator") is not None
+    if has_gan and (data.get("generator") is None or data.get("discriminator") is None
+                    or data.get("model") is not None or has_pair):
+        raise SpecError(f"{where}: a GAN spec has both 'generator' and 'discriminator' sections and no 'model', "
+                        f"'encoder' or 'decoder'")
+    has_pair = has_pair or has_gan
+    if not has_pair and data.get("model") is None:
+        raise SpecError(f"{where}: missing 'model' (the layers). Example: model: [flatten, linear: 10]")
+
+    name = data.get("name", "unnamed")
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"{where}.name: expected a non-empty string. Received: {name!r}")
+
+    raw_vars = data.get("vars") or {}
+    if not isinstance(raw_vars, Mapping):
+        raise SpecError(f"{where}.vars: expected a mapping of name: value. Received: {raw_vars!r}")
+    plain, spaces = {}, {}
+    for k, v in raw_vars.items():
+        if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_]\w*", k):
+            raise SpecError(f"{where}.vars: {k!r} is not a valid var name (letters, digits, _)")
+        if _is_marker(v):
+            spaces[k] = parse_space(k, v)
+        else:
+            plain[k] = freeze(v)
+
+    blocks = data.get("blocks") or {}
+    if not isinstance(blocks, Mapping):
+        raise SpecError(f"{where}.blocks: expected a mapping of name: layers. Received: {blocks!r}")
+
+    train = data.get("train") or {}
+    if not isinstance(train, Mapping):
+        raise SpecError(f"{where}.train: expected a mapping of settings. Received: {train!r}")
+
+    description = data.get("description", "") or ""
+    return Spec(
+        name=name,
+        input=_parse_input(data.get("input"), f"{where}.input"),
+        model=freeze(data.get("model")),
+        encoder=freeze(data.get("encoder")),
+        decoder=freeze(data.get("decoder")),
+        generator=freeze(data.get("generator")),
+        discriminator=freeze(data.get("discriminator")),
+        vars=FrozenDict(plain),
+        spaces=FrozenDict(spaces),
+        blocks=freeze(dict(blocks)),
+        train=freeze(dict(train)),
+        description=str(description),
+    )
+
+
+def _parse_input(raw: Any, where: str) -> InputSpec | None:
+    if raw is None:
+        return None
+    if isinstance(raw, list | tuple):
+        raw = {"shape": raw}
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{where}: expected {{shape: [C, H, W]}}. Received: {raw!r}")
+    extra = set(raw) - {"shape", "dtype"}
+    if extra:
+        key = sorted(extra)[0]
+        close = difflib.get_close_matches(str(key), ["shape", "dtype"], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise SpecError(f"{where}: unknown key {key!r}.{hint} Allowed: shape, dtype")
+    shape = raw.get("shape", [])
+    if isinstance(shape, int):
+        shape = [shape]
+    if not isinstance(shape, list | tuple):
+        raise SpecError(f"{where}.shape: expected a list of positive integers. Received: {shape!r}")
+    dtype = raw.get("dtype", "float")
+    if dtype not in INPUT_DTYPES:
+        raise SpecError(f"{where}.dtype: expected one of {', '.join(INPUT_DTYPES)}. Received: {dtype!r}")
+    return InputSpec(tuple(shape), dtype)
+
+
+def check_shape(shape: Any, where: str) -> tuple[int, ...]:
+    """A per-sample shape must be a non-empty tuple of positive integers."""
+    if (not isinstance(shape, list | tuple) or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**48 for d in shape)):
+        raise SpecError(f"{where}: expected a per-sample shape of positive integers such as "
+                        f"[1, 28, 28]. Received: {thaw(shape)!r}")
+    return tuple(shape)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse a CLI shape such as '1,28,28' or '1x28x28'."""
+    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise SpecError(f"--input: expected comma-separated integers such as 1,28,28. "
+                        f"Received: {text!r}") from None
+    return check_shape(shape, "--input")
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse `--set NAME=VALUE`; the value is read as a YAML scalar (3, 0.1, gelu, [1, 2])."""
+    if "=" not in text:
+        raise SpecError(f"--set: expected NAME=VALUE, e.g. --set depth=3. Received: {text!r}")
+    name, raw = text.split("=", 1)
+    try:
+        value = _yaml_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return name.strip(), value
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def zoo_names() -> list[str]:
+    """Names of the built-in specs, addressed as `zoo:NAME`."""
+    folder = resources.files("archlab.spec") / "zoo"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_text(source: str) -> tuple[str, str]:
+    """Return (text, where) for a path or `zoo:NAME`."""
+    if source.startswith("zoo:"):
+        name = source[4:]
+        path = resources.files("archlab.spec") / "zoo" / f"{name}.yaml"
+        if not path.is_file():
+            close = difflib.get_close_matches(name, zoo_names(), n=3)
+            hint = f" Did you mean {', '.join('zoo:' + c for c in close)}?" if close else ""
+            raise SpecError(f"{source}: no such zoo spec.{hint} List them with `archlab zoo`.")
+        return path.read_text(), source
+    path = Path(source)
+    if not path.is_file():
+        raise SpecError(f"{source}: spec file not found. Pass a YAML file path or zoo:NAME "
+                        f"(see `archlab zoo`).")
+    try:
+        return path.read_text(encoding="utf-8"), source
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{source}: cannot read spec file: {e}") from None
+
+
+def load_spec(source: str | Path | Mapping[str, Any] | Spec) -> Spec:
+    """Load a spec from a YAML file, `zoo:NAME`, a YAML string or a dict.
+
+    >>> load_spec({"input": {"shape": [4]}, "model": [{"linear": 2}]}).name
+    'unnamed'
+    """
+    if isinstance(source, Spec):
+        return source
+    if isinstance(source, Mapping):
+        return _parse(source, "spec")
+    text, where = (source, "spec") if _looks_like_yaml(source) else _read_text(str(source))
+    try:
+        data = _yaml_load(text)
+    except RecursionError:
+        raise SpecError(f"{where}: invalid YAML: nested too deeply") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        hint = ""
+        if "${" in text and "{" in problem + "}":
+            hint = ' (inside {...} an expression must be quoted: out: "${width // 2}")'
+        raise SpecError(f"{where}: invalid YAML{at}: {problem}{hint}") from None
+    spec = _parse(data, where)
+    if spec.name == "unnamed" and where.startswith("zoo:"):
+        spec = dataclasses.replace(spec, name=where[4:])
+    elif spec.name == "unnamed" and where != "spec":
+        spec = dataclasses.replace(spec, name=Path(where).stem)
+    return spec
+
+
+def _looks_like_yaml(source: str | Path) -> bool:
+    return isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{"))
+
+
+def is_integer(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and math.isfinite(value) and value.is_integer())

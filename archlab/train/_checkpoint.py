@@ -1,0 +1,546 @@
+"""Atomic checkpoints that load without executing code (safetensors + JSON, never pickle).
+
+A checkpoint is a folder holding three files::
+
+    checkpoint.safetensors   model weights (one copy of tied tensors; aliases in the JSON)
+    optimizer.safetensors    every other tensor: optimizer state (Adam's exp_avg, ...),
+                             RNG states, tensors inside the trainer's ``state``
+    checkpoint.json          everything else, plus the size and SHA-256 of both tensor files
+
+Crash safety. Two files cannot be swapped in one atomic step, so the JSON is the commit
+point: new tensor files are first written (and fsynced) under temporary names, then the
+new JSON, which names both the final and the temporary file of each, replaces the old one
+atomically, and only then are the tensor files renamed into place. Whatever the moment of a
+crash, the JSON on disk points at files whose hashes match it: a crash before the JSON is
+replaced leaves the previous checkpoint whole; a crash after it leaves the new one
+loadable from the temporary names (the next save finishes the renames). A file damaged
+afterwards (truncated, edited, swapped) fails the hash check and loading raises StoreError.
+
+>>> import tempfile, torch
+>>> model = torch.nn.Linear(2, 1)
+>>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> folder = save_checkpoint(Path(tempfile.mkdtemp()), model=model, optimizer=opt, state={"epoch": 3})
+>>> load_checkpoint(folder, model=model, optimizer=opt)["epoch"]
+3
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core import StoreError
+
+__all__ = [
+    "CHECKPOINT_JSON",
+    "OPTIMIZER_FILE",
+    "WEIGHTS_FILE",
+    "has_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+WEIGHTS_FILE = "checkpoint.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"  # optimizer state and all other tensors
+CHECKPOINT_JSON = "checkpoint.json"
+FORMAT = "archlab-checkpoint"
+VERSION = 1
+_TMP = ".tmp"  # suffix of every temporary file a save writes
+
+
+# ----------------------------------------------------------------------------- encoding
+# Nested Python values <-> strict JSON. Tensors go to a tensor dict and are referenced by
+# name; tuples, non-str dict keys, non-finite floats, bytes and numpy arrays are tagged so
+# they come back as they went in (optimizer state uses int keys, Adam's betas a tuple).
+
+_TAGS = ("$tensor", "$ndarray", "$tuple", "$items", "$float", "$bytes")
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else {"$float": repr(obj)}
+    if isinstance(obj, torch.Tensor):
+        return {"$tensor": _add_tensor(tensors, path, obj)}
+    if type(obj).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(obj, np.ndarray) and obj.dtype != object:
+            return {"$ndarray": _add_tensor(tensors, path, torch.from_numpy(obj.copy()))}
+        if isinstance(obj, np.generic):
+            return _encode(obj.item(), tensors, path)
+    if isinstance(obj, bytes):
+        return {"$bytes": base64.b64encode(obj).decode("ascii")}
+    if isinstance(obj, tuple):
+        return {"$tuple": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) for k in obj) and not (
+            len(obj) == 1 and next(iter(obj)) in _TAGS
+        ):
+            return {k: _encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        items = [
+            [_encode(k, tensors, f"{path}.key{i}"), _encode(v, tensors, f"{path}.{k}")]
+            for i, (k, v) in enumerate(obj.items())
+        ]
+        return {"$items": items}
+    raise StoreError(
+        f"checkpoint {path}: cannot save a value of type {type(obj).__name__} (expected "
+        f"JSON types, tuples, bytes, tensors or numpy arrays). Received: {obj!r:.80}"
+    )
+
+
+def _add_tensor(tensors: dict[str, torch.Tensor], path: str, t: torch.Tensor) -> str:
+    name, n = path, 1
+    while name in tensors:
+        n += 1
+        name = f"{path}#{n}"
+    tensors[name] = t
+    return name
+
+
+def _decode(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1:
+        [(tag, value)] = obj.items()
+        if tag == "$tensor":
+            return tensors[value]
+        if tag == "$ndarray":
+            return tensors[value].cpu().numpy()
+        if tag == "$tuple":
+            return tuple(_decode(v, tensors) for v in value)
+        if tag == "$items":
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in value}
+        if tag == "$float":
+            return float(value)
+        if tag == "$bytes":
+            return base64.b64decode(value)
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _hash_and_sync(path: Path) -> tuple[int, str]:
+    """fsync a freshly written file; return its size and SHA-256 (read from page cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        f.seek(0)
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+        size = f.tell()
+    return size, digest.hexdigest()
+
+
+def _hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    seen: set[tuple[str, int]] = set()
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach()
+        if t.device.type == "meta":
+            raise StoreError(
+                f"{path}: tensor {name!r} is on the meta device and has no data; "
+                f"materialise the model (e.g. model.to_empty(device='cpu')) before saving"
+            )
+        t = t.to("cpu").contiguous()
+        key = (str(t.device), t.untyped_storage().data_ptr())
+        # safetensors refuses tensors that share memory: copy every later sharer
+        if t.numel() and key in seen:
+            t = t.clone()
+        seen.add(key)
+        out[name] = t
+    save_file(out, str(path), metadata=metadata)
+
+
+def _model_tensors(model: torch.nn.Module) -> tuple[dict, dict[str, str], dict]:
+    """(unique tensors, {alias: name of the saved copy}, non-tensor extra state)."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    first: dict[tuple, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if not isinstance(t, torch.Tensor):  # a module's get_extra_state()
+            extra[name] = t
+            continue
+        t = t.detach()
+        if t.numel() and t.device.type != "meta":
+            storage = t.untyped_storage().data_ptr()
+            view = (t.device, storage, t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            if view in first:  # the same tensor under a second name: tied weights
+                aliases[name] = first[view]
+                continue
+            first[view] = name
+        tensors[name] = t
+    return tensors, aliases, extra
+
+
+def _temp_name(final: str, token: str) -> str:
+    return f"{final}.{token}{_TMP}"
+
+
+def _finish_pending(directory: Path) -> None:
+    """Complete the renames of a save that crashed after its commit; drop orphan temps."""
+    meta = _read_json(directory, quiet=True)
+    keep = set()
+    if meta is not None:
+        for entry in meta.get("files", {}).values():
+            staged = directory / entry["staged"]
+            final = directory / entry["file"]
+            if staged.exists():
+                if staged.stat().st_size == entry["size"]:
+                    os.replace(staged, final)
+                else:
+                    keep.add(staged.name)
+    for path in directory.glob(f"*{_TMP}"):
+        if path.name not in keep and path.name.split(".")[0] in ("checkpoint", "optimizer"):
+            path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any = None,
+    state: Mapping[str, Any],
+    rng: bool = True,
+) -> Path:
+    """Save model, optimizer, scheduler, RNG states and trainer ``state`` atomically.
+
+    ``state`` holds JSON-able values (tuples, bytes, tensors and numpy arrays are kept as
+    such). Returns ``directory``. One writer per folder at a time.
+
+    >>> import tempfile, torch
+    >>> d = save_checkpoint(tempfile.mkdtemp(), model=torch.nn.Linear(2, 2), optimizer=None, state={})
+    >>> has_checkpoint(d)
+    True
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _finish_pending(directory)
+
+    weights, aliases, model_extra = _model_tensors(model)
+    extra: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created_at": time.time(),
+        "torch": torch.__version__,
+        "model_class": type(model).__name__,
+        "aliases": aliases,
+        "model_extra": _encode(model_extra, extra, "model_extra"),
+        "optimizer": None,
+        "scheduler": None,
+        "rng": None,
+    }
+    if optimizer is not None:
+        meta["optimizer_class"] = type(optimizer).__name__
+        meta["optimizer"] = _encode(optimizer.state_dict(), extra, "optimizer")
+    if scheduler is not None:
+        meta["scheduler_class"] = type(scheduler).__name__
+        meta["scheduler"] = _encode(scheduler.state_dict(), extra, "scheduler")
+    if rng:
+        meta["rng"] = _encode(_rng_state(), extra, "rng")
+    meta["state"] = _encode(dict(state), extra, "state")
+
+    token = f"{os.getpid()}-{os.urandom(4).hex()}"
+    written: list[Path] = []
+    renames: list[tuple[Path, Path]] = []
+    try:
+        meta["files"] = {}
+        for role, final, tensors in [
+            ("weights", WEIGHTS_FILE, weights),
+            ("extra", OPTIMIZER_FILE, extra),
+        ]:
+            staged = directory / _temp_name(final, token)
+            written.append(staged)
+            _save_tensors(tensors, staged, {"format": FORMAT, "role": role})
+            size, sha = _hash_and_sync(staged)
+            meta["files"][role] = {
+                "file": final,  # where the bytes end up
+                "staged": staged.name,  # where they are until the renames after the commit
+                "size": size,
+                "sha256": sha,
+            }
+            renames.append((staged, directory / final))
+        text = json.dumps(meta, indent=1, allow_nan=False)
+        staged_json = directory / _temp_name(CHECKPOINT_JSON, token)
+        written.append(staged_json)
+        with open(staged_json, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(directory)  # the staged tensor files exist before the JSON names them
+        os.replace(staged_json, directory / CHECKPOINT_JSON)  # <- the commit point
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    # After the commit, a failure here is harmless: the JSON names the staged files too.
+    for staged, final in renames:
+        os.replace(staged, final)
+    _fsync_dir(directory)
+    return directory
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),  # uint8 tensor -> optimizer.safetensors
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],  # plain JSON
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        n = min(len(cuda), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all([t.cpu() for t in cuda[:n]])
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def _read_json(directory: Path, quiet: bool = False) -> dict | None:
+    path = directory / CHECKPOINT_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"not an {FORMAT} file")
+        if meta.get("version", 0) > VERSION:
+            raise ValueError(f"written by a newer archlab (version {meta['version']}); upgrade")
+        for entry in meta["files"].values():
+            if (
+                Path(entry["file"]).name != entry["file"]
+                or Path(entry["staged"]).name != entry["staged"]
+            ):
+                raise ValueError("file names must not contain folders")
+        return meta
+    except FileNotFoundError:
+        if quiet:
+            return None
+        raise StoreError(
+            f"{path}: no checkpoint here (file missing); save one first or point at the "
+            f"run folder that holds checkpoint.json"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if quiet:
+            return None
+        raise StoreError(
+            f"{path}: unreadable checkpoint metadata ({exc}); delete the checkpoint folder "
+            f"and train from scratch, or restore it from a backup"
+        ) from None
+
+
+def _locate(directory: Path, entry: Mapping[str, Any], verify: bool) -> Path | None:
+    """The file holding ``entry``'s bytes: its final name, or the staged one after a crash."""
+    for name in (entry["file"], entry["staged"]):
+        path = directory / name
+        try:
+            if path.stat().st_size != entry["size"]:
+                continue
+        except OSError:
+            continue
+        if not verify or _hash(path) == entry["sha256"]:
+            return path
+    return None
+
+
+def has_checkpoint(directory: str | Path) -> bool:
+    """True if ``directory`` holds a complete checkpoint (JSON present, files of the right size).
+
+    >>> has_checkpoint("/nonexistent")
+    False
+    """
+    directory = Path(directory)
+    meta = _read_json(directory, quiet=True)
+    if meta is None:
+        return False
+    try:
+        return all(_locate(directory, e, verify=False) for e in meta["files"].values())
+    except (KeyError, TypeError):
+        return False
+
+
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    restore_rng: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a checkpoint into ``model`` (and ``optimizer``, ``scheduler``, RNGs); return the
+    trainer ``state`` saved with it, its tensors on ``map_location``.
+
+    Files missing, truncated or altered, weights that do not fit the model, and a missing
+    or different optimizer/scheduler raise StoreError before anything is changed.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = _read_json(directory)
+    json_path = directory / CHECKPOINT_JSON
+    loaded: dict[str, dict[str, torch.Tensor]] = {}
+    for role, entry in meta["files"].items():
+        path = _locate(directory, entry, verify=True)
+        if path is None:
+            final = directory / entry["file"]
+            found = f"{final.stat().st_size} bytes" if final.exists() else "missing"
+            raise StoreError(
+                f"{final}: does not match {json_path} (expected {entry['size']} bytes with "
+                f"sha256 {entry['sha256'][:12]}..., found {found}: truncated, altered or from "
+                f"another save); delete the checkpoint folder and train from scratch"
+            )
+        try:
+            loaded[role] = load_file(str(path), device=str(map_location))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise StoreError(
+                f"{path}: cannot read tensors ({exc}); delete the checkpoint folder and "
+                f"train from scratch"
+            ) from None
+    weights, extra = loaded["weights"], loaded["extra"]
+
+    # Checks first, so that a mismatch changes nothing.
+    for alias, name in meta["aliases"].items():
+        weights[alias] = weights[name]
+    weights.update(_decode(meta.get("model_extra") or {}, extra))
+    _check_fits(model, weights, directory / meta["files"]["weights"]["file"])
+    for part, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if obj is None:
+            continue
+        if meta.get(part) is None:
+            raise StoreError(
+                f"{json_path}: has no {part} state; pass {part}=None to load_checkpoint, or "
+                f"save with the {part}"
+            )
+        saved = meta.get(f"{part}_class")
+        if saved != type(obj).__name__:
+            raise StoreError(
+                f"{json_path}: {part} state is for {saved}, received a {type(obj).__name__}; "
+                f"build the same {part} the run was saved with"
+            )
+
+    model.load_state_dict(weights, strict=True)
+    _retie(model, meta["aliases"])
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(_decode(meta["optimizer"], extra))
+        if scheduler is not None:
+            scheduler.load_state_dict(_decode(meta["scheduler"], extra))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise StoreError(
+            f"{json_path}: optimizer or scheduler state does not fit ({exc}); build them "
+            f"over the same parameters as the saved run"
+        ) from None
+    if restore_rng and meta.get("rng") is not None:
+        _set_rng_state(_decode(meta["rng"], extra))
+    return _decode(meta["state"], extra)
+
+
+def _check_fits(model: torch.nn.Module, weights: Mapping[str, Any], path: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = sorted(k for k in weights if k not in expected)
+    shapes = []
+    for k, v in expected.items():
+        w = weights.get(k)
+        if isinstance(v, torch.Tensor) and isinstance(w, torch.Tensor) and w.shape != v.shape:
+            shapes.append(f"{k}: checkpoint {tuple(w.shape)} vs model {tuple(v.shape)}")
+    if not (missing or unexpected or shapes):
+        return
+
+    def first(items: list[str]) -> str:
+        more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+        return ", ".join(items[:3]) + more
+
+    problems = [
+        f"{label} [{first(items)}]"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", shapes),
+        )
+        if items
+    ]
+    raise StoreError(
+        f"{path}: weights do not fit {type(model).__name__}: {'; '.join(problems)}; load it "
+        f"into a model built from the same spec it was saved with"
+    )
+
+
+def _retie(model: torch.nn.Module, aliases: Mapping[str, str]) -> None:
+    """Make parameters that were one tensor at save time one tensor again."""
+    for alias, name in aliases.items():
+        target = model.get_parameter(name) if _is_param(model, name) else None
+        if target is None or not _is_param(model, alias):
+            continue  # buffers: values were copied, nothing to tie
+        owner_name, _, attr = alias.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        if getattr(owner, attr) is not target:
+            setattr(owner, attr, target)
+
+
+def _is_param(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_parameter(name)
+        return True
+    except AttributeError:
+        return False

@@ -1,0 +1,245 @@
+"""Tasks: the loss, the metrics and the output check for each kind of problem.
+
+A task turns model outputs and targets into a loss for training and into summed
+statistics that stay on the device during an epoch (no sync per step); `summarize`
+turns the sums into metrics once per epoch. The primary metric decides early stopping
+and which epoch's weights are kept.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core import Registry, SpecError
+
+TASKS: Registry[type[Task]] = Registry("task", SpecError)
+
+
+class Task(ABC):
+    name: str = ""
+    primary: str = ""       # e.g. "acc": reported as val_acc
+    mode: str = "max"       # whether a larger primary metric is better
+    has_report = False      # whether `report` adds anything (then test outputs are kept)
+
+    def __init__(self, num_classes: int | None = None, vocab_size: int | None = None):
+        self.num_classes = num_classes
+        self.vocab_size = vocab_size
+
+    def forward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Run the model on a batch; seq2seq also feeds it the shifted target."""
+        return model(x)
+
+    def eval_stats(self, model: torch.nn.Module, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   loss: torch.Tensor) -> torch.Tensor:
+        """Sums for an evaluation batch: by default the same as in training."""
+        return self.stats(out, y, loss)
+
+    @abstractmethod
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        """Raise SpecError if the model's per-sample output cannot serve this task."""
+
+    @abstractmethod
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def stats(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """A vector of sums for one batch (first entry: loss * batch size)."""
+
+    @abstractmethod
+    def summarize(self, sums: torch.Tensor, n: int) -> dict[str, float]: ...
+
+    def report(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Extra test-time results (confusion matrix, per-class accuracy). Default: none."""
+        return {}
+
+    def better(self, a: float, b: float | None) -> bool:
+        if b is None or math.isnan(b):
+            return not math.isnan(a)
+        return a > b if self.mode == "max" else a < b
+
+
+@TASKS.register("classify")
+class Classify(Task):
+    """Cross-entropy over C logits, or binary cross-entropy over one logit when C == 2."""
+
+    name, primary, mode = "classify", "acc", "max"
+    has_report = True
+
+    def __init__(self, num_classes: int | None = None, vocab_size: int | None = None,
+                 label_smoothing: float = 0.0):
+        super().__init__(num_classes)
+        self.label_smoothing = label_smoothing
+        self.binary = False
+        self.topk = 5 if (num_classes or 0) > 5 else 0
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        c = self.num_classes
+        if len(shape) != 1 or (shape[0] != c and not (shape[0] == 1 and c == 2)):
+            want = f"({c},) logits" + (" or (1,) for binary" if c == 2 else "")
+            raise SpecError(f"model output {shape} does not fit {c}-class classification: expected "
+                            f"{want}; end the model with `linear: $num_classes`")
+        self.binary = shape[0] == 1
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(out.squeeze(-1), y.to(out.dtype))
+        return F.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        return (out.squeeze(-1) > 0).long() if self.binary else out.argmax(dim=-1)
+
+    def stats(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        n = y.shape[0]
+        correct = (self.predict(out) == y).sum()
+        parts = [loss.detach().float() * n, correct.float()]
+        if self.topk:
+            top = out.topk(self.topk, dim=-1).indices
+            parts.append((top == y[:, None]).any(dim=-1).sum().float())
+        return torch.stack(parts)
+
+    def summarize(self, sums: torch.Tensor, n: int) -> dict[str, float]:
+        s = sums.tolist()
+        metrics = {"loss": s[0] / n, "acc": s[1] / n}
+        if self.topk:
+            metrics[f"top{self.topk}"] = s[2] / n
+        return metrics
+
+    def report(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        c = self.num_classes or int(out.shape[-1])
+        pred = self.predict(out).cpu()
+        y = y.cpu()
+        confusion = torch.bincount(y * c + pred, minlength=c * c).reshape(c, c)
+        support = confusion.sum(dim=1)
+        per_class = (confusion.diagonal().float() / support.clamp(min=1)).tolist()
+        return {"confusion": confusion.tolist(), "per_class_acc": per_class}
+
+
+@TASKS.register("regress")
+class Regress(Task):
+    """Mean squared error; reports MAE and R² as well."""
+
+    name, primary, mode = "regress", "r2", "max"
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 1:
+            raise SpecError(f"model output {shape} does not fit regression: expected (k,) values; "
+                            f"end the model with `linear: 1`")
+        self.width = shape[0]
+
+    def _align(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = y.to(out.dtype)
+        p = out.squeeze(-1) if y.dim() == 1 and out.dim() == 2 and out.shape[-1] == 1 else out
+        if p.shape != y.shape:  # mse_loss would broadcast (B, k) against (B,) without a word
+            want = 1 if y.dim() == 1 else tuple(y.shape[1:])
+            raise SpecError(f"model output {tuple(out.shape[1:])} does not fit regression targets of "
+                            f"{want} value(s) per sample; end the model with `linear: {want}`")
+        return p, y
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(*self._align(out, y))
+
+    def stats(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        p, t = self._align(out.float(), y)
+        n = y.shape[0]
+        return torch.stack([loss.detach().float() * n, (p - t).abs().sum() / max(1, t[0].numel()),
+                            ((p - t) ** 2).sum(), t.sum(), (t**2).sum(), torch.tensor(float(t.numel()), device=t.device)])
+
+    def summarize(self, sums: torch.Tensor, n: int) -> dict[str, float]:
+        loss_sum, abs_sum, ss_res, t_sum, t_sq, count = sums.tolist()
+        ss_tot = t_sq - t_sum**2 / max(count, 1)
+        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+        return {"loss": loss_sum / n, "mae": abs_sum / n, "r2": r2}
+
+
+@TASKS.register("language_model")
+class LanguageModel(Task):
+    """Next-token cross-entropy at every position: outputs (T, V) logits, targets (T,) ids.
+
+    Reports loss (nats per token), perplexity, bits per token (bits per character for a
+    character-level tokenizer) and next-token accuracy. Lower loss is better.
+    """
+
+    name, primary, mode = "language_model", "loss", "min"
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        v = self.vocab_size
+        if len(shape) != 2 or (v is not None and shape[1] != v):
+            raise SpecError(f"model output {shape} does not fit language modelling: expected (T, {v}) "
+                            f"logits per position; end the model with `unembed` or `linear: $vocab_size`")
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+    def stats(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        n = y.shape[0]
+        correct = (out.argmax(dim=-1) == y).float().mean(dim=-1).sum()  # per-sample token accuracy
+        return torch.stack([loss.detach().float() * n, correct])
+
+    def summarize(self, sums: torch.Tensor, n: int) -> dict[str, float]:
+        loss_sum, correct = sums.tolist()
+        loss = loss_sum / n
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bits": loss / math.log(2), "acc": correct / n}
+
+
+PAD = 0  # archlab.text's sequence tasks: 0 = <pad>, 1 = <bos>, 2 = <eos>
+
+
+@TASKS.register("seq2seq")
+class Seq2Seq(Task):
+    """Target sequence from a source sequence, trained with teacher forcing.
+
+    The decoder reads the target shifted right (<bos> first) and predicts the next token;
+    padding is ignored. `exact` is the share of sequences a model gets entirely right when
+    it decodes on its own (greedy, no teacher forcing): measured at evaluation only.
+    """
+
+    name, primary, mode = "seq2seq", "exact", "max"
+
+    def forward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(x, y[:, :-1])
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        v = self.vocab_size
+        if len(shape) != 2 or (v is not None and shape[1] != v):
+            raise SpecError(f"decoder output {shape} does not fit seq2seq: expected (T, {v}) logits; "
+                            f"end the decoder with `linear: $vocab_size`")
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y[:, 1:].reshape(-1), ignore_index=PAD)
+
+    def stats(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor,
+              decoded: torch.Tensor | None = None) -> torch.Tensor:
+        target = y[:, 1:]
+        real = target != PAD
+        hit = out.argmax(dim=-1) == target
+        zero = loss.new_zeros(())
+        exact = ((decoded == target) | ~real).all(dim=-1).sum().float() if decoded is not None else zero
+        return torch.stack([loss.detach().float() * y.shape[0], (hit & real).sum().float(), real.sum().float(),
+                            (hit | ~real).all(dim=-1).sum().float(), exact,
+                            zero + (y.shape[0] if decoded is not None else 0)])
+
+    def eval_stats(self, model: torch.nn.Module, out: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                   loss: torch.Tensor) -> torch.Tensor:
+        decoded = model.greedy(x, y.shape[1] - 1)
+        return self.stats(out, y, loss, decoded)
+
+    def summarize(self, sums: torch.Tensor, n: int) -> dict[str, float]:
+        loss_sum, hits, tokens, forced, exact, decoded_n = sums.tolist()
+        metrics = {"loss": loss_sum / n, "token_acc": hits / max(tokens, 1), "forced_exact": forced / n}
+        if decoded_n:
+            metrics["exact"] = exact / decoded_n
+        return metrics
+
+
+def make_task(name: str, num_classes: int | None = None, vocab_size: int | None = None, **options: Any) -> Task:
+    cls = TASKS.get(name, "task")
+    if cls is Classify:
+        if not num_classes:
+            raise SpecError("task classify needs num_classes; the data set did not give it")
+        return Classify(num_classes, vocab_size, **options)
+    return cls(num_classes, vocab_size)
