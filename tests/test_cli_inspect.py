@@ -145,3 +145,15 @@ def test_subprocess_inspect_and_one_line_errors() -> None:
     assert len(lines) == 1, bad.stderr
     assert lines[0].startswith("error: model[0].conv2d: expects (C,H,W) input, got (3, 8)")
     assert "Traceback" not in bad.stderr and bad.stdout == ""
+
+
+def test_help_imports_no_torch():
+    # `archlab --help` answers at once: torch (~1.5 s to import) loads only when a command runs.
+    import subprocess
+    import sys
+
+    code = ("import sys; from archlab.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr

@@ -27,7 +27,8 @@ from archlab.data import (
     words,
 )
 from archlab.data._dataset import _check
-from archlab.data._text import _WORD_RE, _stdlib_corpus
+from archlab.data._text import _stdlib_corpus
+from archlab.data._tokenizers import _WORD_RE
 
 HAS_TOKENIZERS = importlib.util.find_spec("tokenizers") is not None
 needs_tokenizers = pytest.mark.skipif(not HAS_TOKENIZERS, reason="`tokenizers` is not installed")

@@ -1,8 +1,8 @@
-"""The command line. Holds no library logic; nothing imports it."""
+"""The command line: one module per command group, each registering its commands on the one
+`app`. Holds no library logic; nothing in the library imports it."""
 
+# Importing the command modules registers their commands (in the order `--help` lists them).
+from . import _compare, _data, _inspect, _runs, _search, _train  # noqa: F401, E402, I001
 from ._app import app, main
 
-__all__ = [
-    "app",
-    "main",
-]
+__all__ = ["app", "main"]
