@@ -21,8 +21,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# ruff, then the import contract in pyproject.toml ([tool.importlinter]).
 lint: setup
 	$(BIN)/ruff check archlab tests bench
+	$(BIN)/lint-imports
 
 # Benchmarks print ratios against plain PyTorch measured in the same run; BENCHMARKS.md
 # records results. The quality runs (bench/*_quality.py, bench/search_efficiency.py) take

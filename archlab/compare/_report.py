@@ -5,7 +5,7 @@ script, font or image to fetch, so the file can be mailed, archived or opened on
 with no network. Sections (each with a stable id): overview, comparison (the table and the
 recommendation), curves, efficiency (metric vs params / FLOPs), gap, confusion, architecture.
 
-    >>> from archlab.report import write_report
+    >>> from archlab.compare import write_report
     >>> write_report(comparison, "report.html")          # doctest: +SKIP
 """
 

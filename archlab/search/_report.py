@@ -1,7 +1,7 @@
 """The search view of the HTML report: objective over trials, the Pareto front, and Optuna's
 parameter importances, as inline-SVG sections (no script, font or image to fetch).
 
-    >>> from archlab.search_report import write_search_report
+    >>> from archlab.search import write_search_report
     >>> write_search_report(result, "search.html")          # doctest: +SKIP
 
 `search_sections_html(result)` gives the sections alone, for folding into another page.
