@@ -316,9 +316,9 @@ def test_grad_clip_bounds_the_update(store, clip):
 
 def test_grad_clip_tames_a_huge_sgd_learning_rate(store):
     common = dict(epochs=2, batch_size=64, optimizer="sgd", momentum=0.0, lr=1e6, store=store, quiet=True)
-    wild = fit(TINY, **common)
+    with pytest.raises(TrainingError, match="the run diverged"):  # a finite loss of ~1e18: divergence_rule
+        fit(TINY, **common)
     tame = fit(TINY, grad_clip=1e-6, **common)  # each step moves the weights by at most 1
-    assert wild.history[-1]["train_loss"] > 1e3 and wild.test_metrics["acc"] < 0.2
     assert tame.history[-1]["train_loss"] < 2 and tame.test_metrics["acc"] > 0.5
 
 
@@ -383,7 +383,8 @@ def test_divergence_in_the_first_epoch(store):
     text = str(info.value)
     assert "\n" not in text
     assert "at epoch 1, step " in text and "global step" in text
-    assert "--lr 100000" in text and "--grad-clip" in text
+    # Not a mechanical tenth (--lr 100000): the optimizer's usual learning rate.
+    assert "--lr 0.001; adamw's usual is 0.001" in text and "--grad-clip" in text
     assert "no checkpoint was saved" in text  # and it does not claim one is intact
 
     [record] = store.list_runs()

@@ -1,52 +1,64 @@
-"""Training: settings, tasks, the loop, checkpoints and progress."""
+"""Training: settings, tasks (each owns its step and optimizers), the one loop and its state
+record, optimizers and schedules, checkpoints and progress."""
 
+from ._api import evaluate, fit, fit_generative, load_run_model, rerun_command, resume, sample_run
 from ._checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from ._generative import (
+    GANTask,
+    GenerativeTask,
+    VAETask,
+    evaluate_gan,
     evaluate_vae,
-    fit_generative,
     gan_step,
     image_grid,
     kl_divergence,
-    sample_run,
     save_grid,
     vae_loss,
 )
+from ._optim import StepContext, autocast, make_optimizer, make_schedule
 from ._progress import EpochProgress, TaskProgress
 from ._settings import TrainSettings, resolve_settings
-from ._tasks import TASKS, LanguageModel, Seq2Seq, make_task
+from ._state import LoopState
+from ._tasks import TASKS, LanguageModel, Seq2Seq, Task, make_task, task_for
 from ._trainer import (
+    DIVERGED_FACTOR,
     Run,
     StopRun,
     Trainer,
     absolute_data_uri,
     batches,
+    divergence_rule,
     epoch_order,
-    evaluate,
     evaluate_split,
-    fit,
     is_alive,
-    load_run_model,
-    make_optimizer,
-    make_schedule,
-    resume,
     run_lock,
     save_weights,
 )
 
 __all__ = [
+    "DIVERGED_FACTOR",
     "EpochProgress",
+    "GANTask",
+    "GenerativeTask",
     "LanguageModel",
+    "LoopState",
     "Run",
     "Seq2Seq",
+    "StepContext",
     "StopRun",
     "TASKS",
+    "Task",
     "TaskProgress",
     "TrainSettings",
     "Trainer",
+    "VAETask",
     "absolute_data_uri",
+    "autocast",
     "batches",
+    "divergence_rule",
     "epoch_order",
     "evaluate",
+    "evaluate_gan",
     "evaluate_split",
     "evaluate_vae",
     "fit",
@@ -61,6 +73,7 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_task",
+    "rerun_command",
     "resolve_settings",
     "resume",
     "run_lock",
@@ -68,5 +81,6 @@ __all__ = [
     "save_checkpoint",
     "save_grid",
     "save_weights",
+    "task_for",
     "vae_loss",
 ]

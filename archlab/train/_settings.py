@@ -21,6 +21,8 @@ SCHEDULES = ("constant", "cosine", "step")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
+MAX_SEED = 2**32 - 1  # epoch_order seeds a generator with seed * 1_000_003 + epoch: this keeps it in range
+
 # Settings that decide how data is read, not what is computed: a resume may change them.
 IO_SETTINGS = ("stream", "workers")
 
@@ -42,7 +44,7 @@ class TrainSettings:
     grad_clip: float | None = None  # max global gradient norm
     precision: str = "fp32"         # fp32 | bf16 | fp16 (autocast)
     compile: bool = False
-    seed: int = 0
+    seed: int = 0                   # 0 <= seed <= 2**32 - 1 (each epoch's generator is seeded from it)
     early_stop: int | None = None   # patience in epochs on the validation primary metric
     device: str = "auto"
     task: str | None = None         # default: the data set's task
@@ -78,6 +80,7 @@ class TrainSettings:
             if not ok:
                 raise SpecError(f"{where}: {what}")
 
+        need(0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED}. Received: {self.seed}")
         need(self.epochs >= 1, f"epochs must be >= 1. Received: {self.epochs}")
         need(self.batch_size >= 1, f"batch_size must be >= 1. Received: {self.batch_size}")
         need(self.lr > 0, f"lr must be > 0. Received: {self.lr}")

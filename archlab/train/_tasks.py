@@ -1,21 +1,31 @@
-"""Tasks: the loss, the metrics and the output check for each kind of problem.
+"""Tasks: each owns its training step, its optimizers, its loss, metrics and output check.
 
-A task turns model outputs and targets into a loss for training and into summed
-statistics that stay on the device during an epoch (no sync per step); `summarize`
-turns the sums into metrics once per epoch. The primary metric decides early stopping
-and which epoch's weights are kept.
+The one training loop (`archlab.train.Trainer`) asks the task for its optimizers
+(`configure_optimizers`) and runs `train_step(ctx, batch, optimizers)` for every batch, as
+Lightning's manual optimisation does: a classifier steps one optimizer, a GAN two (D, then
+G). A step returns its loss (checked for divergence) and a vector of summed statistics
+that stays on the device during an epoch (no sync per step); `summarize` turns the sums
+into metrics once per epoch. The primary metric decides early stopping and which epoch's
+weights are kept. Tasks are looked up by name in `TASKS` (the VAE and GAN tasks are
+registered by archlab.train._generative).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..core import Registry, SpecError
+from ..data import DataInfo, Dataset
+from ..model import generative_task
+from ..spec import Spec
+from ._optim import StepContext, autocast, make_optimizer
+from ._settings import TrainSettings
 
 TASKS: Registry[type[Task]] = Registry("task", SpecError)
 
@@ -25,10 +35,72 @@ class Task(ABC):
     primary: str = ""       # e.g. "acc": reported as val_acc
     mode: str = "max"       # whether a larger primary metric is better
     has_report = False      # whether `report` adds anything (then test outputs are kept)
+    validates = True        # False: no validation pass; the last epoch's weights are kept (a GAN)
+    options: tuple[str, ...] = ()  # the settings make_task passes to the constructor
 
     def __init__(self, num_classes: int | None = None, vocab_size: int | None = None):
         self.num_classes = num_classes
         self.vocab_size = vocab_size
+
+    # -- before a run: the spec and settings it trains with
+
+    def adapt_spec(self, spec: Spec, dataset: Dataset) -> Spec:
+        """The spec as this data set fills it in: its vars (num_classes, ...) and input shape."""
+        info = dataset.info
+        return spec.with_vars(self.data_vars(dataset), strict=False).with_input(info.input_shape, info.input_dtype)
+
+    def data_vars(self, dataset: Dataset) -> dict[str, Any]:
+        return dict(dataset.info.vars())
+
+    def check_settings(self, s: TrainSettings, info: DataInfo) -> None:
+        """Raise SpecError for settings this task cannot train with (before a run is recorded)."""
+        if (s.crop_padding or s.hflip) and info.input_dtype != "float":
+            raise SpecError("train: crop_padding/hflip augment images; this data set has token input")
+
+    # -- the training step
+
+    def configure_optimizers(self, net: torch.nn.Module, s: TrainSettings) -> list[torch.optim.Optimizer]:
+        """The optimizers `train_step` receives, in this order (the first is the checkpoint's main one)."""
+        return [make_optimizer(net, s)]
+
+    def train_step(self, ctx: StepContext, batch: tuple[torch.Tensor, torch.Tensor],
+                   optimizers: Sequence[torch.optim.Optimizer]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update on a batch: returns (loss, summed statistics of the batch).
+
+        The default is supervised learning: forward (under autocast), the task's loss, one
+        optimizer step."""
+        x, y = batch
+        with ctx.autocast():
+            out = self.forward(ctx.model, x, y)
+            loss = self.loss(out.float(), y)
+        ctx.update(loss, optimizers[0])
+        return loss, self.stats(out.detach().float(), y, loss)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, split: Any, *, device: torch.device, precision: str = "fp32",
+                 batch_size: int = 1024, seed: int = 0, report: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metrics of `model` on a split, in eval mode; with `report`, the task's extra results too."""
+        was_training = model.training
+        model.eval()
+        sums, outs = None, []
+        try:
+            for start in range(0, len(split), batch_size):
+                x, y = split.slice(start, start + batch_size)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast(device, precision):
+                    out = self.forward(model, x, y)
+                out = out.float()
+                batch_sums = self.eval_stats(model, out, x, y, self.loss(out, y))
+                sums = batch_sums if sums is None else sums + batch_sums
+                if report and self.has_report:
+                    outs.append(out.cpu())
+        finally:
+            model.train(was_training)
+        if sums is None:
+            return {}, {}
+        metrics = self.summarize(sums, len(split))
+        extra = self.report(torch.cat(outs), split.targets().cpu()) if outs else {}
+        return metrics, extra
 
     def forward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Run the model on a batch; seq2seq also feeds it the shifted target."""
@@ -69,6 +141,7 @@ class Classify(Task):
 
     name, primary, mode = "classify", "acc", "max"
     has_report = True
+    options = ("label_smoothing",)
 
     def __init__(self, num_classes: int | None = None, vocab_size: int | None = None,
                  label_smoothing: float = 0.0):
@@ -200,6 +273,10 @@ class Seq2Seq(Task):
 
     name, primary, mode = "seq2seq", "exact", "max"
 
+    def data_vars(self, dataset: Dataset) -> dict[str, Any]:
+        # The decoder reads the target minus its last token.
+        return {**super().data_vars(dataset), "target_len": dataset.train.target_shape[0] - 1}
+
     def forward(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x, y[:, :-1])
 
@@ -237,9 +314,15 @@ class Seq2Seq(Task):
 
 
 def make_task(name: str, num_classes: int | None = None, vocab_size: int | None = None, **options: Any) -> Task:
+    """The registered task `name`; `options` it does not take (see `Task.options`) are ignored."""
     cls = TASKS.get(name, "task")
-    if cls is Classify:
-        if not num_classes:
-            raise SpecError("task classify needs num_classes; the data set did not give it")
-        return Classify(num_classes, vocab_size, **options)
-    return cls(num_classes, vocab_size)
+    if cls is Classify and not num_classes:
+        raise SpecError("task classify needs num_classes; the data set did not give it")
+    return cls(num_classes, vocab_size, **{k: v for k, v in options.items() if k in cls.options})
+
+
+def task_for(spec: Spec, s: TrainSettings, info: DataInfo) -> Task:
+    """The task a run of `spec` on data `info` trains: a VAE or GAN spec's own, else --task,
+    else the data set's."""
+    name = generative_task(spec, s.task) or s.task or info.task
+    return make_task(name, info.num_classes, info.vocab_size, **{k: getattr(s, k) for k in TASKS.get(name, "task").options})
