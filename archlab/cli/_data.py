@@ -12,7 +12,7 @@ from ._format import nbytes, shape_text
 
 @app.command("data")
 def data_cmd(
-    uri: Annotated[str, typer.Argument(help="A data set: digits, mnist:PATH, csv:PATH, npy:FOLDER, text:stdlib, ...")],
+    uri: Annotated[str, typer.Argument(help="A data set: digits, mnist:PATH, csv:PATH[?categorical=A,B&fill=mean], npy:FOLDER, text:stdlib, ...")],
     target: Annotated[str | None, typer.Option(help="csv: the target column (default: the last column).")] = None,
     export: Annotated[str | None, typer.Option(help="Write the three splits as an npy:FOLDER here.")] = None,
     uint8: Annotated[bool, typer.Option("--uint8", help="With --export: store images as bytes (4x smaller).")] = False,
