@@ -656,14 +656,143 @@ def test_split_checks_lengths():
     assert s.x.is_contiguous() and len(s) == 2
 
 
-def test_csv_missing_numeric_cells_become_the_train_mean(tmp_path):
+def test_csv_empty_cells_are_an_error_unless_filled(tmp_path):
     path = tmp_path / "m.csv"
-    path.write_text("a,b,y\n" + "".join(f"{'' if i == 7 else i},{i % 4},{i % 2}\n" for i in range(40)))
-    ds = load_dataset(f"csv:{path}")
+    path.write_text("a,b,y\n" + "".join(f"{'' if i == 7 else i},{'NA' if i == 9 else 'xyz'[i % 3]},{i % 2}\n"
+                                         for i in range(40)))
+    with pytest.raises(DataError) as e:
+        load_dataset(f"csv:{path}")
+    msg = one_line(e)
+    assert f"{path} line 9, column 'a'" in msg and "Received: ''" in msg and f"csv:{path}?fill=mean" in msg
+    ds = load_dataset(f"csv:{path}?fill=mean")
     all_x = torch.cat([ds.train.x, ds.val.x, ds.test.x])
+    # the numeric gap is the train mean (0 after standardising); the categorical one no category
     assert torch.isfinite(all_x).all() and int((all_x[:, 0] == 0).sum()) == 1
+    assert ds.info.input_shape == (4,) and int((all_x[:, 1:].sum(1) == 0).sum()) == 1
+    assert any(n.startswith("filled: 2 empty cells") for n in ds.info.notes)
+    with pytest.raises(DataError, match=r"option fill must be one of none, mean .*Received: 'median'"):
+        load_dataset(f"csv:{path}?fill=median")
+
+
+def test_csv_mixed_column_is_an_error_naming_column_row_and_value(tmp_path):
+    path = write_csv(tmp_path / "p.csv", extra_rows=[["abc", "5", "red", "50", "2", "cat"]])
+    with pytest.raises(DataError) as e:
+        load_dataset(f"csv:{path}")
+    msg = one_line(e)
+    assert f"{path} line 62, column 'height'" in msg and "Received: 'abc'" in msg
+    assert "expected a number, as 60 of the column's 61 cells are" in msg
+    assert f"--data 'csv:{path}?categorical=height'" in msg
+    # declared categorical, the column is one-hot over its train values: more inputs, said so
+    ds = load_dataset(f"csv:{path}?categorical=height")
+    assert ds.info.input_shape[0] > 20
+    assert any("categorical (one-hot): height (" in n for n in ds.info.notes)
+    # a mostly-text column with one number is named the other way round
+    other = write_csv(tmp_path / "q.csv", extra_rows=[["171", "5", "7", "50", "2", "cat"]])
+    with pytest.raises(DataError) as e:
+        load_dataset(f"csv:{other}")
+    msg = one_line(e)
+    assert "line 62, column 'color': expected text" in msg and "the number '7'" in msg
+    assert f"csv:{other}?categorical=color" in msg
+    # a typo in the declaration is caught, and a declared numeric column (a code) is one-hot
+    with pytest.raises(DataError, match="categorical column 'colr' not found .* Did you mean 'color'"):
+        load_dataset(f"csv:{other}?categorical=colr")
+    ds = load_dataset(f"csv:{other}?categorical=color,grade")
+    assert ds.info.input_shape == (3 + 4 + 3,)  # height, count, price; color (4); grade (3)
+
+
+def test_csv_target_with_one_text_label_is_not_silently_classes(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("a,y\n" + "".join(f"{i},{i * 1.5}\n" for i in range(30)) + "30,oops\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(f"csv:{path}")
+    assert "line 32, column 'y'" in one_line(e) and "Received: 'oops'" in str(e.value)
+
+
+def test_csv_notes_state_the_target_and_the_categorical_columns(tmp_path):
+    path = write_csv(tmp_path / "pets.csv")
+    info = load_dataset(f"csv:{path}").info
+    assert info.notes[0] == ("target: column 'animal', 2 classes (the last column, taken because no target "
+                             "was given; choose another with --target NAME)")
+    assert info.notes[1] == ("features: 5 columns -> 7 inputs; numeric (standardised): height, count, price, "
+                             "grade; categorical (one-hot): color (3 values)")
+    explicit = load_dataset(f"csv:{path}", target="price").info
+    assert explicit.notes[0] == "target: column 'price', regression"
+    assert DataInfo.from_dict(info.to_dict()).notes == info.notes
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "1e999", "Infinity"])
+def test_csv_infinite_numbers_are_refused(tmp_path, cell):
+    rows = [f"{i},{i % 3},{i * 0.5}" for i in range(20)]
+    target, feature = tmp_path / "t.csv", tmp_path / "f.csv"
+    target.write_text("a,b,y\n" + "\n".join(rows[:-1] + [f"19,1,{cell}"]) + "\n")
+    feature.write_text("a,b,y\n" + "\n".join(rows[:-1] + [f"{cell},1,9.5"]) + "\n")
+    with pytest.raises(DataError) as e:  # it used to become NaN and the run blamed the lr
+        load_dataset(f"csv:{target}", target="y")
+    assert f"{target} line 21, column 'y': expected a finite number. Received: {cell!r}" in one_line(e)
+    with pytest.raises(DataError) as e:  # it used to be replaced by the train mean, unsaid
+        load_dataset(f"csv:{feature}")
+    assert f"{feature} line 21, column 'a': expected a finite number" in one_line(e)
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(5, (3, 1, 1)), (3, (1, 1, 1)), (6, (4, 1, 1)), (10, (7, 1, 2))])
+def test_csv_small_tables_get_a_row_in_every_split(tmp_path, n, sizes):
+    path = tmp_path / "s.csv"
+    path.write_text("a,y\n" + "".join(f"{i},{i * 0.5}\n" for i in range(n)))
+    ds = load_dataset(f"csv:{path}")
+    assert (len(ds.train), len(ds.val), len(ds.test)) == sizes
+
+
+def test_csv_too_small_to_split_is_one_line(tmp_path):
+    path = tmp_path / "two.csv"
+    path.write_text("a,y\n1,0.5\n2,1.5\n")
+    with pytest.raises(DataError) as e:
+        load_dataset(f"csv:{path}")
+    msg = one_line(e)
+    assert f"csv: {path}: too few rows" in msg and "3 rows are needed. Received: 2 rows" in msg
+    assert len(load_dataset(f"csv:{path}", val_fraction=0.0).val) == 0  # no validation asked for: none
+
+
+def test_data_modules_import_each_other_without_cycles():
+    import ast
+    import importlib
+
+    import archlab.data
+
+    folder = Path(archlab.data.__file__).parent
+    graph = {}
+    for file in folder.glob("_*.py"):
+        tree = ast.parse(file.read_text())
+        graph[file.stem] = {n.module for n in ast.walk(tree)
+                            if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+    graph = {k: {m for m in v if m in graph} for k, v in graph.items()}
+
+    def reaches(start, goal, seen=()):
+        return any(m == goal or (m not in seen and reaches(m, goal, (*seen, m))) for m in graph[start])
+
+    assert not [m for m in graph if reaches(m, m)], graph
+    assert "_ondisk" not in graph["_dataset"] and {"_dataset", "_ondisk"} <= graph["_load"]
+    # no compatibility re-exports: the tokenizers are _tokenizers' names, not _text's
+    assert importlib.import_module("archlab.data._text").__all__ == []
 
 
 def test_split_to_device():
     s = counting_split(4).to("cpu")
     assert s.x.device.type == "cpu" and len(s) == 4
+
+
+def test_data_command_says_the_csv_target_and_categorical_columns(tmp_path):
+    from typer.testing import CliRunner
+
+    from archlab.cli import app
+
+    path = write_csv(tmp_path / "pets.csv")
+    result = CliRunner().invoke(app, ["data", f"csv:{path}"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert ("target   column 'animal', 2 classes (the last column, taken because no target was given; "
+            "choose another with --target NAME)") in lines
+    assert any(line.startswith("features 5 columns -> 7 inputs;") and "categorical (one-hot): color (3 values)"
+               in line for line in lines)
+    bad = write_csv(tmp_path / "bad.csv", extra_rows=[["abc", "5", "red", "50", "2", "cat"]])
+    result = CliRunner().invoke(app, ["data", f"csv:{bad}"])
+    assert isinstance(result.exception, DataError) and "column 'height': expected a number" in str(result.exception)

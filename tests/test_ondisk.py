@@ -162,6 +162,41 @@ def test_bad_folders_name_the_file_and_the_fix(tmp_path, files, message):
         load_dataset(f"npy:{tmp_path}")
 
 
+@pytest.mark.parametrize(("files", "message"), [
+    # one bad label used to make range(10**9 + 1) class names: a MemoryError traceback
+    ({"train_y.npy": np.where(np.arange(300) == 137, 10**9, np.arange(300) % 10)},
+     r"train_y.npy row 137: expected a class id in 0..299 \(no more classes than the 300 labelled rows\). "
+     r"Received: 1,000,000,000, which would make 1,000,000,001 classes. Fix that label, or state num_classes"),
+    ({"train_y.npy": np.arange(300) % 10, "val_x.npy": np.zeros((20, 2)),
+      "val_y.npy": np.where(np.arange(20) == 3, 7_000_000, 1)}, r"val_y.npy row 3: expected a class id in 0..319"),
+    ({"train_y.npy": np.arange(300) % 10, "info.json": '{"num_classes": 1000000000}'},
+     r"info.json: num_classes must be at most 100,000. Received: 1,000,000,000"),
+    ({"train_y.npy": np.where(np.arange(300) == 42, 12, np.arange(300) % 10), "info.json": '{"num_classes": 10}'},
+     r"train_y.npy row 42: class id 12 is out of range for num_classes 10 \(info.json\): ids must be in 0..9"),
+    ({"train_y.npy": np.where(np.arange(300) == 8, -3, np.arange(300) % 10)},
+     r"train_y.npy row 8: class ids must be >= 0. Received: -3"),
+])
+def test_a_bad_label_names_its_file_and_row(tmp_path, files, message):
+    np.save(tmp_path / "train_x.npy", np.zeros((300, 2), np.float32))
+    for name, content in files.items():
+        if isinstance(content, str):
+            (tmp_path / name).write_text(content)
+        else:
+            np.save(tmp_path / name, content)
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(f"npy:{tmp_path}")
+    assert "\n" not in str(e.value)
+
+
+def test_a_stated_class_count_may_exceed_the_rows(tmp_path):
+    np.save(tmp_path / "train_x.npy", np.zeros((30, 2), np.float32))
+    np.save(tmp_path / "train_y.npy", np.arange(30) * 3)  # ids up to 87 in 30 rows
+    with pytest.raises(DataError, match="no more classes than the 30 labelled rows"):
+        load_dataset(f"npy:{tmp_path}")
+    (tmp_path / "info.json").write_text('{"num_classes": 90}')
+    assert load_dataset(f"npy:{tmp_path}").info.num_classes == 90
+
+
 def test_truncated_and_pickled_arrays_are_refused(tmp_path):
     np.save(tmp_path / "train_x.npy", np.zeros((100, 8), np.float32))
     np.save(tmp_path / "train_y.npy", np.zeros(100, np.int64))

@@ -12,12 +12,13 @@ from ._format import nbytes, shape_text
 
 @app.command("data")
 def data_cmd(
-    uri: Annotated[str, typer.Argument(help="A data set: digits, mnist:PATH, csv:PATH, npy:FOLDER, text:stdlib, ...")],
-    target: Annotated[str | None, typer.Option(help="csv: the target column.")] = None,
+    uri: Annotated[str, typer.Argument(help="A data set: digits, mnist:PATH, csv:PATH[?categorical=A,B&fill=mean], npy:FOLDER, text:stdlib, ...")],
+    target: Annotated[str | None, typer.Option(help="csv: the target column (default: the last column).")] = None,
     export: Annotated[str | None, typer.Option(help="Write the three splits as an npy:FOLDER here.")] = None,
     uint8: Annotated[bool, typer.Option("--uint8", help="With --export: store images as bytes (4x smaller).")] = False,
 ) -> None:
-    """What archlab reads from a data set: task, shapes, split sizes, and whether it streams."""
+    """What archlab reads from a data set: task, shapes, split sizes, the csv target and
+    categorical columns, and whether it streams."""
     import torch
 
     from ..data import DiskSplit, Split, load_dataset, memory_budget, write_npy
@@ -33,6 +34,9 @@ def data_cmd(
     print(f"input    {shape_text(info.input_shape)} {info.input_dtype}"
           + (f", vocabulary {info.vocab_size:,}" if info.vocab_size else ""))
     print("splits   " + "  ".join(f"{k} {len(v):,}" for k, v in parts.items()))
+    for note in info.notes:  # what the loader decided: the csv target, categorical columns, ...
+        topic, _, text = note.partition(": ")
+        print(f"{topic:<8} {text}")
     if info.task == "classify" and info.num_classes:
         counts = torch.bincount(ds.train.targets(), minlength=info.num_classes)
         if empty := [str(c) for c, n in enumerate(counts.tolist()) if n == 0]:

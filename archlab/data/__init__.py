@@ -9,9 +9,9 @@ from ._dataset import (
     Dataset,
     Split,
     iterate_batches,
-    load_dataset,
     num_batches,
 )
+from ._load import load_dataset
 from ._ondisk import (
     DiskSplit,
     describe_data_path,

@@ -1,23 +1,29 @@
 """Data sets: read from disk (never downloaded), split, and served as in-memory tensors
-(data larger than memory is streamed from disk instead: `archlab.ondisk`).
+(data larger than memory is streamed from disk instead: `_ondisk`).
 
 Every loader returns a `Dataset` of three `Split`s whose tensors are already in their final
 dtype and layout, so the training loop only slices them (`iterate_batches`). Loaders are
-registered by name and addressed by a uri, ``NAME`` or ``NAME:ARG``:
+registered by name and addressed by a uri, ``NAME`` or ``NAME:ARG`` (`load_dataset`, in
+`_load`):
 
     digits                      scikit-learn's bundled 8x8 digits (the default; no files)
     mnist[:PATH]                the four MNIST IDX files, plain or .gz
     fashion-mnist[:PATH]        the same format, Fashion-MNIST's class names
     cifar10[:PATH]              CIFAR-10 python batches: a folder or the .tar.gz
-    csv:PATH                    a table with a header row; `target` names the target column
+    csv:PATH[?categorical=A,B&fill=mean]   a table with a header row; `target` names the
+                                target column, by default the last one           (_tables)
     synthetic:images?n=..&shape=1x28x28&classes=10   learnable random images for benchmarks
-    imdb[:PATH]                 IMDB reviews: aclImdb folders or a text,label CSV  (archlab.text)
-    text:PATH | text:stdlib     language modelling on a text corpus                (archlab.text)
-    seq:copy|reverse|sort|add   synthetic seq2seq tasks                            (archlab.text)
-    npy:FOLDER                  .npy arrays, memory-mapped; streamed when larger than memory (archlab.ondisk)
+    imdb[:PATH]                 IMDB reviews: aclImdb folders or a text,label CSV  (_text)
+    text:PATH | text:stdlib     language modelling on a text corpus                (_text)
+    seq:copy|reverse|sort|add   synthetic seq2seq tasks                            (_text)
+    npy:FOLDER                  .npy arrays, memory-mapped; streamed when larger than memory (_ondisk)
 
-The image loaders live in archlab.images and csv in archlab.tables; this module is the core
-they share (records, the registry, splitting, batching).
+The image loaders live in `_images`, csv in `_tables`; this module is the core they share
+(records, the registry, splitting, batching).
+
+Splits: a data set without an official test split gives 20% of its rows to test and
+``val_fraction`` (default 10%) to validation, stratified by class; each split asked for gets
+at least one row, and a data set too small to leave a training row as well is refused.
 
 Errors are one-line `DataError`s that name the file and, for missing files, where to put them.
 """
@@ -29,6 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 import torch
@@ -41,11 +48,11 @@ __all__ = [
     "DATASETS",
     "TASK_NAMES",
     "Augment",
+    "MAX_CLASSES",
     "DataInfo",
     "Dataset",
     "Split",
     "iterate_batches",
-    "load_dataset",
     "num_batches",
     "register_dataset",
 ]
@@ -62,6 +69,9 @@ TASK_NAMES = ("classify", "regress", "language_model", "seq2seq")
 TOKEN_TASKS = ("language_model", "seq2seq")
 
 TEST_FRACTION = 0.2  # for data sets without an official test split (digits, csv, synthetic)
+# The most classes a data set may have: class names are made for each, and one bad label
+# (a class id of 10**9) must be an error, not a 10**9-name tuple.
+MAX_CLASSES = 100_000
 SPLIT_SEED = 0  # fixed splits (digits, val of mnist/cifar) must not move when the run seed does
 
 
@@ -91,10 +101,14 @@ class DataInfo:
     source: str = ""
     # JSON-able description of the tokenizer (archlab.text.tokenizer_from_dict rebuilds it).
     tokenizer: Mapping[str, Any] | None = field(default=None, hash=False)
+    # What the loader decided that a user should hear about, one line each as "topic: text"
+    # (csv: "target: column 'y' (the last column, ...)"); `archlab data` and training print them.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None:  # a plain copy: read-only store records become dicts
             object.__setattr__(self, "tokenizer", _plain(self.tokenizer))
+        object.__setattr__(self, "notes", tuple(self.notes))
 
     def vars(self) -> dict[str, int]:
         """Spec vars derived from the data, e.g. ``{"num_classes": 10}`` (non-None only)."""
@@ -105,6 +119,7 @@ class DataInfo:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["class_names"] = None if self.class_names is None else list(self.class_names)
+        d["notes"] = list(self.notes)
         return d
 
     @classmethod
@@ -163,48 +178,7 @@ class Dataset:
     test: Split
 
 
-# --------------------------------------------------------------------------- entry point
-
-
-def load_dataset(
-    uri: str,
-    *,
-    seed: int = 0,
-    root: str | Path | None = None,
-    target: str | None = None,
-    val_fraction: float = 0.1,
-    stream: bool | None = None,
-) -> Dataset:
-    """Load a data set by uri (see the module docstring for the forms).
-
-    ``val_fraction`` is a fraction of all rows for data sets without an official test split
-    (digits, csv, synthetic) and a fraction of the official train split otherwise.
-    ``stream``: None reads data into memory when it fits the budget and streams larger
-    ``npy:`` data from disk; True streams every split; False reads everything (archlab.ondisk).
-
-    >>> ds = load_dataset("digits")
-    >>> ds.info.input_shape, ds.info.num_classes, len(ds.train) + len(ds.val) + len(ds.test)
-    ((1, 8, 8), 10, 1797)
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    name, sep, arg = uri.partition(":")
-    if not sep and name.lower().endswith(".csv"):  # a bare path to a table
-        name, arg = "csv", uri
-    loader = DATASETS.get(name)
-    if target is not None and name != "csv":
-        raise DataError(f"{name}: target={target!r} only applies to csv data sets")
-    dataset = loader(
-        arg or None,
-        seed=seed,
-        root=None if root is None else Path(root).expanduser(),
-        target=target,
-        val_fraction=val_fraction,
-    )
-    _check(dataset)
-    from ._ondisk import serve
-
-    return serve(dataset, stream)
+# --------------------------------------------------------------------------- the contract
 
 
 def _check(ds: Dataset) -> None:
@@ -261,18 +235,29 @@ def _plain(value: Any) -> Any:
 
 
 def _split_indices(
-    n: int, test_fraction: float, val_fraction: float, seed: int, labels: np.ndarray | None = None
+    n: int, test_fraction: float, val_fraction: float, seed: int, labels: np.ndarray | None = None,
+    *, what: str = "data",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices (train, val, test), each sorted; stratified by ``labels`` when given.
+
+    A fraction above 0 gives that split round(n * fraction) rows, and at least one (a 5-row
+    table still gets a validation row); a data set with no row left to train on is refused,
+    with ``what`` (the file) named in the message.
 
     Stratification without per-class rounding drift: each class's members, in random order,
     get keys spread evenly over [0, 1); sorting by key interleaves the classes, so any prefix
     (the test part, then the val part) holds every class in proportion, to within one sample.
+
+    >>> [len(p) for p in _split_indices(5, 0.2, 0.1, seed=0)]
+    [3, 1, 1]
     """
-    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    n_test, n_val = (max(1, round(n * f)) if f > 0 else 0 for f in (test_fraction, val_fraction))
     if n - n_test - n_val < 1:
-        raise DataError(f"too few rows ({n}) to split off {test_fraction:.0%} test and "
-                        f"{val_fraction:.0%} validation")
+        asked = " and ".join(f"{f:.0%} {name}" for f, name in ((test_fraction, "test"), (val_fraction, "validation"))
+                             if f > 0)
+        raise DataError(f"{what}: too few rows to split off {asked} and keep a row to train on: each of those "
+                        f"splits takes at least one row, so {n_test + n_val + 1} rows are needed. Received: {n} "
+                        f"row{'s' if n != 1 else ''}. Add rows.")
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     if labels is not None:
@@ -284,6 +269,19 @@ def _split_indices(
         order = order[np.argsort(key, kind="stable")]
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _options(name: str, query: str, defaults: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The uri's ``?a=1&b=2`` over ``defaults``; unknown keys are an error."""
+    try:
+        given = dict(parse_qsl(query, strict_parsing=True)) if query else {}
+    except ValueError:
+        raise DataError(f"{name}: bad options {query!r}; use e.g. "
+                        f"{'&'.join(f'{k}={v}' for k, v in defaults.items() if v)}") from None
+    if unknown := sorted(set(given) - set(defaults)):
+        raise DataError(f"{name}: unknown option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(defaults)}")
+    return dict(defaults) | given
 
 
 def _resolve(arg: str, root: Path | None) -> Path:
@@ -392,6 +390,7 @@ def iterate_batches(
     (a fresh contiguous tensor, no full-size shuffled copy held). Without shuffling, batches are
     zero-copy views. Batches move to ``device`` and are augmented there.
 
+    >>> from archlab.data import load_dataset
     >>> ds = load_dataset("digits")
     >>> sum(len(y) for _, y in iterate_batches(ds.train, 64, shuffle=True)) == len(ds.train)
     True

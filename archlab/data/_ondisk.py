@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ..core import DataError
 from ._dataset import (
+    MAX_CLASSES,
     SPLIT_SEED,
     TASK_NAMES,
     TEST_FRACTION,
@@ -369,6 +370,52 @@ def _check_finite(given: dict[str, tuple[np.ndarray, np.ndarray, tuple[Path, Pat
                                     f"drop those rows")
 
 
+def _first_row(a: np.ndarray, value: int) -> int:
+    """The first row of a (possibly huge, memory-mapped) 1-d array holding ``value``."""
+    rows = max(1, _CHUNK_BYTES // max(1, a.itemsize))
+    for start in range(0, len(a), rows):
+        hit = np.flatnonzero(a[start:start + rows] == value)
+        if len(hit):
+            return start + int(hit[0])
+    raise ValueError(value)  # not reached: the value came from the array
+
+
+def _class_count(given: dict[str, tuple[np.ndarray, np.ndarray, tuple[Path, Path]]], info_json: dict[str, Any],
+                 folder: Path) -> int:
+    """num_classes from info.json, else the largest class id + 1, checked against every label.
+
+    Without info.json the count must be sane: at most MAX_CLASSES and at most the number of
+    labelled rows (more classes than rows means most have no sample: a bad label, not a class).
+    A refusal names the file and the row of the offending label."""
+    ranges = {part: _chunked_range(y) for part, (_, y, _) in given.items()}
+    rows = sum(len(y) for _, y, _ in given.values())
+    stated = info_json.get("num_classes")
+    if stated is not None and stated > MAX_CLASSES:
+        raise DataError(f"npy: {folder / 'info.json'}: num_classes must be at most {MAX_CLASSES:,}. Received: "
+                        f"{stated:,}")
+    limit = stated or min(MAX_CLASSES, max(2, rows))
+
+    def where(part: str, value: int) -> str:
+        y, path = given[part][1], given[part][2][1]
+        return f"npy: {path} row {_first_row(y, value)}"
+
+    low_part = min(ranges, key=lambda p: ranges[p][0])
+    if (lo := ranges[low_part][0]) < 0:
+        raise DataError(f"{where(low_part, lo)}: class ids must be >= 0. Received: {lo}. Fix that label")
+    high_part = max(ranges, key=lambda p: ranges[p][1])
+    hi = ranges[high_part][1]
+    if hi >= limit:
+        if stated:
+            raise DataError(f"{where(high_part, hi)}: class id {hi:,} is out of range for num_classes {stated} "
+                            f"(info.json): ids must be in 0..{stated - 1}. Fix that label, or the num_classes")
+        why = (f"at most {MAX_CLASSES:,} classes" if limit == MAX_CLASSES else
+               f"no more classes than the {rows:,} labelled rows")
+        raise DataError(f"{where(high_part, hi)}: expected a class id in 0..{limit - 1:,} ({why}). Received: "
+                        f"{hi:,}, which would make {hi + 1:,} classes. Fix that label, or state num_classes "
+                        f"(at most {MAX_CLASSES:,}) in {folder / 'info.json'}")
+    return int(stated or hi + 1)
+
+
 @register_dataset("npy")
 def _load_npy(arg, *, seed, root, target, val_fraction) -> Dataset:
     folder = _data_folder("npy", arg, root, "train_x.npy and train_y.npy (optionally val_* and test_*)")
@@ -418,12 +465,7 @@ def _load_npy(arg, *, seed, root, target, val_fraction) -> Dataset:
     if kind != "tokens":
         _check_finite(given)
     if task == "classify":
-        lo, hi = min(_chunked_range(y)[0] for _, y, _ in given.values()), max(_chunked_range(y)[1] for _, y, _ in given.values())
-        if lo < 0:
-            raise DataError(f"npy: class ids must be >= 0; found {lo} in {folder}")
-        num_classes = int(info_json.get("num_classes") or hi + 1)
-        if hi >= num_classes:
-            raise DataError(f"npy: class id {hi} is out of range for num_classes {num_classes} (info.json)")
+        num_classes = _class_count(given, info_json, folder)
         names = info_json.get("class_names")
         class_names = tuple(str(c) for c in names) if names else tuple(str(c) for c in range(num_classes))
         if len(class_names) != num_classes:
@@ -448,7 +490,8 @@ def _load_npy(arg, *, seed, root, target, val_fraction) -> Dataset:
     fraction = 0.0 if "val" in given else val_fraction
     if test_fraction or fraction:
         labels = np.asarray(y_tr) if task == "classify" else None
-        tr, va, te = _split_indices(len(y_tr), test_fraction, fraction, SPLIT_SEED, labels=labels)
+        tr, va, te = _split_indices(len(y_tr), test_fraction, fraction, SPLIT_SEED, labels=labels,
+                                    what=f"npy: {folder / 'train_y.npy'}")
         train = split("train", tr)
         val = split("val") if "val" in given else split("train", va)
         test = split("test") if "test" in given else split("train", te)

@@ -41,7 +41,7 @@ Token conventions (what a trainer may rely on):
 Every tokenizer has encode(str) -> list[int], decode(ids) -> str, vocab_size, pad_id / unk_id /
 bos_id / eos_id (None when it has no such token) and to_dict(); `tokenizer_from_dict` rebuilds
 one from `DataInfo.tokenizer`, so a stored run can decode what its model generates.
-The tokenizers are defined in `archlab.tokenization` (and re-exported here).
+The tokenizers are defined in `_tokenizers` (public through `archlab.data`).
 Nothing is ever downloaded.
 """
 
@@ -56,14 +56,12 @@ import zlib
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from urllib.parse import parse_qsl
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..core import DataError
-from . import _tokenizers as _tokenization  # for its __all__, re-exported below
 from ._dataset import (
     SPLIT_SEED,
     TEST_FRACTION,
@@ -71,13 +69,11 @@ from ._dataset import (
     Dataset,
     Split,
     _data_folder,
+    _options,
     _resolve,
     _split_indices,
     register_dataset,
 )
-
-# The tokenizers live in archlab.tokenization; they are imported here for the loaders and
-# re-exported so that `from archlab.text import WordTokenizer` (etc.) keeps working.
 from ._tokenizers import (
     _BR_RE,
     BPETokenizer,
@@ -90,25 +86,12 @@ from ._tokenizers import (
     words,
 )
 
-# The public names are the tokenizers' (the loaders are reached through archlab.data, where
-# they register themselves).
-__all__ = list(_tokenization.__all__)
+# No public names: the loaders are reached through archlab.data, where they register
+# themselves; the tokenizers are `_tokenizers`' own.
+__all__: list[str] = []
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def _options(name: str, query: str, defaults: Mapping[str, str | None]) -> dict[str, str | None]:
-    """The uri's ``?a=1&b=2`` over ``defaults``; unknown keys are an error."""
-    try:
-        given = dict(parse_qsl(query, strict_parsing=True)) if query else {}
-    except ValueError:
-        raise DataError(f"{name}: bad options {query!r}; use e.g. "
-                        f"{'&'.join(f'{k}={v}' for k, v in defaults.items() if v)}") from None
-    if unknown := sorted(set(given) - set(defaults)):
-        raise DataError(f"{name}: unknown option(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(defaults)}")
-    return dict(defaults) | given
 
 
 def _int_option(name: str, opts: Mapping[str, str | None], key: str, low: int) -> int:
