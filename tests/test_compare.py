@@ -132,6 +132,10 @@ def test_cli_compare_with_vary_prints_the_table_and_recommendation(tmp_path):
     assert "tiny[depth=1]" in result.output and "tiny[depth=2]" in result.output
     assert "recommended" in result.output and "test (once)" in result.output
     assert (tmp_path / "r.html").exists()
+    # depth=2 ends the sweep (and 0 would not extend it downwards): only that winner gets a hint.
+    won_at_edge = "tiny[depth=2] *" in result.output
+    assert ("hint              depth=2 is the largest value" in result.output) == won_at_edge
+    assert ("--vary depth=1,2,3,4" in result.output) == won_at_edge
 
 
 def test_report_from_single_runs_is_honest_and_refuses_what_it_cannot_compare(tmp_path):
