@@ -134,6 +134,7 @@ def search_spaces(spec: Spec, fixed: Mapping[str, Any] | None = None) -> SearchS
     """The spec's var spaces and the markers in its `train:` section (settings in `fixed`,
     e.g. given on the command line, are not searched).
 
+    >>> from archlab.spec import load_spec
     >>> s = load_spec({"vars": {"w": {"int": [4, 8]}}, "model": ["relu"],
     ...                "train": {"lr": {"float": [1e-4, 1e-2], "log": True}}})
     >>> sorted(search_spaces(s).vars), sorted(search_spaces(s).train)
@@ -163,6 +164,7 @@ def choice_labels(space: ChoiceSpace) -> list[Any]:
     """What Optuna is offered for a choice: the options themselves when all are scalars,
     else one short, unique label per option (whole sub-blocks), mapped back by position.
 
+    >>> from archlab.core import freeze
     >>> choice_labels(ChoiceSpace(freeze([[{"linear": 8}], [{"residual": [{"linear": 8}]}]])))
     ['linear', 'residual']
     """
@@ -255,6 +257,7 @@ def measure_costs(spec: Spec, *, batch_size: int = 1, optimizer: str = "adamw", 
     meta-device inspector; with `latency`, the median CPU forward time at batch 1 (ms).
     With `task`, the output must suit it (else SpecError, like any shape error).
 
+    >>> from archlab.spec import load_spec
     >>> measure_costs(load_spec({"input": [4], "model": [{"linear": 2}]}))["params"]
     10
     """
