@@ -17,6 +17,7 @@ from archlab.compare import (
     make_candidates,
     parse_vary,
     recommend,
+    sweep_hints,
 )
 from archlab.core import DataError, SpecError
 from archlab.runs import open_store
@@ -131,6 +132,10 @@ def test_cli_compare_with_vary_prints_the_table_and_recommendation(tmp_path):
     assert "tiny[depth=1]" in result.output and "tiny[depth=2]" in result.output
     assert "recommended" in result.output and "test (once)" in result.output
     assert (tmp_path / "r.html").exists()
+    # depth=2 ends the sweep (and 0 would not extend it downwards): only that winner gets a hint.
+    won_at_edge = "tiny[depth=2] *" in result.output
+    assert ("hint              depth=2 is the largest value" in result.output) == won_at_edge
+    assert ("--vary depth=1,2,3,4" in result.output) == won_at_edge
 
 
 def test_report_from_single_runs_is_honest_and_refuses_what_it_cannot_compare(tmp_path):
@@ -146,3 +151,75 @@ def test_report_from_single_runs_is_honest_and_refuses_what_it_cannot_compare(tm
     other = fit(TINY, data="synthetic:images?n=300&shape=1x8x8&classes=10", epochs=1, quiet=True)
     with pytest.raises(ArchlabError, match="different data sets"):
         comparison_from_runs([a.run_id, other.run_id])
+
+
+def test_set_fixes_a_var_in_every_candidate_and_refuses_one_that_is_also_varied():
+    cands = make_candidates([TINY], parse_vary(["depth=1,2"]), vars={"width": 8})
+    assert [c.spec.vars["width"] for c in cands] == [8, 8] and [c.assignment for c in cands] == [{"depth": 1},
+                                                                                                 {"depth": 2}]
+    with pytest.raises(SpecError, match="--set depth and --vary depth"):
+        make_candidates([TINY], {"depth": [1, 2]}, vars={"depth": 3})
+    with pytest.raises(SpecError, match="--set wdth: the spec has no var 'wdth'"):
+        make_candidates([TINY], {}, vars={"wdth": 3})
+
+
+def test_a_winner_at_the_edge_of_a_sweep_gets_a_hint_to_extend_it():
+    up, = sweep_hints({"depth": [1, 2, 3]}, {"depth": 3})
+    assert up.startswith("depth=3 is the largest value the sweep tried") and up.endswith("--vary depth=2,3,4,5")
+    down, = sweep_hints({"width": [16, 32, 64], "depth": [1, 2]}, {"width": 16, "depth": 1})
+    assert "smallest" in down and down.endswith("--vary width=4,8,16,32")   # depth 0 is no extension
+    assert sweep_hints({"lr": [0.001, 0.01, 0.1]}, {"lr": 0.1})[0].endswith("--vary lr=0.01,0.1,1,10")
+    assert sweep_hints({"depth": [1, 2, 3]}, {"depth": 2}) == ()          # inside the sweep: no hint
+    assert sweep_hints({"act": ["relu", "gelu"]}, {"act": "gelu"}) == ()  # not a number: no end
+    assert sweep_hints({}, {}) == ()
+
+
+def test_batch_norm_after_a_flat_linear_layer_compares_without_crashing():
+    bn = {**TINY, "name": "bn", "model": ["flatten", {"linear": 64}, "batchnorm", "relu", {"linear": 10}],
+          "train": {"epochs": 1, "batch_size": 64, "lr": 0.01}}
+    result = compare([bn], data="digits", cv=2, report=False, quiet=True)
+    (c,) = result.candidates
+    assert c.params == 64 * 65 + 2 * 64 + 65 * 10 and c.flops > 0 and len(c.folds) == 2
+    assert 0 <= result.test_metrics["acc"] <= 1
+
+
+def test_cli_compare_takes_set_device_max_minutes_and_early_stop(tmp_path):
+    import yaml
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    result = CliRunner().invoke(app, ["compare", str(spec), "--set", "width=8", "--device", "cpu",
+                                      "--max-minutes", "5", "--early-stop", "1", "--epochs", "4", "--cv", "2",
+                                      "--report", str(tmp_path / "r.html"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    runs = open_store().list_runs(tags={"cv": "2"})
+    folds = [r for r in runs if r.tags.get("role") != "final"]
+    (final,) = [r for r in runs if r.tags.get("role") == "final"]
+    assert len(folds) == 2
+    for r in folds:
+        assert r.spec["vars"]["width"] == 8 and r.params == 65 * 8 + 9 * 10
+        assert r.settings["device"] == "cpu" and r.settings["max_minutes"] == 5
+        assert r.settings["early_stop"] == 1 and r.settings["epochs"] == 4
+    # No validation split to stop on: the final run trains for the folds' median best epoch.
+    assert final.settings["early_stop"] is None and 1 <= final.settings["epochs"] <= 4
+    assert len(final.history) == final.settings["epochs"]
+    assert "median best epoch" in result.output
+
+
+def test_search_cv_folds_are_the_folds_compare_trains_on():
+    """One fold builder: `search --cv` and `compare` train a spec on the same samples."""
+    import optuna
+
+    from archlab.search import concrete_spec, open_storage, search
+    from archlab.spec import load_spec
+
+    searchable = {**TINY, "vars": {**TINY["vars"], "width": {"int": [4, 32]}}}
+    storage = f"journal:{open_store().root / 'cv.journal'}"
+    st, _ = open_storage(storage)
+    optuna.create_study(study_name="cv", storage=st, direction="maximize").enqueue_trial({"width": 8})
+    found = search(searchable, trials=1, cv=2, epochs=1, study="cv", storage=storage, quiet=True)
+    (trial,) = found.trials
+    spec = concrete_spec(load_spec(searchable), trial.vars, trial.train, {"epochs": 1, "seed": 0})
+    compared = compare([spec], data="digits", cv=2, epochs=1, report=False, quiet=True)
+    folds = compared.candidates[0].folds
+    assert [f.history[0]["val_acc"] for f in folds] == pytest.approx(list(trial.curve), abs=0)

@@ -237,7 +237,7 @@ def test_cross_validation_refuses_streamed_data_clearly(digits_npy, monkeypatch,
 
 
 def test_compare_records_where_relative_data_lives(digits_npy, monkeypatch, archlab_home):
-    import archlab.compare._compare as compare_module
+    import archlab.compare._folds as compare_module
 
     monkeypatch.setattr(compare_module, "_DATA_CACHE", {})  # the test above cached it streamed
     monkeypatch.chdir(digits_npy.parent)
@@ -369,7 +369,7 @@ def test_data_command_notes_classes_without_samples(tmp_path):
 
 
 def test_search_with_folds_refuses_streamed_data_before_any_trial(digits_npy, monkeypatch, archlab_home):
-    import archlab.search._trial as trial_module
+    import archlab.compare._folds as trial_module
     from archlab.search import search
 
     monkeypatch.setattr(trial_module, "_DATA_CACHE", {})  # loaded afresh, under the limit below

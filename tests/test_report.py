@@ -249,6 +249,69 @@ def test_pareto_front_ties():
     assert pareto_front([(3, 0.2)]) == [0]
 
 
+# ------------------------------------------------------------------- chart details
+
+
+def _label_boxes(fig):
+    """The text labels of a figure's first axes, drawn, with the axes frame."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    return ax.get_window_extent(renderer), [t.get_window_extent(renderer) for t in ax.texts if t.get_text()]
+
+
+def _assert_labels_clear(fig, expected: int) -> None:
+    frame, boxes = _label_boxes(fig)
+    assert len(boxes) == expected
+    for i, box in enumerate(boxes):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, i
+        assert not any(box.overlaps(other) for other in boxes[i + 1:]), i
+
+
+@pytest.mark.parametrize("attr", ["params", "flops"])
+def test_point_labels_neither_overlap_nor_leave_the_frame(attr):
+    from archlab.compare._report import _tradeoff_figure
+
+    c = make_comparison()
+    base = c.candidates[0]
+    # A --vary sweep: long labels on points close together, the last at the right edge;
+    # and two candidates at the same cost and almost the same score (labels would stack).
+    crowd = tuple(replace(base, label=f"mlp[depth={d},width={w}]", params=50_000 + 900 * i,
+                          flops=100_000 + 2_000 * i, val_mean=0.95 + 0.002 * (i % 3))
+                  for i, (d, w) in enumerate([(1, 32), (1, 64), (2, 32), (2, 64), (3, 32), (3, 64)]))
+    twins = (replace(base, label="twin-a", params=80_000, flops=200_000, val_mean=0.96),
+             replace(base, label="twin-b", params=80_000, flops=200_000, val_mean=0.9603))
+    c = replace(c, candidates=crowd + twins, recommended="mlp[depth=2,width=32]")
+    _assert_labels_clear(_tradeoff_figure(c, attr, attr), len(crowd) + len(twins))
+
+
+def test_gap_chart_states_its_relative_colour_rule(page):
+    from archlab.compare import OVERFIT_GAP, UNDERFIT_TOLERANCE
+
+    caption = re.search(r"<figcaption>(.*?)</figcaption>", _element(page, "figure", "gap-bars"), re.S).group(1)
+    assert "relative" in caption and "two equal gaps can therefore be coloured differently" in caption
+    assert f"above {OVERFIT_GAP:g}" in caption and f"more than {UNDERFIT_TOLERANCE:g} below" in caption
+    assert "the best validation mean of any candidate here (0.9850)" in caption
+
+
+def test_a_winner_at_the_edge_of_a_sweep_gets_a_hint_in_the_report(tmp_path):
+    hint = "depth=3 is the largest value the sweep tried and it was recommended: extend it"
+    text = write_report(replace(make_comparison(), hints=(hint,)), tmp_path / "r.html").read_text()
+    assert f'<p class="hint">Hint: {hint}.</p>' in text
+    assert 'class="hint"' not in write_report(make_comparison(), tmp_path / "s.html").read_text()
+
+
+def test_learning_curves_never_leave_one_panel_alone_in_a_row():
+    from archlab.compare._report import panel_grid
+
+    for n in range(1, 31):
+        rows, cols = panel_grid(n)
+        assert rows * cols >= n > (rows - 1) * cols, n          # no empty row
+        assert rows == 1 or n - (rows - 1) * cols >= 2, n      # the last row has company
+        assert cols <= 6
+    assert panel_grid(4) == (2, 2) and panel_grid(3) == (1, 3)
+
+
 # -------------------------------------------------------------------------- the browser
 
 

@@ -149,22 +149,96 @@ def test_parsers_and_objectives():
 
 
 def test_over_budget_candidates_are_infeasible_and_never_trained(tmp_path):
-    result = search(TINY, trials=3, max_params="100", epochs=1, storage=_journal(tmp_path), quiet=True)
-    assert [t.state for t in result.trials] == ["infeasible"] * 3
+    result = search(TINY, trials=3, max_params="100", epochs=1, storage=_journal(tmp_path), quiet=True,
+                    max_skipped=5)
+    # Nothing under the budget: infeasible proposals do not spend --trials, and after five in a
+    # row the search stops and says why, instead of proposing forever.
+    assert [t.state for t in result.trials] == ["infeasible"] * 5
+    assert "5 proposals in a row that were infeasible" in result.stopped and "raise the budget" in result.stopped
     assert all("params" in t.infeasible and "> max 100" in t.infeasible for t in result.trials)
     assert all(t.epochs == 0 and not t.run_ids and t.costs["params"] > 100 for t in result.trials)
     assert open_store().list_runs() == []          # no run was even created
     assert result.best == () and result.best_specs == ()
 
 
+def _enqueue(storage: str, name: str, params: list[dict], directions=("maximize",)) -> None:
+    st, _ = open_storage(storage)
+    study = optuna.create_study(study_name=name, storage=st, directions=list(directions))
+    for p in params:
+        study.enqueue_trial(p)
+
+
+def test_infeasible_candidates_do_not_count_against_trials(tmp_path):
+    # params = 75 * width + 10: width 16 is the largest under 1,210.
+    storage = _journal(tmp_path)
+    _enqueue(storage, "budget", [{"width": 32, "act": "relu", "lr": 1e-2}, {"width": 8, "act": "relu", "lr": 1e-2},
+                                 {"width": 30, "act": "tanh", "lr": 1e-2}, {"width": 30, "act": "relu", "lr": 1e-2},
+                                 {"width": 10, "act": "tanh", "lr": 1e-2}])
+    result = search(TINY, trials=3, max_params=1210, epochs=1, study="budget", storage=storage, quiet=True,
+                    pruner="none")
+    trained = [t for t in result.trials if t.counted]
+    assert [t.number for t in result.trials if t.state == "infeasible"][:3] == [0, 2, 3]
+    assert len(trained) == 3 and all(t.state == "complete" and t.epochs == 1 for t in trained)
+    assert all(t.costs["params"] <= 1210 for t in trained)
+    assert len(open_store().list_runs(tags={"study": "budget"})) == 3
+    assert result.stopped == ""
+    assert [s.trials for s in studies(storage) if s.name == "budget"] == [3]
+
+
+def test_repeated_choices_are_not_trained_again_and_not_exported_twice(tmp_path):
+    storage = _journal(tmp_path)
+    same = {"width": 8, "act": "relu", "lr": 1e-2}
+    _enqueue(storage, "again", [same, same, {"width": 5, "act": "tanh", "lr": 1e-2}, same],
+             directions=("maximize", "minimize"))
+    out = tmp_path / "front.yaml"
+    result = search(TINY, trials=2, epochs=1, objectives=["val_acc", "params:min"], study="again",
+                    storage=storage, quiet=True, pruner="none", export=out)
+    states = [t.state for t in result.trials]
+    assert states == ["complete", "duplicate", "complete", "waiting"]   # 2 trained: --trials 2 is met
+    original, copy = result.trials[0], result.trials[1]
+    assert copy.duplicate_of == 0 and copy.values == original.values and copy.epochs == 0 and not copy.run_ids
+    assert len(open_store().list_runs(tags={"study": "again"})) == 2
+    assert 1 not in {t.number for t in result.best}                # never a second front member
+    specs = [{k: v for k, v in yaml.safe_load(Path(p).read_text()).items() if k not in ("name", "description")}
+             for p in result.exported]
+    assert len(result.exported) == len(result.best) and all(a != b for i, a in enumerate(specs)
+                                                              for b in specs[i + 1:])
+    # Re-running with a larger total: the fourth queued proposal repeats trial 0 and is reused too.
+    more = search(TINY, trials=3, epochs=1, objectives=["val_acc", "params:min"], study="again",
+                  storage=storage, quiet=True, pruner="none")
+    assert more.trials[3].state == "duplicate" and more.trials[3].duplicate_of == 0
+    assert sum(t.counted for t in more.trials) == 3
+
+
+def test_the_front_keeps_one_trial_per_set_of_choices(tmp_path):
+    """Two workers that drew the same choices at once both trained: the front lists one."""
+    from archlab.search import export_specs
+
+    storage = _journal(tmp_path)
+    st, _ = open_storage(storage)
+    first = search(TINY, trials=1, epochs=1, objectives=["val_acc", "params:min"], storage=storage,
+                   quiet=True, sampler="random")
+    study = optuna.load_study(study_name=first.study, storage=st)
+    (t0,) = study.get_trials()
+    study.add_trial(optuna.trial.create_trial(params=t0.params, distributions=t0.distributions, values=t0.values,
+                                              user_attrs=t0.user_attrs))
+    again = load_search(first.study, storage)
+    assert [t.state for t in again.trials] == ["complete", "complete"]
+    assert [t.number for t in again.best] == [0]
+    assert len(export_specs(again, tmp_path / "front.yaml")) == 1
+
+
 def test_a_shape_error_makes_a_candidate_infeasible_not_a_crash(tmp_path):
     spec = {"input": {"shape": [1, 8, 8]}, "vars": {"num_classes": 10, "k": {"choice": [3, 9]}},
             "model": [{"conv2d": {"out": 4, "kernel": "$k"}}, "flatten", {"linear": "$num_classes"}],
             "train": {"epochs": 1}}
-    result = search(spec, trials=4, sampler="random", storage=_journal(tmp_path), quiet=True, seed=1)
-    by_k = {t.params["k"]: t for t in result.trials}
+    result = search(spec, trials=4, sampler="random", storage=_journal(tmp_path), quiet=True, seed=1,
+                    max_skipped=10)
+    by_k = {t.params["k"]: t for t in reversed(result.trials)}     # each value's first trial
     assert by_k[9].state == "infeasible" and "cannot be built" in by_k[9].infeasible
     assert by_k[3].state == "complete"
+    # The space holds one buildable point: once it is trained, the search says it ran out.
+    assert sum(t.counted for t in result.trials) == 1 and "looks exhausted" in result.stopped
 
 
 # ----------------------------------------------------------------------- pruning
@@ -174,8 +248,8 @@ def test_median_pruner_stops_bad_trials_after_the_warm_up(tmp_path):
     storage = _journal(tmp_path)
     st, _ = open_storage(storage)
     study = optuna.create_study(study_name="prune", storage=st, direction="maximize")
-    for lr in [1e-2] * 5 + [1e-7] * 2:       # five good trials first, then two hopeless ones
-        study.enqueue_trial({"width": 16, "act": "relu", "lr": lr})
+    for width, lr in [(12, 1e-2), (14, 1e-2), (16, 1e-2), (18, 1e-2), (20, 1e-2), (16, 1e-7), (20, 1e-7)]:
+        study.enqueue_trial({"width": width, "act": "relu", "lr": lr})   # five good, then two hopeless
     result = search(TINY, trials=7, epochs=3, study="prune", storage=storage, quiet=True)
     states = [t.state for t in result.trials]
     assert states == ["complete"] * 5 + ["pruned"] * 2
@@ -325,7 +399,7 @@ def test_cli_search_studies_and_one_line_errors(tmp_path, monkeypatch, capsys):
                               "--quiet"])
     assert res.exit_code == 0, res.output
     assert "best trial of study search-digits.digits.val_acc." in res.stdout
-    assert "trials            2:" in res.stdout
+    assert "trials            2:" in res.stdout and "2 count toward --trials" in res.stdout
     html = report.read_text()
     for section in ("search-history", "search-front", "search-importance", "search-trials"):
         assert f'id="{section}"' in html
@@ -360,6 +434,32 @@ def test_search_report_draws_three_charts_for_a_multi_objective_study(tmp_path):
     html = search_sections_html(result)
     assert html.count("<svg") == 3 if result.importances else html.count("<svg") == 2
     assert "Pareto front" in html
+
+
+def test_front_labels_neither_overlap_nor_leave_the_frame():
+    from archlab.search import SearchResult, TrialSummary
+    from archlab.search._report import _front_figure
+
+    objs = parse_objectives(["val_acc", "params:min"])
+    # A front on a log axis: six trials of nearly the same cost and score in a cluster (their
+    # labels would stack), three more spread out to the frame's corner.
+    costs = [1000, 1004, 1008, 1012, 1016, 1020, 30000, 60000, 100000]
+    trials = tuple(TrialSummary(number=n, state="complete", params={},
+                                values=(0.9 + (0.002 * n if n < 6 else 0.01 * n), float(c)), vars={}, train={},
+                                costs={"params": float(c)}, curve=(), epochs=1, run_ids=())
+                   for n, c in enumerate(costs))
+    result = SearchResult(study="s", storage="journal:x", objectives=objs, trials=trials, best=trials,
+                          best_specs=(), spec={}, data="digits")
+    fig, _ = _front_figure(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    frame = ax.get_window_extent(renderer)
+    boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_text()]
+    assert len(boxes) == len(costs)
+    for i, box in enumerate(boxes):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, i
+        assert not any(box.overlaps(other) for other in boxes[i + 1:]), i
 
 
 def test_ctrl_c_stops_cleanly_keeps_finished_trials_and_the_same_command_resumes(tmp_path):

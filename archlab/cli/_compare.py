@@ -10,8 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._app import app, console
-from ._format import human
+from ..core import format_metric
+from ._app import SetOption, app, console
+from ._format import human, parse_vars
 
 
 @app.command("compare")
@@ -28,13 +29,20 @@ def compare_cmd(
     lr: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
     target: Annotated[str | None, typer.Option(help="csv: the target column.")] = None,
+    early_stop: Annotated[int | None, typer.Option(help="Stop each fold after N epochs without improvement "
+                          "(the final retrain then runs the folds' median best epoch).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto (latency is always timed on the CPU).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Time budget of each fold (and of the final "
+                           "retrain): stop after this many minutes.")] = None,
+    set: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Cross-validate candidate architectures, recommend one, and write an HTML report."""
     from ..compare import compare
 
     result = compare(specs, data=data, cv=cv, repeats=repeats, vary=vary, jobs=jobs, report=report, quiet=quiet,
-                     seed=seed, target=target, epochs=epochs, batch_size=batch_size, lr=lr,
+                     seed=seed, target=target, vars=parse_vars(set), epochs=epochs, batch_size=batch_size, lr=lr,
+                     early_stop=early_stop, device=device, max_minutes=max_minutes,
                      command="archlab compare " + " ".join(sys.argv[2:]))
     print_comparison(result)
     console.print(f"report            {report}")
@@ -49,14 +57,17 @@ def print_comparison(result) -> None:  # noqa: ANN001
     for c in result.candidates:
         star = " *" if c.label == result.recommended else ""
         table.add_row(escape(c.label + star), f"{c.params:,}", human(c.flops), f"{c.train_seconds:.1f}",
-                      f"{c.latency_ms_b1:.2f}", f"{c.latency_ms_b256:.1f}", f"{c.val_mean:.4f} ± {c.val_std:.4f}",
-                      f"{c.gap_mean:+.4f}", c.diagnosis)
+                      f"{c.latency_ms_b1:.2f}", f"{c.latency_ms_b256:.1f}",
+                      f"{format_metric(c.val_mean)} ± {format_metric(c.val_std)}",
+                      format_metric(c.gap_mean, sign=True), c.diagnosis)
     console.print(table)
     console.print(escape(f"recommended       {result.recommended} — {result.rule}"))
     if result.test_metrics:
-        test = "  ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
+        test = "  ".join(f"{k} {format_metric(v)}" for k, v in result.test_metrics.items())
         console.print(escape(f"test (once)       {result.recommended}, {result.test_note}: {test}  "
                              f"(run {result.final_run_id})"))
+    for hint in result.hints:
+        console.print(escape(f"hint              {hint}"))
 
 
 @app.command("report")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..core import ArchlabError
+from ..core import ArchlabError, format_metric
 from ._app import app, console
 from ._format import when
 
@@ -91,17 +91,20 @@ def print_search(result) -> None:  # noqa: ANN001
     table.add_column("epochs", justify="right")
     table.add_column("run")
     for t in result.best:
-        values = [f"{v:.4f}" if o.trained or abs(v) < 1000 else f"{v:,.0f}" for o, v in zip(objs, t.values, strict=True)]
+        values = [format_metric(v) for v in t.values]
         chosen = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         table.add_row(str(t.number), *values, escape(chosen), str(t.epochs), t.run_id or "-")
     if result.best:
         console.print(table)
     else:
         console.print(f"study {result.study}: no trial has completed yet")
-    states = ", ".join(f"{result.count(s)} {s}" for s in ("complete", "pruned", "infeasible", "failed",
+    states = ", ".join(f"{result.count(s)} {s}" for s in ("complete", "pruned", "infeasible", "duplicate", "failed",
                                                            "interrupted", "running") if result.count(s))
-    console.print(f"trials            {len(result.trials)}: {states or 'none'}; {result.epochs} epochs trained"
-                  + (f"; {result.seconds:.0f}s in this call" if result.seconds else ""))
+    counted = sum(t.counted for t in result.trials)
+    console.print(f"trials            {len(result.trials)}: {states or 'none'}; {counted} count toward --trials; "
+                  f"{result.epochs} epochs trained" + (f"; {result.seconds:.0f}s in this call" if result.seconds else ""))
+    if result.stopped:
+        console.print(escape(f"stopped early     {result.stopped}"))
     console.print(escape(f"study             {result.study} in {result.storage}"))
 
 
@@ -125,7 +128,7 @@ def studies_cmd(
     for col in ("study", "spec", "data", "objectives", "trials", "complete", "best", "started"):
         table.add_column(col, justify="right" if col in ("trials", "complete") else "left")
     for s in found:
-        best = "  ".join(f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}" for v in s.best) if s.best else "-"
+        best = "  ".join(format_metric(v) for v in s.best) if s.best else "-"
         table.add_row(escape(s.name), escape(s.spec), escape(s.data), escape(", ".join(s.objectives)), str(s.trials),
                       str(s.complete), best, when(s.started) if s.started else "-")
     console.print(table)

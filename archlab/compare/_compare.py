@@ -13,7 +13,6 @@ folds (an interrupted comparison resumes).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -22,30 +21,29 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..core import ArchlabError, DataError, SpecError, thaw
-from ..data import Dataset, Split, load_dataset
+from ..core import ArchlabError, SpecError, content_key, format_metric, thaw
+from ..data import Dataset, Split
 from ..model import build, inspect
 from ..runs import SQLiteRunStorage, open_store
 from ..spec import Spec, load_spec, parse_assignment
 from ..train import Trainer, absolute_data_uri, make_task, resolve_settings
-from ._results import CandidateSummary, Comparison, FoldResult
-
-# The diagnosis rule (also stated in the README). Metrics where larger is better.
-UNDERFIT_TOLERANCE = 0.01   # train metric this far below the best candidate's validation metric
-OVERFIT_GAP = 0.03          # train - validation above this
+from ._folds import cached_dataset, development_split, fold_datasets
+from ._report import write_report
+from ._results import OVERFIT_GAP, UNDERFIT_TOLERANCE, CandidateSummary, Comparison, FoldResult
 
 
 @dataclass(frozen=True)
 class Candidate:
     label: str
     spec: Spec
+    assignment: Mapping[str, Any] = field(default_factory=dict)   # its --vary values
 
 
 @dataclass(frozen=True)
@@ -88,10 +86,19 @@ def parse_vary(items: Sequence[str] | Mapping[str, Sequence[Any]] | None) -> dic
     return grid
 
 
-def make_candidates(specs: Sequence[str | Spec | Mapping[str, Any]], vary: Mapping[str, Sequence[Any]]) -> list[Candidate]:
+def make_candidates(specs: Sequence[str | Spec | Mapping[str, Any]], vary: Mapping[str, Sequence[Any]],
+                    vars: Mapping[str, Any] | None = None) -> list[Candidate]:
+    """One candidate per spec and point of the `vary` grid, each spec with `vars` (--set) applied."""
+    vars = dict(vars or {})
+    both = sorted(set(vars) & set(vary))
+    if both:
+        raise SpecError(f"--set {both[0]} and --vary {both[0]}: a var is either fixed or swept; "
+                        f"drop one of the two")
     out: list[Candidate] = []
     for source in specs:
         spec = load_spec(source)
+        if vars:
+            spec = spec.with_vars(vars)
         combos = list(itertools.product(*vary.values())) if vary else [()]
         for combo in combos:
             assignment = dict(zip(vary, combo, strict=True))
@@ -105,55 +112,51 @@ def make_candidates(specs: Sequence[str | Spec | Mapping[str, Any]], vary: Mappi
             base = label
             while label in taken:
                 label, n = f"{base}#{n}", n + 1
-            out.append(Candidate(label, concrete))
+            out.append(Candidate(label, concrete, assignment))
     if not out:
         raise SpecError("compare: give at least one spec")
     return out
 
 
-# ---------------------------------------------------------------------------- folds
+def sweep_hints(vary: Mapping[str, Sequence[Any]], chosen: Mapping[str, Any]) -> tuple[str, ...]:
+    """A hint for each numeric `--vary` var whose recommended value is at an end of its sweep:
+    the best may lie beyond what was tried. The next values continue the sweep's last step
+    (a constant ratio, as in 16,32,64, continues as a ratio; otherwise the last difference).
 
-
-def development_split(ds: Dataset) -> Split:
-    """Train and validation pooled: the data the comparison may look at."""
-    if not (isinstance(ds.train, Split) and isinstance(ds.val, Split)):
-        from ..data import format_size
-
-        need = sum(p.nbytes for p in (ds.train, ds.val) if not isinstance(p, Split))
-        raise DataError(f"{ds.info.name}: cross-validation pools the train and validation data in memory "
-                        f"({format_size(need)} decoded), but this data set streams from disk; raise "
-                        f"ARCHLAB_MEMORY_LIMIT above that (or, in `archlab search`, drop --cv; or train the "
-                        f"candidates one by one with `archlab train`)")
-    return Split(torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y]))
-
-
-def fold_indices(y: torch.Tensor, cv: int, repeat: int, seed: int, stratified: bool) -> list[tuple[Any, Any]]:
-    from sklearn.model_selection import KFold, StratifiedKFold
-
-    labels = y.cpu().numpy()
-    if stratified:
-        counts = [c for c in torch.bincount(y.cpu()).tolist() if c > 0]
-        smallest = min(counts) if counts else 0
-        if smallest < cv:
-            raise DataError(f"--cv {cv}: the smallest class has only {smallest} samples; use --cv {max(2, smallest)} or fewer")
-        splitter: Any = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed + repeat)
-    else:
-        splitter = KFold(n_splits=cv, shuffle=True, random_state=seed + repeat)
-    return list(splitter.split(labels.reshape(len(labels), -1), labels if stratified else None))
-
-
-def _key(payload: Mapping[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-_DATA_CACHE: dict[tuple, Dataset] = {}
-
-
-def _dataset(uri: str, seed: int, root: str | None, target: str | None) -> Dataset:
-    key = (uri, seed, root, target)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_dataset(uri, seed=seed, root=root, target=target)
-    return _DATA_CACHE[key]
+    >>> sweep_hints({"depth": [1, 2, 3]}, {"depth": 3})
+    ('depth=3 is the largest value the sweep tried and it was recommended: the best may lie beyond; extend the sweep, e.g. --vary depth=2,3,4,5',)
+    >>> sweep_hints({"width": [16, 32, 64]}, {"width": 16})[0].split("e.g. ")[1]
+    '--vary width=4,8,16,32'
+    >>> sweep_hints({"depth": [1, 2, 3]}, {"depth": 2}), sweep_hints({"act": ["relu", "gelu"]}, {"act": "relu"})
+    ((), ())
+    """
+    hints = []
+    for name, values in vary.items():
+        numbers = sorted({v for v in values if isinstance(v, int | float) and not isinstance(v, bool)})
+        value = chosen.get(name)
+        if len(numbers) < 2 or len(numbers) != len(set(values)) or value not in (numbers[0], numbers[-1]):
+            continue
+        up = value == numbers[-1]
+        a, b = (numbers[-2], numbers[-1]) if up else (numbers[1], numbers[0])   # b: the edge
+        ratios = {round(y / x, 9) for x, y in zip(numbers, numbers[1:], strict=False)} if numbers[0] > 0 else set()
+        beyond = []
+        for _ in range(2):
+            nxt = b * (b / a) if len(ratios) == 1 and len(numbers) > 2 else b + (b - a)
+            if all(isinstance(v, int) for v in numbers):
+                nxt = round(nxt)
+            if (not up and nxt <= 0 < numbers[0]) or nxt == b:
+                break
+            beyond.append(nxt)
+            a, b = b, nxt
+        if not beyond:
+            continue
+        shown = [a_ for a_ in ([numbers[-2], numbers[-1]] if up else [numbers[1], numbers[0]])]
+        sweep = shown + beyond if up else list(reversed(shown + beyond))
+        text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sweep)
+        where = "largest" if up else "smallest"
+        hints.append(f"{name}={value} is the {where} value the sweep tried and it was recommended: the best may "
+                     f"lie beyond; extend the sweep, e.g. --vary {name}={text}")
+    return tuple(hints)
 
 
 def run_fold(job: FoldJob) -> FoldResult:
@@ -168,15 +171,11 @@ def run_fold(job: FoldJob) -> FoldResult:
             return FoldResult(job.candidate, job.fold, job.repeat, record.run_id,
                               tuple(dict(e.metrics) for e in record.history), d["val_metric"],
                               d["train_metric"], d["train_seconds"], reused=True)
-    ds = _dataset(job.data, job.seed, job.data_root, job.target)
-    dev = development_split(ds)
+    ds = cached_dataset(job.data, job.seed, job.data_root, job.target)
     spec = Spec.from_dict(job.spec)
     settings = resolve_settings(spec, job.settings)
-    task_name = settings.task or ds.info.task
-    train_idx, val_idx = fold_indices(dev.y, job.cv, job.repeat, job.seed, task_name == "classify")[job.fold]
-    tr, va = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
-    empty = Split(dev.x[:0], dev.y[:0])
-    fold_ds = Dataset(ds.info, Split(dev.x[tr], dev.y[tr]), Split(dev.x[va], dev.y[va]), empty)
+    stratified = (settings.task or ds.info.task) == "classify"
+    fold_ds, = fold_datasets(ds, job.cv, repeat=job.repeat, seed=job.seed, stratified=stratified, only=job.fold)
     tags = {"compare_key": job.key, "candidate": job.candidate, "fold": str(job.fold),
             "repeat": str(job.repeat), "cv": str(job.cv), "comparison": job.comparison}
     trainer = Trainer(spec, fold_ds, settings, store, data_uri=job.data, quiet=True, tags=tags,
@@ -249,16 +248,19 @@ def recommend(cands: Sequence[CandidateSummary], mode: str, metric: str) -> tupl
     close = [c for c in cands if sign * (best.val_mean - c.val_mean) <= best.val_se]
     smallest = min(close, key=lambda c: (c.params, -sign * c.val_mean))
     if smallest.label == best.label:
-        return best.label, (f"best mean validation {metric} ({best.val_mean:.4f}); no candidate with fewer "
-                            f"parameters is within one standard error ({best.val_se:.4f})")
-    return smallest.label, (f"one-standard-error rule: {smallest.label} ({smallest.val_mean:.4f}, "
-                            f"{smallest.params:,} params) is within one standard error ({best.val_se:.4f}) of the "
-                            f"best mean {best.label} ({best.val_mean:.4f}, {best.params:,} params) and is the smallest")
+        return best.label, (f"best mean validation {metric} ({format_metric(best.val_mean)}); no candidate with "
+                            f"fewer parameters is within one standard error ({format_metric(best.val_se)})")
+    return smallest.label, (f"one-standard-error rule: {smallest.label} ({format_metric(smallest.val_mean)}, "
+                            f"{smallest.params:,} params) is within one standard error "
+                            f"({format_metric(best.val_se)}) of the best mean {best.label} "
+                            f"({format_metric(best.val_mean)}, {best.params:,} params) and is the smallest")
 
 
 def summarize(cand: Candidate, folds: Sequence[FoldResult], best_val: float, mode: str,
               spec_for_data: Spec, latency_repeats: tuple[int, int] = (30, 8)) -> CandidateSummary:
-    report = inspect(spec_for_data)
+    # Parameters and FLOPs per sample do not depend on the batch; at batch 2 a batch norm
+    # after a flat layer has two values per channel to normalise (one is an error in training mode).
+    report = inspect(spec_for_data, batch=2)
     vals = [f.val_metric for f in folds]
     gaps = [f.train_metric - f.val_metric for f in folds]
     train_mean = statistics.fmean(f.train_metric for f in folds)
@@ -270,7 +272,7 @@ def summarize(cand: Candidate, folds: Sequence[FoldResult], best_val: float, mod
         latency_ms_b256=latency_ms(spec_for_data, 256, latency_repeats[1]),
         val_mean=val_mean, val_std=statistics.stdev(vals) if len(vals) > 1 else 0.0,
         gap_mean=statistics.fmean(gaps), diagnosis=diagnose(train_mean, val_mean, best_val, mode),
-        folds=tuple(sorted(folds, key=lambda f: (f.repeat, f.fold))))
+        folds=tuple(sorted(folds, key=lambda f: (f.repeat, f.fold))), assignment=dict(cand.assignment))
 
 
 # ------------------------------------------------------------------------------ API
@@ -280,8 +282,12 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
             vary: Sequence[str] | Mapping[str, Sequence[Any]] | None = None, jobs: int = 1,
             report: str | Path | None = None, store: SQLiteRunStorage | str | Path | None = None,
             quiet: bool = False, data_root: str | Path | None = None, target: str | None = None,
-            seed: int = 0, command: str = "", **settings: Any) -> Comparison:
+            seed: int = 0, command: str = "", vars: Mapping[str, Any] | None = None,
+            **settings: Any) -> Comparison:
     """Cross-validate candidate specs and recommend one; see the module docstring.
+
+    `vars` sets vars in every spec (`--set`); `settings` override every candidate's training
+    settings (epochs=5, device="cuda", early_stop=3, max_minutes=2: each fold's own budget).
 
     >>> result = compare(["zoo:mlp", "zoo:cnn"], data="digits", cv=3, epochs=2)  # doctest: +SKIP
     """
@@ -290,9 +296,10 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
     if repeats < 1 or jobs < 1:
         raise SpecError("--repeats and --jobs must be at least 1")
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
-    cands = make_candidates(specs, parse_vary(vary))
+    grid = parse_vary(vary)
+    cands = make_candidates(specs, grid, vars)
     data = absolute_data_uri(data)  # runs record where their data is, so they evaluate from anywhere
-    ds = _dataset(data, seed, str(data_root) if data_root else None, target)
+    ds = cached_dataset(data, seed, str(data_root) if data_root else None, target)
     overrides = {**{k: v for k, v in settings.items() if v is not None}, "seed": seed}
     if target:
         overrides["target"] = target
@@ -308,8 +315,8 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
         concrete[c.label] = spec
 
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    comparison_id = _key({"candidates": [c.spec.to_dict() for c in cands], "data": data, "settings": overrides,
-                          "cv": cv, "repeats": repeats, "seed": seed, "target": target})
+    comparison_id = content_key({"candidates": [c.spec.to_dict() for c in cands], "data": data,
+                                 "settings": overrides, "cv": cv, "repeats": repeats, "seed": seed, "target": target})
     jobs_list = []
     for c in cands:
         for r in range(repeats):
@@ -317,8 +324,8 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
                 payload = {"spec": c.spec.to_dict(), "data": data, "settings": overrides, "cv": cv,
                            "repeat": r, "fold": f, "seed": seed, "target": target}
                 jobs_list.append(FoldJob(c.label, c.spec.to_dict(), data, str(data_root) if data_root else None,
-                                         target, overrides, cv, r, f, seed, str(st.root), _key(payload), threads,
-                                         comparison_id))
+                                         target, overrides, cv, r, f, seed, str(st.root), content_key(payload),
+                                         threads, comparison_id))
     results = _run_jobs(jobs_list, jobs, quiet)
 
     by_candidate = {c.label: [r for r in results if r.candidate == c.label] for c in cands}
@@ -331,18 +338,39 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
     summaries = tuple(summarize(c, by_candidate[c.label], best_val, mode, concrete[c.label]) for c in cands)
     label, rule = recommend(summaries, mode, metric)
 
+    final_overrides, note = dict(overrides), Comparison.test_note
+    if overrides.get("early_stop"):
+        # The final run has no validation split to stop on: it trains as long as the folds'
+        # validation said was best (their median best epoch).
+        epochs = _median_best_epoch(by_candidate[label], metric, mode)
+        final_overrides.update(early_stop=None, epochs=epochs)
+        note = (f"retrained on all development data for {epochs} epochs (the median best epoch of its "
+                f"folds under --early-stop), it scores on the test split")
     with torch_threads(threads or torch.get_num_threads()):  # the same share of the cores as a worker
-        final = _final_run(concrete[label], ds, data, overrides, st, cv, repeats, seed, label, quiet,
+        final = _final_run(concrete[label], ds, data, final_overrides, st, cv, repeats, seed, label, quiet,
                            comparison_id)
     comparison = Comparison(
         data=data, metric=metric, mode=mode, cv=cv, repeats=repeats, candidates=summaries, recommended=label,
         rule=rule, test_metrics=final.test_metrics, test_report=final.test_report, final_run_id=final.run_id,
-        class_names=info.class_names, command=command)
+        class_names=info.class_names, command=command, test_note=note,
+        vary={k: tuple(v) for k, v in grid.items()}, hints=sweep_hints(grid, _assignment(cands, label)))
     if report is not False:
-        from ._report import write_report
-
         write_report(comparison, Path(report or "archlab-report.html"))
     return comparison
+
+
+def _assignment(cands: Sequence[Candidate], label: str) -> Mapping[str, Any]:
+    return next((c.assignment for c in cands if c.label == label), {})
+
+
+def _median_best_epoch(folds: Sequence[FoldResult], metric: str, mode: str) -> int:
+    """The median over folds of the epoch whose validation metric the fold kept."""
+    bests = []
+    for f in folds:
+        epochs = [(i + 1, e.get(f"val_{metric}")) for i, e in enumerate(f.history)]
+        kept = [i for i, v in epochs if v == f.val_metric]
+        bests.append(kept[0] if kept else len(f.history))
+    return max(1, round(statistics.median(bests))) if bests else 1
 
 
 def _run_jobs(jobs_list: list[FoldJob], jobs: int, quiet: bool) -> list[FoldResult]:
@@ -374,13 +402,13 @@ def _run_jobs(jobs_list: list[FoldJob], jobs: int, quiet: bool) -> list[FoldResu
 def _fold_line(r: FoldResult) -> str:
     reused = " (reused from the run store)" if r.reused else f" ({r.train_seconds:.1f}s)"
     return f"{r.candidate} fold {r.fold + 1}" + (f" repeat {r.repeat + 1}" if r.repeat else "") + \
-        f": val {r.val_metric:.4f}{reused}"
+        f": val {format_metric(r.val_metric)}{reused}"
 
 
 def _final_run(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any], store: SQLiteRunStorage,
                cv: int, repeats: int, seed: int, label: str, quiet: bool, comparison: str = ""):  # noqa: ANN202
     """Retrain the recommended spec on all development data; score the test split once."""
-    key = _key({"final": spec.to_dict(), "data": data, "settings": overrides, "seed": seed})
+    key = content_key({"final": spec.to_dict(), "data": data, "settings": overrides, "seed": seed})
     for record in store.list_runs(status="finished", tags={"compare_key": key}):
         report_path = store.run_dir(record.run_id) / "test_report.json"
         report = json.loads(report_path.read_text()) if report_path.exists() else {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import io
 import math
 import os
 import re
@@ -22,17 +21,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ..core import ArchlabError, thaw
+from ..core import ArchlabError, format_metric, thaw
 from ..layers import TensorType
 from ..model import COMPOSITES, build
 from ..spec import Spec, load_spec, substitute
-from ._results import CandidateSummary, Comparison, pareto_front
+from ._html import html_chart, html_page, html_section, new_figure, place_labels, svg_of
+from ._results import OVERFIT_GAP, UNDERFIT_TOLERANCE, CandidateSummary, Comparison, pareto_front
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
            "#ff9da7", "#9c755f", "#bab0ac")
@@ -63,40 +62,42 @@ def render_report(c: Comparison) -> str:
     title = f"archlab comparison: {c.data}"
     sections = [
         _overview(c, title),
-        _section("comparison", "Comparison", _table(c) + _recommendation(c)),
-        _section("curves", f"Learning curves ({_esc(c.metric)})",
-                 _chart("learning-curves", _learning_curves(c),
-                        "Validation mean over folds with a ±1 std band. Train (dashed) is the running "
-                        "average during each epoch, in training mode (dropout on), so it can sit below "
-                        "validation; the gap chart uses the train metric re-measured in eval mode. Folds "
-                        "that stopped early leave the mean after their last epoch.")),
-        _section("efficiency", f"Validation {_esc(c.metric)} against cost", '<div class="pair">'
-                 + _chart("metric-vs-params", _tradeoff(c, "params", "parameters"), _TRADEOFF_NOTE)
-                 + _chart("metric-vs-flops", _tradeoff(c, "flops", "forward FLOPs per sample"), _TRADEOFF_NOTE)
-                 + "</div>"),
-        _section("gap", "Train–validation gap",
-                 _chart("gap-bars", _gap_bars(c), "Train metric minus validation metric, mean over "
-                        "folds (error bars: std over folds), coloured by diagnosis.")),
-        _section("confusion", "Test confusion matrix" + (f" ({_esc(rec.label)})" if rec else ""),
-                 _confusion_section(c)),
-        _section("architecture", "Architecture" + (f" of {_esc(rec.label)}" if rec else ""),
-                 _architecture_section(rec)),
+        html_section("comparison", "Comparison", _table(c) + _recommendation(c)),
+        html_section("curves", f"Learning curves ({_esc(c.metric)})", html_chart(
+            "learning-curves", _learning_curves(c),
+            "Validation mean over folds with a ±1 std band. Train (dashed) is the running "
+            "average during each epoch, in training mode (dropout on), so it can sit below "
+            "validation; the gap chart uses the train metric re-measured in eval mode. Folds "
+            "that stopped early leave the mean after their last epoch.")),
+        html_section("efficiency", f"Validation {_esc(c.metric)} against cost", '<div class="pair">'
+                     + html_chart("metric-vs-params", _tradeoff(c, "params", "parameters"), _TRADEOFF_NOTE)
+                     + html_chart("metric-vs-flops", _tradeoff(c, "flops", "forward FLOPs per sample"),
+                                  _TRADEOFF_NOTE)
+                     + "</div>"),
+        html_section("gap", "Train–validation gap", html_chart("gap-bars", _gap_bars(c), gap_caption(c))),
+        html_section("confusion", "Test confusion matrix" + (f" ({_esc(rec.label)})" if rec else ""),
+                     _confusion_section(c)),
+        html_section("architecture", "Architecture" + (f" of {_esc(rec.label)}" if rec else ""),
+                     _architecture_section(rec)),
     ]
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
-            + "\n".join(sections) + "\n</main></body></html>\n")
+    return html_page(title, "\n".join(sections), _CSS)
+
+
+def gap_caption(c: Comparison) -> str:
+    """The gap chart's colour rule in words. Over-fitting is judged on a candidate's own gap;
+    under-fitting against the other candidates, so two equal gaps can differ in colour."""
+    better = "below" if c.mode == "max" else "above"
+    best = max if c.mode == "max" else min
+    best_val = best((x.val_mean for x in c.candidates), default=float("nan"))
+    return (f"Train metric minus validation metric, mean over folds (error bars: std over folds). Colour: "
+            f"the diagnosis. Over-fitting: the candidate's own gap is above {OVERFIT_GAP:g} (the dotted "
+            f"line). Under-fitting is relative: its train {c.metric} is more than {UNDERFIT_TOLERANCE:g} "
+            f"{better} the best validation mean of any candidate here ({format_metric(best_val)}), so it "
+            f"cannot fit its training data as well as another candidate generalises; two equal gaps can "
+            f"therefore be coloured differently.")
 
 
 # ------------------------------------------------------------------------- HTML pieces
-
-
-def _section(sid: str, heading: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{heading}</h2>{body}</section>'
-
-
-def _chart(cid: str, svg: str, caption: str) -> str:
-    return f'<figure class="chart" id="{cid}">{svg}<figcaption>{_esc(caption)}</figcaption></figure>'
 
 
 def _overview(c: Comparison, title: str) -> str:
@@ -135,7 +136,8 @@ def _table(c: Comparison) -> str:
                  f'<td title="{x.flops:,} FLOPs (= {x.flops // 2:,} MACs)">{_si(x.flops)}</td>',
                  f"<td>{x.train_seconds:.1f}</td>", f"<td>{x.latency_ms_b1:.3g}</td>",
                  f"<td>{x.latency_ms_b256:.3g}</td>",
-                 f"<td>{x.val_mean:.4f} ± {x.val_std:.4f}</td>", f"<td>{x.gap_mean:+.4f}</td>",
+                 f"<td>{format_metric(x.val_mean)} ± {format_metric(x.val_std)}</td>",
+                 f"<td>{format_metric(x.gap_mean, sign=True)}</td>",
                  f"<td>{diag}</td>")
         tr = '<tr class="recommended">' if is_rec else "<tr>"
         rows.append(f'{tr}{"".join(cells)}</tr>')
@@ -150,17 +152,18 @@ def _recommendation(c: Comparison) -> str:
         text += f" — {_esc(c.rule)}"
     text += "."
     if c.test_metrics:
-        metrics = ", ".join(f"{_esc(k)} {v:.4f}" for k, v in c.test_metrics.items())
+        metrics = ", ".join(f"{_esc(k)} {format_metric(v)}" for k, v in c.test_metrics.items())
         run = f" (run <code>{_esc(c.final_run_id)}</code>)" if c.final_run_id else ""
         text += f" {_esc(c.test_note[:1].upper() + c.test_note[1:])}: {metrics}{run}."
-    return f'<p class="recommendation" id="recommendation">{text}</p>'
+    hints = "".join(f'<p class="hint">Hint: {_esc(h)}.</p>' for h in c.hints)
+    return f'<p class="recommendation" id="recommendation">{text}</p>{hints}'
 
 
 def _confusion_section(c: Comparison) -> str:
     confusion = c.test_report.get("confusion") if c.test_report else None
     if not confusion:
         return '<p class="note">No confusion matrix: the final model has no test report for a classification task.</p>'
-    return _chart("confusion-matrix", _confusion(confusion, c.class_names),
+    return html_chart("confusion-matrix", _confusion(confusion, c.class_names),
                   "Rows: true class, columns: predicted class. Colour: share of the true class.")
 
 
@@ -177,32 +180,6 @@ def _architecture_section(rec: CandidateSummary | None) -> str:
 
 
 # ------------------------------------------------------------------------------ charts
-
-
-def _svg(fig: Figure, chart_id: str) -> str:
-    """The figure as an inline <svg> whose ids cannot clash with other charts on the page."""
-    buf = io.StringIO()
-    # A fixed salt gives the same ids for the same figure (reproducible files); glyphs are
-    # drawn as paths so no font is needed where the report is opened.
-    with matplotlib.rc_context({"svg.hashsalt": chart_id, "svg.fonttype": "path"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE (an external DTD URL)
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    ids = set(re.findall(r'\bid="([^"]+)"', svg))
-
-    # Ids are global in an HTML document, and matplotlib reuses glyph ids between figures.
-    def scope(m: re.Match[str]) -> str:
-        return f"{m[1]}{chart_id}-{m[2]}" if m[2] in ids else m[0]
-
-    return re.sub(r'(\bid="|href="#|url\(#)([^")]+)', scope, svg)
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    # Figure() directly, not pyplot: no global figure registry, no backend switch.
-    fig = Figure(figsize=(width, height), layout="constrained")
-    fig.set_facecolor("white")
-    return fig
 
 
 def _colors(c: Comparison) -> dict[str, str]:
@@ -222,11 +199,27 @@ def _epoch_stats(x: CandidateSummary, key: str) -> tuple[np.ndarray, np.ndarray,
             np.array([np.std(per_epoch[e]) for e in epochs]))
 
 
+def panel_grid(n: int) -> tuple[int, int]:
+    """(rows, columns) for n panels: up to three in a row, and never one panel alone in a last
+    row under full ones (4 -> 2 x 2, 7 -> 4 + 3, 10 -> 4 + 4 + 2); as square as that allows.
+
+    >>> [panel_grid(n) for n in (1, 3, 4, 5, 7, 10)]
+    [(1, 1), (1, 3), (2, 2), (2, 3), (2, 4), (3, 4)]
+    """
+    if n <= 3:
+        return 1, max(n, 1)
+
+    def score(cols: int) -> tuple[bool, int, int, int]:
+        rows = math.ceil(n / cols)
+        return n % cols == 1, abs(rows - cols), rows * cols - n, -cols
+
+    cols = min(range(2, 7), key=score)
+    return math.ceil(n / cols), cols
+
+
 def _learning_curves(c: Comparison) -> str:
-    n = max(len(c.candidates), 1)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig = _new_figure(4.3 * cols, 3.1 * rows)
+    rows, cols = panel_grid(len(c.candidates))
+    fig = new_figure(4.3 * cols, 3.1 * rows)
     axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
     colors = _colors(c)
     for ax, x in zip(axes, c.candidates, strict=False):
@@ -253,11 +246,15 @@ def _learning_curves(c: Comparison) -> str:
         axes[0].legend(fontsize=8, loc="best")
     for ax in axes[len(c.candidates):]:
         ax.set_visible(False)
-    return _svg(fig, "learning-curves")
+    return svg_of(fig, "learning-curves")
 
 
 def _tradeoff(c: Comparison, attr: str, xlabel: str) -> str:
-    fig = _new_figure(6.0, 4.2)
+    return svg_of(_tradeoff_figure(c, attr, xlabel), f"metric-vs-{attr}")
+
+
+def _tradeoff_figure(c: Comparison, attr: str, xlabel: str) -> Figure:
+    fig = new_figure(6.0, 4.2)
     ax = fig.add_subplot()
     colors = _colors(c)
     # A log axis cannot show 0 (a parameter-free model); clamp to 1.
@@ -273,8 +270,6 @@ def _tradeoff(c: Comparison, attr: str, xlabel: str) -> str:
         ax.errorbar(px, py, yerr=x.val_std, fmt="*" if is_rec else "o", ms=15 if is_rec else 8,
                     color=colors[x.label], mec="black" if is_rec else colors[x.label], capsize=3,
                     zorder=3)
-        ax.annotate(x.label, (px, py), xytext=(7, 7),
-                    textcoords="offset points", fontsize=9)
     ax.set_xscale("log")
     # Ticks at 1-2-5 steps (fewer over a wide range) with SI labels (50k, 2M): matplotlib's default labels every minor
     # tick when the candidates span less than a decade, and they collide.
@@ -290,12 +285,18 @@ def _tradeoff(c: Comparison, attr: str, xlabel: str) -> str:
     if any(x.label == c.recommended for x in c.candidates):
         ax.plot([], [], "*", ms=11, color="white", mec="black", label="recommended")
     ax.legend(fontsize=8, loc="lower right" if c.mode == "max" else "upper right")
-    return _svg(fig, f"metric-vs-{attr}")
+    # Labels last, against the final frame: the recommended one first, so it keeps its place.
+    order = sorted(range(len(xs)), key=lambda i: c.candidates[i].label != c.recommended)
+    bars = [((px, py - x.val_std), (px, py + x.val_std)) for x, px, py in zip(c.candidates, xs, ys, strict=True)
+            if x.val_std > 0]
+    place_labels(ax, [(xs[i], ys[i]) for i in order], [c.candidates[i].label for i in order], fontsize=9,
+                 marker_pt=12, segments=bars)
+    return fig
 
 
 def _gap_bars(c: Comparison) -> str:
     n = len(c.candidates)
-    fig = _new_figure(7.0, 1.2 + 0.45 * max(n, 1))
+    fig = new_figure(7.0, 1.2 + 0.45 * max(n, 1))
     ax = fig.add_subplot()
     labels = [x.label for x in c.candidates]
     gaps = [x.gap_mean for x in c.candidates]
@@ -305,18 +306,22 @@ def _gap_bars(c: Comparison) -> str:
     ys = np.arange(n)
     ax.barh(ys, gaps, xerr=spread, color=colors, capsize=3, height=0.6)
     for y, g, s in zip(ys, gaps, spread, strict=True):
-        ax.annotate(f"{g:+.4f}", (g + math.copysign(s, g or 1), y), xytext=(5 if g >= 0 else -5, 0),
+        ax.annotate(format_metric(g, sign=True), (g + math.copysign(s, g or 1), y), xytext=(5 if g >= 0 else -5, 0),
                     textcoords="offset points", va="center", ha="left" if g >= 0 else "right", fontsize=9)
     ax.set_yticks(ys, labels)
     ax.invert_yaxis()  # first candidate on top, as in the table
     ax.axvline(0, color="#333", lw=0.8)
+    # Over-fitting is a candidate's own gap beyond this line (under-fitting is relative: see the caption).
+    ax.axvline(OVERFIT_GAP if c.mode == "max" else -OVERFIT_GAP, color=DIAGNOSIS_COLORS["over-fitting"],
+               lw=1, ls=":", label=f"over-fitting beyond {OVERFIT_GAP:g}")
     ax.margins(x=0.25)
     ax.set_xlabel(f"train {c.metric} − validation {c.metric}")
     ax.grid(alpha=0.3, axis="x")
     seen = dict.fromkeys(x.diagnosis for x in c.candidates)
-    ax.legend(handles=[Patch(color=DIAGNOSIS_COLORS.get(d, "#999999"), label=d) for d in seen],
+    line = ax.get_legend_handles_labels()[0]
+    ax.legend(handles=[Patch(color=DIAGNOSIS_COLORS.get(d, "#999999"), label=d) for d in seen] + line,
               fontsize=8, loc="best")
-    return _svg(fig, "gap-bars")
+    return svg_of(fig, "gap-bars")
 
 
 def _confusion(confusion: Sequence[Sequence[float]], class_names: Sequence[str] | None) -> str:
@@ -325,7 +330,7 @@ def _confusion(confusion: Sequence[Sequence[float]], class_names: Sequence[str] 
     names = list(class_names) if class_names and len(class_names) == k else [str(i) for i in range(k)]
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     side = min(max(3.5, 0.45 * k + 1.5), 10.0)
-    fig = _new_figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     if k <= 25:  # beyond that the numbers would not fit in their cells
@@ -339,7 +344,7 @@ def _confusion(confusion: Sequence[Sequence[float]], class_names: Sequence[str] 
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
-    return _svg(fig, "confusion-matrix")
+    return svg_of(fig, "confusion-matrix")
 
 
 # ------------------------------------------------------------------ architecture diagram
@@ -547,30 +552,13 @@ def _untitled(part: str) -> str:
 
 
 _CSS = """
-body{margin:0;background:#f4f6f8;color:#1d2733;font:14px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif}
-main{max-width:1240px;margin:0 auto;padding:24px 28px 48px}
-h1{font-size:24px;margin:0 0 10px}h2{font-size:18px;margin:0 0 12px}
-header,section{background:#fff;border:1px solid #dde3ea;border-radius:10px;padding:18px 22px;margin-bottom:18px}
-dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:3px 18px;margin:0}
-dl.meta dt{color:#5b6776}dl.meta dd{margin:0}
-code,pre{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace;font-size:12.5px}
-code{background:#eef1f5;padding:1px 5px;border-radius:4px;word-break:break-all}
-pre{background:#f6f8fa;padding:10px;border-radius:6px;overflow:auto}
-table.results{border-collapse:collapse;width:100%;font-size:13px}
-.results th,.results td{padding:7px 9px;border-bottom:1px solid #e3e8ee;text-align:right;white-space:nowrap}
-.results th:first-child,.results td:first-child{text-align:left}
-.results th{background:#f0f3f7;font-weight:600;white-space:normal;vertical-align:bottom}
-.table-wrap{overflow-x:auto}
 .results tr.recommended td{background:#fff5d6;font-weight:600}
 .results tr.recommended td:first-child{box-shadow:inset 4px 0 #e0a800}
 .star{color:#a87b00;font-size:11px;margin-left:6px}
 .diag{color:#fff;border-radius:10px;padding:1px 8px;font-size:12px;font-weight:500}
 .recommendation{margin:14px 0 0;padding:10px 14px;background:#fff9e6;border-left:4px solid #e0a800;border-radius:4px}
-figure{margin:0}figure.chart svg{max-width:100%;height:auto;display:block;margin:0 auto}
-figcaption{color:#5b6776;font-size:12.5px;text-align:center;margin-top:4px}
 #confusion-matrix svg{max-width:560px}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:16px}
-.note{color:#5b6776;font-style:italic}
 details{margin-top:12px}summary{cursor:pointer;color:#3a6ea5}
 #architecture-diagram{overflow-x:auto;padding:6px 0}
 .arch{display:flex;flex-direction:column;align-items:center;font-size:12px;line-height:1.3;min-width:max-content}

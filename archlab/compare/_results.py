@@ -11,6 +11,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The diagnosis rule (also stated in the README and in the report's gap chart). For metrics
+# where larger is better; mirrored where smaller is.
+UNDERFIT_TOLERANCE = 0.01   # train metric this far below the best candidate's validation metric
+OVERFIT_GAP = 0.03          # train - validation above this
+
 
 @dataclass(frozen=True)
 class FoldResult:
@@ -41,6 +46,7 @@ class CandidateSummary:
     gap_mean: float            # train metric - validation metric, mean over folds
     diagnosis: str             # "under-fitting" | "over-fitting" | "fine"
     folds: tuple[FoldResult, ...]
+    assignment: Mapping[str, Any] = field(default_factory=dict)   # its --vary values, e.g. {"depth": 2}
 
     @property
     def val_se(self) -> float:
@@ -65,6 +71,8 @@ class Comparison:
     command: str = ""
     # Where the test score comes from, in words (compare: a retrain on all development data).
     test_note: str = "retrained on all development data, it scores on the test split"
+    vary: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)   # the --vary grid
+    hints: tuple[str, ...] = ()   # e.g. the winner sits at an end of a --vary sweep: extend it
 
     @property
     def design(self) -> str:

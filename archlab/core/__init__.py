@@ -2,6 +2,8 @@
 
 from ._errors import ArchlabError, DataError, ShapeError, SpecError, StoreError, TrainingError
 from ._frozen import FrozenDict, freeze, thaw
+from ._keys import content_key
+from ._metric import format_metric
 from ._registry import Registry
 
 __all__ = [
@@ -13,6 +15,8 @@ __all__ = [
     "SpecError",
     "StoreError",
     "TrainingError",
+    "content_key",
+    "format_metric",
     "freeze",
     "thaw",
 ]

@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..core import format_metric
 from ._space import Objective
-from ._storage import TrialSummary, _finished, _pareto, _summary
+from ._storage import TrialSummary, _counted, _distinct, _finished, _original, _pareto, _summary
 
 
 class _Progress:
@@ -58,7 +59,7 @@ class _Progress:
                       t.user_attrs.get("interrupted"))), key=lambda t: t.number)
         if not new:
             return
-        done = sum(_finished(t) for t in trials)
+        done = sum(_counted(t) for t in trials)
         best = self._best(trials)
         eta = self._eta(done)
         for t in new:
@@ -77,26 +78,26 @@ class _Progress:
     def _describe(self, s: TrialSummary) -> str:
         key = self.trained.key
         if s.state == "infeasible":
-            return f"trial {s.number} infeasible ({s.infeasible}), not trained"
+            return f"trial {s.number} infeasible ({s.infeasible}), not trained, not counted"
+        if s.state == "duplicate":
+            return f"trial {s.number}: the same choices as trial {s.duplicate_of}, its result reused, not counted"
         if s.state == "complete" and s.values is not None:
-            parts = [f"{o.key} {_fmt(v)}" for o, v in zip(self.objectives, s.values, strict=True)]
+            parts = [f"{o.key} {format_metric(v)}" for o, v in zip(self.objectives, s.values, strict=True)]
             return f"trial {s.number} complete  " + "  ".join(parts) + f"  ({s.epochs} epochs)"
         if s.state == "pruned":
             best = min if self.trained.direction == "minimize" else max  # its best epoch, not its worst
-            last = f"  best {key} {best(s.curve):.4f}" if s.curve else ""
+            last = f"  best {key} {format_metric(best(s.curve))}" if s.curve else ""
             return f"trial {s.number} pruned after {s.epochs} epochs{last}"
         return f"trial {s.number} {s.state}" + (f": {s.message}" if s.message else "")
 
     def _best(self, trials: Sequence[Any]) -> str:
-        import optuna
-
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+        complete = _distinct([t for t in trials if _original(t)])
         if not complete:
             return "best: none yet"
         i = next(k for k, o in enumerate(self.objectives) if o.trained)
         sign = 1 if self.trained.direction == "maximize" else -1
         top = max(complete, key=lambda t: sign * t.values[i])
-        text = f"best {self.trained.key} {top.values[i]:.4f} (trial {top.number})"
+        text = f"best {self.trained.key} {format_metric(top.values[i])} (trial {top.number})"
         if len(self.objectives) > 1:
             from optuna.study import StudyDirection
 
@@ -114,10 +115,6 @@ class _Progress:
         if self.deadline is not None:
             left.append(max(0.0, self.deadline - time.time()))
         return f"eta {_duration(min(left))}" if left else ""
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
 
 
 def _duration(s: float) -> str:

@@ -10,17 +10,15 @@ parameter importances, as inline-SVG sections (no script, font or image to fetch
 from __future__ import annotations
 
 import html
-import io
 import math
 import os
-import re
 from datetime import datetime
 from pathlib import Path
 
-import matplotlib
 from matplotlib.figure import Figure
 
-from ..compare._report import _chart, _section  # the comparison report's HTML pieces
+from ..compare import html_chart, html_page, html_section, new_figure, place_labels, svg_of
+from ..core import format_metric
 from ._search import SearchResult, TrialSummary
 
 _esc = html.escape
@@ -41,23 +39,21 @@ def write_search_report(result: SearchResult, path: str | Path) -> Path:
 
 def render_search_report(result: SearchResult) -> str:
     title = f"archlab search: {result.study}"
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_esc(title)}</title><style>{_CSS}</style></head>\n<body><main>\n"
-            + _overview(result, title) + "\n" + search_sections_html(result) + "\n</main></body></html>\n")
+    return html_page(title, _overview(result, title) + "\n" + search_sections_html(result), _CSS)
 
 
 def search_sections_html(result: SearchResult) -> str:
     """The search view: objective over trials, Pareto front, importances, the trials table."""
     trained = result.trained_objective
     sections = [
-        _section("search-history", f"{_esc(trained.key)} over trials",
-                 _chart("search-objective", _history_chart(result),
-                        "Each trial's best validation value (pruned trials: their best before they were "
-                        "stopped); the line is the best so far. Infeasible trials were never trained.")),
-        _section("search-front", "Pareto front", _front_section(result)),
-        _section("search-importance", "Parameter importances", _importance_section(result)),
-        _section("search-trials", "Trials", _trials_table(result)),
+        html_section("search-history", f"{_esc(trained.key)} over trials", html_chart(
+            "search-objective", _history_chart(result),
+            "Each trial's best validation value (pruned trials: their best before they were stopped); "
+            "the line is the best so far. Infeasible trials were never trained, and trials that repeat "
+            "earlier choices reuse their result; neither counts toward --trials.")),
+        html_section("search-front", "Pareto front", _front_section(result)),
+        html_section("search-importance", "Parameter importances", _importance_section(result)),
+        html_section("search-trials", "Trials", _trials_table(result)),
     ]
     return "\n".join(sections)
 
@@ -68,8 +64,8 @@ def search_sections_html(result: SearchResult) -> str:
 def _overview(r: SearchResult, title: str) -> str:
     when = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     objectives = ", ".join(f"{o.key} ({'max' if o.direction == 'maximize' else 'min'})" for o in r.objectives)
-    states = ", ".join(f"{r.count(s)} {s}" for s in ("complete", "pruned", "infeasible", "failed", "interrupted")
-                       if r.count(s))
+    states = ", ".join(f"{r.count(s)} {s}" for s in ("complete", "pruned", "infeasible", "duplicate", "failed",
+                                                      "interrupted") if r.count(s))
     budget = ", ".join(f"{k} {v:,g}" for k, v in r.budget.items() if v is not None) or "none"
     rows = [("spec", _esc(str(r.spec.get("name", "-")))), ("data", _esc(r.data)), ("objectives", _esc(objectives)),
             ("budget", _esc(budget)), ("trials", _esc(f"{len(r.trials)}: {states}; {r.epochs} epochs trained")),
@@ -93,7 +89,7 @@ def _trial_value(r: SearchResult, t: TrialSummary) -> float | None:
 
 
 def _history_chart(r: SearchResult) -> str:
-    fig = _figure(7.5, 3.6)
+    fig = new_figure(7.5, 3.6)
     ax = fig.add_subplot()
     maximize = r.trained_objective.direction == "maximize"
     groups = {"complete": ([], [], _BLUE, "o"), "pruned": ([], [], _GREY, "x")}
@@ -128,10 +124,15 @@ def _history_chart(r: SearchResult) -> str:
     ax.xaxis.get_major_locator().set_params(integer=True)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
-    return _svg(fig, "search-objective")
+    return svg_of(fig, "search-objective")
 
 
 def _front_section(r: SearchResult) -> str:
+    fig, note = _front_figure(r)
+    return html_chart("search-pareto", svg_of(fig, "search-pareto"), note + "; numbers are trial numbers.")
+
+
+def _front_figure(r: SearchResult) -> tuple[Figure, str]:
     """Multi-objective: the first cost objective against the trained one, the front joined.
     Single-objective: the same picture against parameters (known for every trial)."""
     costs = [o for o in r.objectives if not o.trained]
@@ -154,7 +155,7 @@ def _front_section(r: SearchResult) -> str:
             if best is None or (v > best if maximize else v < best):
                 front.add(t.number)
                 best = v
-    fig = _figure(6.5, 4.0)
+    fig = new_figure(6.5, 4.0)
     ax = fig.add_subplot()
     if points:
         others = [(x, y) for t, x, y in points if t.number not in front]
@@ -164,25 +165,29 @@ def _front_section(r: SearchResult) -> str:
         if on:
             ax.step(*zip(*on, strict=True), where="post", color=_ORANGE, lw=1.5, ls="--", marker="o", ms=6,
                     label="Pareto front", zorder=3)
-            for t, x, y in points:
-                if t.number in front:
-                    ax.annotate(str(t.number), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if min(x for _, x, _ in points) > 0 and max(x for _, x, _ in points) / max(min(x for _, x, _ in points), 1e-12) > 20:
             ax.set_xscale("log")
+        ax.margins(x=0.08, y=0.1)
         ax.legend(fontsize=8, loc="best")
+        ax.set_xlabel(_COST_LABELS.get(key, key))
+        ax.set_ylabel(r.trained_objective.key)
+        ax.grid(alpha=0.3)
+        labelled = sorted((p for p in points if p[0].number in front), key=lambda p: p[1])
+        place_labels(ax, [(x, y) for _, x, y in labelled], [str(t.number) for t, _, _ in labelled], fontsize=7,
+                     marker_pt=7)
     else:
         ax.text(0.5, 0.5, "no completed trial yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel(_COST_LABELS.get(key, key))
-    ax.set_ylabel(r.trained_objective.key)
-    ax.grid(alpha=0.3)
-    return _chart("search-pareto", _svg(fig, "search-pareto"), note + "; numbers are trial numbers.")
+        ax.set_xlabel(_COST_LABELS.get(key, key))
+        ax.set_ylabel(r.trained_objective.key)
+        ax.grid(alpha=0.3)
+    return fig, note
 
 
 def _importance_section(r: SearchResult) -> str:
     if not r.importances:
         return '<p class="note">Needs at least two completed trials whose results differ.</p>'
     items = sorted(r.importances.items(), key=lambda kv: kv[1])
-    fig = _figure(6.5, 0.9 + 0.38 * len(items))
+    fig = new_figure(6.5, 0.9 + 0.38 * len(items))
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [v for _, v in items], color=_BLUE)
     for i, (_, v) in enumerate(items):
@@ -190,7 +195,7 @@ def _importance_section(r: SearchResult) -> str:
     ax.set_xlabel(f"importance for {r.trained_objective.key} (fANOVA, sums to 1)")
     ax.set_xlim(0, max(v for _, v in items) * 1.18 or 1)
     ax.grid(alpha=0.3, axis="x")
-    return _chart("search-importances", _svg(fig, "search-importances"),
+    return html_chart("search-importances", svg_of(fig, "search-importances"),
                   "Optuna's parameter importances over the completed trials: how much of the variation "
                   "in the objective each searched value explains.")
 
@@ -201,66 +206,29 @@ def _trials_table(r: SearchResult) -> str:
     rows = []
     for t in sorted(r.trials, key=lambda t: t.number):
         if t.values is not None:
-            vals = "".join(f"<td>{_num(v)}</td>" for v in t.values)
+            vals = "".join(f"<td>{format_metric(v)}</td>" for v in t.values)
         else:
             v = _trial_value(r, t)
             vals = f'<td colspan="{len(r.objectives)}" class="muted">' + (
                 _esc(t.infeasible or "") if t.state == "infeasible" else
-                (f"best {_num(v)} before it stopped" if v is not None else _esc(t.message[:80]))) + "</td>"
-        chosen = ", ".join(f"{k}={_num(v) if isinstance(v, float) else v}" for k, v in t.params.items())
+                (f"best {format_metric(v)} before it stopped" if v is not None else _esc(t.message[:80]))) + "</td>"
+        chosen = ", ".join(f"{k}={_param(v) if isinstance(v, float) else v}" for k, v in t.params.items())
+        state = f"duplicate of {t.duplicate_of}" if t.state == "duplicate" else t.state
         cls = ' class="best"' if t.number in best else ""
-        rows.append(f"<tr{cls}><td>{t.number}</td><td>{_esc(t.state)}</td>{vals}<td>{_esc(chosen)}</td>"
+        rows.append(f"<tr{cls}><td>{t.number}</td><td>{_esc(state)}</td>{vals}<td>{_esc(chosen)}</td>"
                     f"<td>{t.epochs}</td><td><code>{_esc(', '.join(t.run_ids) or '-')}</code></td></tr>")
     return (f'<div class="table-wrap"><table class="results"><thead><tr><th>trial</th><th>state</th>{head}'
             f"<th>chosen</th><th>epochs</th><th>run</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def _num(v: float) -> str:
+def _param(v: float) -> str:
+    """A chosen value (a learning rate, a dropout): four significant digits, as chosen."""
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.4g}" if abs(v) < 1 else f"{v:.4f}".rstrip("0").rstrip(".")
 
 
-# --------------------------------------------------------------------------- figures
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), layout="constrained")  # no pyplot: no global state
-    fig.set_facecolor("white")
-    return fig
-
-
-def _svg(fig: Figure, chart_id: str) -> str:
-    """The figure as inline <svg>, its ids scoped to the chart so several can share a page."""
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": chart_id, "svg.fonttype": "path"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    ids = set(re.findall(r'\bid="([^"]+)"', svg))
-
-    def scope(m: re.Match[str]) -> str:
-        return f"{m[1]}{chart_id}-{m[2]}" if m[2] in ids else m[0]
-
-    return re.sub(r'(\bid="|href="#|url\(#)([^")]+)', scope, svg)
-
-
 _CSS = """
-body{margin:0;background:#f4f6f8;color:#1d2733;font:14px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif}
-main{max-width:1240px;margin:0 auto;padding:24px 28px 48px}
-h1{font-size:24px;margin:0 0 10px}h2{font-size:18px;margin:0 0 12px}
-header,section{background:#fff;border:1px solid #dde3ea;border-radius:10px;padding:18px 22px;margin-bottom:18px}
-dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:3px 18px;margin:0}
-dl.meta dt{color:#5b6776}dl.meta dd{margin:0}
-code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px;background:#eef1f5;padding:1px 5px;border-radius:4px}
-table.results{border-collapse:collapse;width:100%;font-size:13px}
-.results th,.results td{padding:6px 8px;border-bottom:1px solid #e3e8ee;text-align:right;white-space:nowrap}
-.results th{background:#f0f3f7;font-weight:600}
 .results tr.best td{background:#fff5d6;font-weight:600}
 .results td.muted{color:#5b6776;text-align:left;white-space:normal}
-.table-wrap{overflow-x:auto}
-figure{margin:0}figure.chart svg{max-width:100%;height:auto;display:block;margin:0 auto}
-figcaption{color:#5b6776;font-size:12.5px;text-align:center;margin-top:4px}
-.note{color:#5b6776;font-style:italic}
 """

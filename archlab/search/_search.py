@@ -22,7 +22,17 @@ no run is created, no epoch is trained, the reason is kept in the trial's user a
 `infeasible`, and the trial ends as PRUNED with no intermediate value. Why PRUNED and not an
 Optuna constraint or FAIL: TPE ranks pruned trials below every completed one, so it learns
 to avoid the infeasible region at once; FAIL trials are ignored by the samplers, and
-constraints would need objective values, which an untrained candidate has not got.
+constraints would need objective values, which an untrained candidate has not got. An
+infeasible trial does not count toward `trials`: the budget is spent on trained candidates.
+
+**Repeated choices.** Samplers propose the same point twice (TPE often does on small or
+discrete spaces). A trial whose choices equal an earlier ended trial's is not trained again:
+it reuses that result (Optuna's FAQ recipe: return the earlier value; a pruned or failed
+original makes it PRUNED), records `duplicate_of` in its user attributes, does not count
+toward `trials`, and is never a second member of the front or a second exported spec. Two
+workers that draw the same choices at the same moment both train; the front keeps the first.
+After `max_skipped` (50) proposals in a row that train nothing, infeasible or repeated, a
+worker stops and `result.stopped` says why: the space left under the budget looks exhausted.
 
 **Objectives**: one trained objective, `val_acc` (or `val_<metric>`, maximised; `val_loss`
 minimised; a `:max`/`:min` suffix overrides), plus any cost objectives `params:min`,
@@ -54,8 +64,9 @@ passes through (`postgresql://...`, `mysql://...`, `sqlite:///path`, the latter 
 busy timeout), and `journal:PATH` names another journal file. The study name defaults to
 the spec's name, the data, the objectives and a hash of everything that defines the
 trials, so re-running the same command (on this or another machine sharing the storage)
-joins and resumes the same study; `trials` is the study's total (finished trials: complete,
-pruned, infeasible or failed; interrupted ones do not count). `jobs=N` starts N worker
+joins and resumes the same study; `trials` is the study's total of trials that trained or
+tried to (complete, pruned by a pruner, or failed; infeasible, repeated and interrupted ones
+do not count). `jobs=N` starts N worker
 processes that share a counter, so one command never runs more than `trials`; workers on
 other machines are stopped by the shared count, overshooting by at most the trials already
 under way.
@@ -67,8 +78,6 @@ Each trained trial is a run in the run store, tagged `{"study": NAME, "trial": "
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import re
 import sys
@@ -77,9 +86,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core import ArchlabError, SpecError, freeze, thaw
+from ..core import ArchlabError, SpecError, content_key, format_metric, freeze, thaw
 from ..spec import ChoiceSpace, SearchSpace, Spec, load_spec
-from ._progress import _duration, _fmt, _Progress
+from ._progress import _duration, _Progress
 from ._space import (
     COSTS,
     Budget,
@@ -99,7 +108,9 @@ from ._storage import (
     SearchResult,
     StudyInfo,
     TrialSummary,
-    _finished,
+    _counted,
+    _distinct,
+    _original,
     _pareto,
     _quiet_optuna,
     _summary,
@@ -112,7 +123,6 @@ from ._trial import (
     SAMPLERS,
     ParetoMedianPruner,
     TrialObjective,
-    _dataset,
     _Job,
     _pareto_pruner,
 )
@@ -154,10 +164,6 @@ DEFAULT_TRIALS = 20
 # -------------------------------------------------------------------------------- API
 
 
-def _key(payload: Mapping[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
 def _default_study_name(spec: Spec, data: str, objectives: tuple[Objective, ...], key: str) -> str:
     data_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data.split("?")[0].split(":", 1)[-1]).name or data)
     objs = ",".join(o.key for o in objectives)
@@ -171,11 +177,14 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
            cv: int | None = None, jobs: int = 1, storage: str | Path | None = None, study: str | None = None,
            export: str | Path | None = None, seed: int = 0, quiet: bool = False,
            store: str | Path | None = None, data_root: str | Path | None = None, target: str | None = None,
-           **settings: Any) -> SearchResult:
+           max_skipped: int = 50, **settings: Any) -> SearchResult:
     """Search a spec's spaces with Optuna; see the module docstring for the rules.
 
-    `trials` is the study's total (re-running resumes up to it); `timeout` (seconds or
-    "10m") stops starting new trials; `settings` fix training settings (epochs=5, ...).
+    `trials` is the study's total of trained trials (re-running resumes up to it; infeasible
+    candidates and repeated choices do not count); `timeout` (seconds or "10m") stops starting
+    new trials; `max_skipped` proposals in a row that train nothing (infeasible or repeated)
+    stop the search early, saying so in `result.stopped`; `settings` fix training settings
+    (epochs=5, ...).
 
     >>> result = search("zoo:search-digits", trials=10, epochs=3, quiet=True)   # doctest: +SKIP
     >>> result.best[0].values, result.best_specs[0]["vars"]                      # doctest: +SKIP
@@ -200,6 +209,8 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
         raise SpecError(f"--trials must be at least 1. Received: {trials}")
     if jobs < 1:
         raise SpecError(f"--jobs must be at least 1. Received: {jobs}")
+    if max_skipped < 1:
+        raise SpecError(f"max_skipped must be at least 1. Received: {max_skipped}")
     if cv is not None and cv < 2:
         raise SpecError(f"--cv must be at least 2. Received: {cv}")
     timeout_s = parse_duration(timeout)
@@ -223,7 +234,9 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
 
     example = concrete_spec(base, {n: _example_value(s) for n, s in spaces.vars.items()},
                             {n: _example_value(s) for n, s in spaces.train.items()}, fixed)
-    ds = _dataset(data, resolve_settings(example, fixed).seed, str(data_root) if data_root else None, target)
+    from ..compare import cached_dataset
+
+    ds = cached_dataset(data, resolve_settings(example, fixed).seed, str(data_root) if data_root else None, target)
     from ..data import DiskSplit
 
     if cv and isinstance(ds.train, DiskSplit):  # streamed from disk: say now that folds cannot pool it
@@ -237,38 +250,40 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
     storage_obj, url = open_storage(storage if storage is not None else st.root / "studies.journal")
     attrs = {"spec": base.to_dict(), "data": data, "settings": fixed, "objectives": [o.to_dict() for o in objs],
              "cv": cv, "budget": budget.to_dict()}
-    key = _key(attrs)
+    key = content_key(attrs, 8)
     name = study or _default_study_name(base, data, objs, key)
     the_study = _open_study(name, storage_obj, objs, {"key": key, **attrs})
 
     existing = the_study.get_trials(deepcopy=False)
-    done_before = sum(_finished(t) for t in existing)
+    done_before = sum(_counted(t) for t in existing)
     remaining = None if trials is None else max(0, trials - done_before)
     deadline = None if timeout_s is None else time.time() + timeout_s
     job = _Job(spec=base.to_dict(), data=data, data_root=str(data_root) if data_root else None,
                settings=fixed, objectives=objs, budget=budget, cv=cv, sampler=sampler, pruner=pruner,
                study=name, storage=url, store_root=str(st.root), seed=seed, total=trials, deadline=deadline,
                threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
-               population=max(4, min(50, (trials or 100) // 5)))
+               population=max(4, min(50, (trials or 100) // 5)), max_skipped=max_skipped)
     if not quiet:
         print(f"study {name} in {url}: {done_before} trials so far"
               + (f", {remaining} to go" if remaining is not None else "")
               + (f", for at most {_duration(timeout_s)}" if timeout_s else ""), file=sys.stderr)
-    interrupted = False
+    interrupted, stopped = False, ""
     with _Progress(trials, deadline, objs, done_before, quiet) as progress:
         progress.mark_seen(existing)
         try:
             if remaining == 0:
                 pass
             elif jobs == 1:
-                _run_trials(job, _Counter(remaining) if remaining is not None else None,
-                            on_trial=lambda s: progress.update(s.get_trials(deepcopy=False)))
+                stopped = _run_trials(job, _Counter(remaining) if remaining is not None else None,
+                                      on_trial=lambda s: progress.update(s.get_trials(deepcopy=False)))
             else:
-                _run_workers(job, jobs, remaining, the_study, progress)
+                stopped = _run_workers(job, jobs, remaining, the_study, progress)
         except KeyboardInterrupt:
             interrupted = True
     result = load_search(name, storage_obj, _storage_url=url, _seconds=time.perf_counter() - started,
                          _interrupted=interrupted)
+    if stopped:
+        result = dataclasses.replace(result, stopped=stopped)
     if export is not None and result.best_specs:
         result = dataclasses.replace(result, exported=tuple(str(p) for p in export_specs(result, export)))
     return result
@@ -320,7 +335,9 @@ def load_search(study: str, storage: str | Path | Any | None = None, *, _storage
         Objective(f"value{i}", f"val_{i}", d.name.lower()) for i, d in enumerate(s.directions))
     frozen = s.get_trials(deepcopy=False)
     summaries = tuple(_summary(t) for t in frozen)
-    complete = [t for t in frozen if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+    # The front and the best come from distinct choices: a duplicate repeats an earlier
+    # trial's result, and two workers may have trained the same choices at once.
+    complete = _distinct([t for t in frozen if _original(t)])
     best_frozen: list[Any] = []
     if complete:
         if len(objs) > 1:
@@ -340,7 +357,7 @@ def load_search(study: str, storage: str | Path | Any | None = None, *, _storage
         base = Spec.from_dict(spec)
         for t in best:
             concrete = concrete_spec(base, thaw(t.vars), thaw(t.train), settings)
-            values = ", ".join(f"{o.key} {_fmt(v)}" for o, v in zip(objs, t.values or (), strict=False))
+            values = ", ".join(f"{o.key} {format_metric(v)}" for o, v in zip(objs, t.values or (), strict=False))
             d = concrete.to_dict()
             d["name"] = f"{base.name}-trial{t.number}"
             d["description"] = (f"Found by archlab search (study {study}, trial {t.number}): {values}")
@@ -407,7 +424,7 @@ def studies(storage: str | Path | None = None) -> list[StudyInfo]:
         attrs = s.user_attrs
         study = optuna.load_study(study_name=s.study_name, storage=storage_obj)
         trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+        complete = _distinct([t for t in trials if _original(t)])
         objs = [o["name"] for o in attrs.get("objectives") or []] or [d.name.lower() for d in s.directions]
         best = None
         if complete:
@@ -416,6 +433,6 @@ def studies(storage: str | Path | None = None) -> list[StudyInfo]:
             best = tuple(max(complete, key=lambda t: sign * t.values[i]).values)
         out.append(StudyInfo(
             name=s.study_name, spec=str((attrs.get("spec") or {}).get("name", "-")), data=str(attrs.get("data", "-")),
-            objectives=tuple(objs), trials=sum(_finished(t) for t in trials), complete=len(complete), best=best,
+            objectives=tuple(objs), trials=sum(_counted(t) for t in trials), complete=len(complete), best=best,
             started=attrs.get("created") or (s.datetime_start.timestamp() if s.datetime_start else None)))
     return sorted(out, key=lambda x: x.started or 0)

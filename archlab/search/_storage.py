@@ -98,7 +98,8 @@ def _quiet_optuna() -> None:
 
 @dataclass(frozen=True)
 class TrialSummary:
-    """One trial as stored. `state`: complete, pruned, infeasible, failed, interrupted or running."""
+    """One trial as stored. `state`: complete, pruned, infeasible, duplicate (the same choices as
+    trial `duplicate_of`, whose result it reuses), failed, interrupted or running."""
 
     number: int
     state: str
@@ -113,6 +114,12 @@ class TrialSummary:
     infeasible: str | None = None
     message: str = ""
     duration_s: float | None = None
+    duplicate_of: int | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether it spent the budget (`trials`): it was trained, or training was tried."""
+        return self.state in ("complete", "pruned", "failed")
 
     @property
     def run_id(self) -> str | None:
@@ -137,6 +144,7 @@ class SearchResult:
     interrupted: bool = False
     seconds: float = 0.0                          # wall time of this call
     importances: Mapping[str, float] = field(default_factory=dict)
+    stopped: str = ""                             # why this call stopped short of `trials`, if it did
 
     @property
     def multi(self) -> bool:
@@ -163,6 +171,8 @@ def _summary(t: Any) -> TrialSummary:
              optuna.trial.TrialState.WAITING: "waiting"}[t.state]
     if attrs.get("infeasible"):
         state = "infeasible"
+    elif attrs.get("duplicate_of") is not None and state in ("complete", "pruned"):
+        state = "duplicate"
     elif attrs.get("interrupted") and state == "failed":
         state = "interrupted"
     run_ids = tuple(attrs.get("run_ids") or ([attrs["run_id"]] if attrs.get("run_id") else []))
@@ -176,16 +186,44 @@ def _summary(t: Any) -> TrialSummary:
         vars=freeze(attrs.get("vars") or {}), train=freeze(attrs.get("train") or {}),
         costs=freeze(attrs.get("costs") or {}), curve=tuple(attrs.get("curve") or ()),
         epochs=int(attrs.get("epochs") or 0), run_ids=run_ids, infeasible=attrs.get("infeasible"),
-        message=str(attrs.get("message") or t.system_attrs.get("fail_reason") or ""), duration_s=duration)
+        message=str(attrs.get("message") or t.system_attrs.get("fail_reason") or ""), duration_s=duration,
+        duplicate_of=attrs.get("duplicate_of"))
 
 
 def _finished(t: Any) -> bool:
-    """Counts toward `trials`: complete, pruned (infeasible too) or failed, but not a trial
+    """Ended: complete, pruned (infeasible and duplicates too) or failed, but not a trial
     stopped by Ctrl-C (re-running the command redoes it)."""
     import optuna
 
     s = optuna.trial.TrialState
     return t.state in (s.COMPLETE, s.PRUNED) or (t.state == s.FAIL and not t.user_attrs.get("interrupted"))
+
+
+def _counted(t: Any) -> bool:
+    """Counts toward `trials`: a finished trial that trained (or tried to). An infeasible
+    candidate (never trained) and a duplicate (its choices were tried before: the earlier
+    result is reused) spend nothing, so they do not count."""
+    attrs = t.user_attrs
+    return _finished(t) and not attrs.get("infeasible") and attrs.get("duplicate_of") is None
+
+
+def _original(t: Any) -> bool:
+    """A completed trial that is not a copy of an earlier one's result."""
+    import optuna
+
+    return t.state == optuna.trial.TrialState.COMPLETE and bool(t.values) and t.user_attrs.get("duplicate_of") is None
+
+
+def _distinct(trials: Sequence[Any]) -> list[Any]:
+    """The first trial of each set of choices (two workers may train the same choices at once)."""
+    seen: set[str] = set()
+    out = []
+    for t in sorted(trials, key=lambda t: t.number):
+        key = repr(sorted(t.params.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
 
 
 @dataclass(frozen=True)

@@ -94,18 +94,7 @@ class _Job:
     threads: int = 0
     worker: int = 0
     population: int = 50
-
-
-_DATA_CACHE: dict[tuple, Any] = {}
-
-
-def _dataset(uri: str, seed: int, root: str | None, target: str | None) -> Any:
-    from ..data import load_dataset
-
-    key = (uri, seed, root, target)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_dataset(uri, seed=seed, root=root, target=target)
-    return _DATA_CACHE[key]
+    max_skipped: int = 50             # proposals in a row that train nothing before a worker stops
 
 
 class TrialObjective:
@@ -131,15 +120,20 @@ class TrialObjective:
     def __call__(self, trial: Any) -> float | tuple[float, ...]:
         import optuna
 
+        from ..compare import cached_dataset
+
         try:
             vars_, train = sample(trial, self.spaces)
             trial.set_user_attr("vars", vars_)
             trial.set_user_attr("train", train)
+            earlier = _earlier_same(trial)
+            if earlier is not None:
+                return self._reuse(trial, earlier)
             spec = concrete_spec(self.spec, vars_, train, self.job.settings)
             from ..train import resolve_settings
 
             settings = resolve_settings(spec, self.job.settings)
-            ds = _dataset(self.job.data, settings.seed, self.job.data_root, settings.target)
+            ds = cached_dataset(self.job.data, settings.seed, self.job.data_root, settings.target)
             info = ds.info
             bound = spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype)
             try:
@@ -164,22 +158,28 @@ class TrialObjective:
             return value
         return tuple(value if o.trained else float(costs[COSTS[o.key]]) for o in self.job.objectives)
 
-    def _folds(self, ds: Any, settings: Any) -> list[Any]:
+    def _reuse(self, trial: Any, earlier: Any) -> float | tuple[float, ...]:
+        """The same choices as an earlier trial: its result, not another training run (the
+        trial records `duplicate_of`; it does not count toward `trials`, and is never a
+        second member of the front)."""
+        import optuna
+
+        trial.set_user_attr("duplicate_of", earlier.number)
+        for key in ("costs", "curve", "infeasible"):
+            if key in earlier.user_attrs:
+                trial.set_user_attr(key, earlier.user_attrs[key])
+        trial.set_user_attr("message", f"the same choices as trial {earlier.number}: its result is reused")
+        if earlier.state == optuna.trial.TrialState.COMPLETE:
+            return tuple(earlier.values) if self.multi else earlier.values[0]
+        raise optuna.TrialPruned(f"the same choices as trial {earlier.number}, which was not completed")
+
+    def _folds(self, ds: Any, settings: Any) -> Iterable[Any]:
         if not self.job.cv:
             return [ds]
-        import torch
+        from ..compare import fold_datasets
 
-        from ..compare import development_split, fold_indices
-        from ..data import Dataset, Split
-
-        dev = development_split(ds)
         stratified = (settings.task or ds.info.task) == "classify"
-        empty = Split(dev.x[:0], dev.y[:0])
-        out = []
-        for train_idx, val_idx in fold_indices(dev.y, self.job.cv, 0, settings.seed, stratified):
-            tr, va = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
-            out.append(Dataset(ds.info, Split(dev.x[tr], dev.y[tr]), Split(dev.x[va], dev.y[va]), empty))
-        return out
+        return fold_datasets(ds, self.job.cv, seed=settings.seed, stratified=stratified)
 
     def _train(self, trial: Any, spec: Spec, settings: Any, ds: Any, costs: Mapping[str, float]) -> float:
         import optuna
@@ -241,11 +241,26 @@ class TrialObjective:
         assert self.pareto is not None
         peers = []
         for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get("duplicate_of") is not None:  # its original is a peer already
+                continue
             peer_costs = t.user_attrs.get("costs") or {}
             if all(COSTS[o.key] in peer_costs for o in self.costs):
                 peers.append(([float(peer_costs[COSTS[o.key]]) for o in self.costs],
                               t.user_attrs.get("curve") or []))
         return self.pareto.should_prune(curve, costs, peers, maximize)
+
+
+def _earlier_same(trial: Any) -> Any:
+    """The first ended trial of the study with exactly these choices, or None. (A trial with
+    the same choices still running in another worker is not waited for: both train.)"""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    params = trial.params
+    same = [t for t in trial.study.get_trials(deepcopy=False, states=states)
+            if t.number != trial.number and t.params == params and not t.user_attrs.get("interrupted")
+            and t.user_attrs.get("duplicate_of") is None]
+    return min(same, key=lambda t: t.number, default=None)
 
 
 def _pareto_pruner(pruner: Any) -> ParetoMedianPruner | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..core import ArchlabError, TrainingError
 from ._progress import _Progress
-from ._storage import _finished, _quiet_optuna, open_storage
+from ._storage import _counted, _quiet_optuna, open_storage
 from ._trial import _STOP, TrialObjective, _Job, _make_pruner, _make_sampler
 
 # --------------------------------------------------------------------- a worker's loop
@@ -38,8 +38,8 @@ def _spec_epochs(spec: Mapping[str, Any]) -> int:
     return int(value) if isinstance(value, int | float) else 10
 
 
-def _finished_count(study: Any) -> int:
-    return sum(_finished(t) for t in study.get_trials(deepcopy=False))
+def _counted_count(study: Any) -> int:
+    return sum(_counted(t) for t in study.get_trials(deepcopy=False))
 
 
 def _take_token(tokens: Any) -> bool:
@@ -51,9 +51,18 @@ def _take_token(tokens: Any) -> bool:
         tokens.value -= 1
         return True
 
-def _run_trials(job: _Job, tokens: Any, on_trial: Callable[[Any], None] | None = None) -> None:
-    """One worker's loop: until the study has `total` finished trials, the deadline passes,
-    or the shared token count (this command's trials) runs out."""
+
+def _give_back(tokens: Any) -> None:
+    if tokens is not None:
+        with tokens.get_lock():
+            tokens.value += 1
+
+
+def _run_trials(job: _Job, tokens: Any, on_trial: Callable[[Any], None] | None = None) -> str:
+    """One worker's loop: until the study has `total` counted trials, the deadline passes,
+    or the shared token count (this command's trials) runs out. A trial that trains nothing
+    (infeasible, or a duplicate of earlier choices) gives its token back; after
+    `job.max_skipped` of those in a row the worker stops, and says why (else "")."""
     _quiet_optuna()
     if job.threads:
         import torch
@@ -68,30 +77,44 @@ def _run_trials(job: _Job, tokens: Any, on_trial: Callable[[Any], None] | None =
     study = _load_study(job, job.seed + 7919 * job.worker + 104_729 * known)
     objective = TrialObjective(job)
     restore = _STOP.install()
+    skipped = 0
     try:
         while True:
             _STOP.check()
             if job.deadline is not None and time.time() >= job.deadline:
-                return
-            if job.total is not None and _finished_count(study) >= job.total:
-                return
+                return ""
+            if job.total is not None and _counted_count(study) >= job.total:
+                return ""
             if not _take_token(tokens):
-                return
-            study.optimize(objective, n_trials=1, catch=(TrainingError,))
+                return ""
+            ended: list[Any] = []
+            study.optimize(objective, n_trials=1, catch=(TrainingError,),
+                           callbacks=[lambda _study, t, ended=ended: ended.append(t)])
+            if ended and not _counted(ended[-1]):
+                _give_back(tokens)
+                skipped += 1
+            else:
+                skipped = 0
             if on_trial is not None:
                 on_trial(study)
+            if skipped >= job.max_skipped:
+                return (f"stopped after {skipped} proposals in a row that were infeasible or repeated "
+                        f"earlier choices: the search space left under the budget looks exhausted "
+                        f"(widen the space or raise the budget)")
     finally:
         restore()
 
 
-def _worker_main(job: _Job, tokens: Any, errors: Any) -> None:
+def _worker_main(job: _Job, tokens: Any, errors: Any, notes: Any) -> None:
     """Entry point of a spawned worker process."""
     # Its own process group: a terminal's Ctrl-C reaches the parent alone, which passes one
     # SIGINT on to each worker (so a worker never gets two at once and stops mid-write).
     if hasattr(os, "setpgrp"):
         os.setpgrp()
     try:
-        _run_trials(job, tokens)
+        note = _run_trials(job, tokens)
+        if note:
+            notes.put(note)
     except KeyboardInterrupt:
         return
     except ArchlabError as e:
@@ -124,12 +147,13 @@ class _Counter:
 # -------------------------------------------------------------------- worker processes
 
 
-def _run_workers(job: _Job, jobs: int, remaining: int | None, study: Any, progress: _Progress) -> None:
-    """N spawned processes on one study; the parent polls the storage for progress."""
+def _run_workers(job: _Job, jobs: int, remaining: int | None, study: Any, progress: _Progress) -> str:
+    """N spawned processes on one study; the parent polls the storage for progress. Returns
+    why the workers stopped short, if they did (see `_run_trials`)."""
     ctx = get_context("spawn")
     tokens = ctx.Value("i", remaining if remaining is not None else 2**31 - 1)
-    errors = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(dataclasses.replace(job, worker=i), tokens, errors),
+    errors, notes = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(dataclasses.replace(job, worker=i), tokens, errors, notes),
                          daemon=False) for i in range(jobs)]
     for p in procs:
         p.start()
@@ -154,6 +178,10 @@ def _run_workers(job: _Job, jobs: int, remaining: int | None, study: Any, progre
         messages.append(errors.get())
     if messages:
         raise ArchlabError(messages[0])
+    said = []
+    while not notes.empty():
+        said.append(notes.get())
+    return said[0] if said else ""
 
 
 def _stop_workers(procs: list[Any]) -> None:
