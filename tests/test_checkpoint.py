@@ -204,7 +204,8 @@ def test_truncated_weights_are_detected(tmp_path):
     weights = tmp_path / "checkpoint.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    assert not has_checkpoint(tmp_path)
+    with pytest.raises(StoreError, match="checkpoint is damaged .*checkpoint.safetensors is missing or not"):
+        has_checkpoint(tmp_path)  # there is one, and it is damaged: never "no checkpoint"
     with pytest.raises(StoreError) as err:
         load_checkpoint(tmp_path, model=model)
     msg = str(err.value)
@@ -231,14 +232,16 @@ def test_missing_json_or_files(tmp_path):
     save_checkpoint(tmp_path, model=model, optimizer=opt, state={})
     assert has_checkpoint(tmp_path)
     (tmp_path / "optimizer.safetensors").unlink()
-    assert not has_checkpoint(tmp_path)
+    with pytest.raises(StoreError, match="damaged"):
+        has_checkpoint(tmp_path)
     with pytest.raises(StoreError, match="optimizer.safetensors: does not match.*missing"):
         load_checkpoint(tmp_path, model=model, optimizer=opt)
     (tmp_path / "checkpoint.json").unlink()
     assert not has_checkpoint(tmp_path)
     (tmp_path / "checkpoint.json").write_text("{not json")
-    assert not has_checkpoint(tmp_path)
-    with pytest.raises(StoreError, match="unreadable checkpoint metadata"):
+    with pytest.raises(StoreError, match="the checkpoint is damaged"):
+        has_checkpoint(tmp_path)
+    with pytest.raises(StoreError, match="the checkpoint is damaged"):
         load_checkpoint(tmp_path, model=model)
 
 

@@ -12,6 +12,14 @@ from ._generative import (
     vae_loss,
 )
 from ._progress import EpochProgress, TaskProgress
+from ._runinfo import (
+    RunState,
+    check_resumable,
+    kept_epoch,
+    primary_metric,
+    read_test_report,
+    run_state,
+)
 from ._settings import TrainSettings, resolve_settings
 from ._tasks import TASKS, LanguageModel, Seq2Seq, make_task
 from ._trainer import (
@@ -24,12 +32,10 @@ from ._trainer import (
     evaluate,
     evaluate_split,
     fit,
-    is_alive,
     load_run_model,
     make_optimizer,
     make_schedule,
     resume,
-    run_lock,
     save_weights,
 )
 
@@ -37,6 +43,7 @@ __all__ = [
     "EpochProgress",
     "LanguageModel",
     "Run",
+    "RunState",
     "Seq2Seq",
     "StopRun",
     "TASKS",
@@ -45,6 +52,7 @@ __all__ = [
     "Trainer",
     "absolute_data_uri",
     "batches",
+    "check_resumable",
     "epoch_order",
     "evaluate",
     "evaluate_split",
@@ -54,16 +62,18 @@ __all__ = [
     "gan_step",
     "has_checkpoint",
     "image_grid",
-    "is_alive",
+    "kept_epoch",
     "kl_divergence",
     "load_checkpoint",
     "load_run_model",
     "make_optimizer",
     "make_schedule",
     "make_task",
+    "primary_metric",
+    "read_test_report",
     "resolve_settings",
     "resume",
-    "run_lock",
+    "run_state",
     "sample_run",
     "save_checkpoint",
     "save_grid",

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,19 @@ from ..data import (
     stream_batches,
 )
 from ..model import Network, build
-from ..runs import SQLiteRunStorage, open_store
+from ..runs import (
+    BEST_WEIGHTS,
+    SPEC_FILE,
+    TEST_REPORT,
+    TOKENIZER_FILE,
+    SQLiteRunStorage,
+    open_store,
+    run_lock,
+    write_text,
+)
 from ..spec import Spec, load_spec
 from ._checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from ._runinfo import check_resumable
 
 # The settings live in archlab.train_settings; the names that were defined here are
 # re-exported so that `from archlab.train import TrainSettings` (etc.) keeps working.
@@ -253,12 +263,12 @@ class Trainer:
             run_id = store.create_run(name=self.spec.name, data=data_uri, spec=self.spec.to_dict(),
                                       settings=s.to_dict(), env=environment(self.device), params=params,
                                       tags={"task": self.task.name, **dict(tags or {})})
-            (store.run_dir(run_id) / "spec.yaml").write_text(self.spec.to_yaml())
+            (store.run_dir(run_id) / SPEC_FILE).write_text(self.spec.to_yaml())
             tokenizer = getattr(info, "tokenizer", None)
             if tokenizer:  # so `archlab generate` can encode prompts and decode samples later
                 import json
 
-                (store.run_dir(run_id) / "tokenizer.json").write_text(json.dumps(thaw(tokenizer)))
+                (store.run_dir(run_id) / TOKENIZER_FILE).write_text(json.dumps(thaw(tokenizer)))
         self.run_id = run_id
         self.dir = store.run_dir(run_id)
         self.data_uri = data_uri
@@ -288,7 +298,8 @@ class Trainer:
         return f"end of epoch {self.epoch}"
 
     def restore(self) -> None:
-        state = load_checkpoint(self.dir, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler)
+        state = load_checkpoint(self.dir, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler,
+                                state_like=self._state())  # a tampered state is refused, one line
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], list(state["history"])
         self.best, self.best_epoch, self.stale = state["best"], state["best_epoch"], state["stale"]
@@ -446,7 +457,7 @@ class Trainer:
             primary = val[self.task.primary]
             if self.task.better(primary, self.best):
                 self.best, self.best_epoch, self.stale = primary, self.epoch, 0
-                save_weights(self.dir / "best.safetensors", self.net)
+                save_weights(self.dir / BEST_WEIGHTS, self.net)
             else:
                 self.stale += 1
         record = {"epoch": self.epoch, **{f"train_{k}": v for k, v in train.items()},
@@ -478,7 +489,7 @@ class Trainer:
 
     def finish(self, duration: float) -> Run:
         """Restore the best-validation weights, score the test split once, record it."""
-        best_path = self.dir / "best.safetensors"
+        best_path = self.dir / BEST_WEIGHTS
         if best_path.exists():
             load_weights(best_path, self.net)
         s = self.settings
@@ -494,52 +505,9 @@ class Trainer:
         if report:
             import json
 
-            (self.dir / "test_report.json").write_text(json.dumps(report))
+            write_text(self.dir / TEST_REPORT, json.dumps(report))
         return Run(self.run_id, self.net, self.spec, self.settings, self.dataset.info, self.history, test,
                    report, "finished", self.best_epoch, self.dir, train_metrics)
-
-
-# ----------------------------------------------------------------------- locking
-
-
-@contextmanager
-def run_lock(directory: Path, run_id: str) -> Iterator[None]:
-    """Only one process trains a run at a time (two resumes would interleave checkpoints).
-
-    An OS file lock: it is released when the process dies, even by SIGKILL.
-    """
-    import fcntl
-
-    handle = open(directory / ".lock", "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainingError(f"run {run_id} is being trained by another process right now; "
-                                f"wait for it or stop it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        handle.close()
-
-
-def is_alive(directory: Path) -> bool:
-    """Whether a process holds the run's lock (i.e. is training it now)."""
-    import fcntl
-
-    path = directory / ".lock"
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 def absolute_data_uri(uri: str) -> str:
@@ -611,12 +579,8 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
     io = {k: v for k, v in io.items() if v is not None}
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     record = st.get_run(run_id)
-    if record.status == "finished":
-        raise TrainingError(f"run {record.run_id} already finished; nothing to resume")
     directory = st.run_dir(record.run_id)
-    if not has_checkpoint(directory):
-        raise TrainingError(f"run {record.run_id} has no checkpoint in {directory} (it stopped before its "
-                            f"first epoch ended); start it again with `archlab train`")
+    check_resumable(record, directory)  # the rules `archlab runs` lists runs by (archlab.train._runinfo)
     if record.tags.get("task") in ("vae", "gan"):  # generative runs have their own loop
         from ._generative import resume_generative
 
@@ -637,7 +601,7 @@ def load_run_model(run_id: str, *, store: SQLiteRunStorage | str | Path | None =
     record = st.get_run(run_id)
     directory = st.run_dir(record.run_id)
     net = build(Spec.from_dict(thaw(record.spec)), seed=0)
-    best = directory / "best.safetensors"
+    best = directory / BEST_WEIGHTS
     if best.exists():
         load_weights(best, net)
     elif has_checkpoint(directory):
