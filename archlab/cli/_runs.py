@@ -95,16 +95,18 @@ def show_cmd(run_id: Annotated[str, typer.Argument(help="A run id (or a unique p
         kept = kept_epoch(r, folder)
         primary = primary_metric(r)
         keys = [k for k in r.history[0].metrics if k != "epoch"]
-        note = (f" (* kept: best val_{primary[0]}; its weights are the run's)"
+        note = (f" (kept: the epoch of best val_{primary[0]}, whose weights the run keeps)"
                 if kept is not None and primary else "")
         table = Table(title=f"history{note}", title_justify="left")
         table.add_column("epoch", justify="right")
+        if note:
+            table.add_column("kept")
         for k in keys:
             table.add_column(k, justify="right")
         for e in r.history:
-            mark = "*" if e.epoch == kept else ""
-            table.add_row(f"{e.epoch}{mark}", *(_lr(e.metrics.get(k)) if k == "lr" else cell(e.metrics.get(k))
-                                                for k in keys))
+            mark = ["*" if e.epoch == kept else ""] if note else []
+            table.add_row(str(e.epoch), *mark, *(_lr(e.metrics.get(k)) if k == "lr" else cell(e.metrics.get(k))
+                                                 for k in keys))
         console.print(table)
     if r.test_metrics:
         console.print("test      " + "  ".join(f"{k} {v:.4f}" for k, v in r.test_metrics.items()))

@@ -693,8 +693,9 @@ def _check_rng(rng: Any) -> None:
     if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.shape != torch.get_rng_state().shape:
         raise _Damaged(f"rng.torch: expected a uint8 tensor of {torch.get_rng_state().numel()} bytes")
     numpy_state = rng["numpy"]
-    if not (isinstance(numpy_state, list) and len(numpy_state) == 5):
-        raise _Damaged("rng.numpy: expected [kind, keys, pos, has_gauss, cached]")
+    if not (isinstance(numpy_state, list) and len(numpy_state) == 5 and isinstance(numpy_state[1], list)
+            and len(numpy_state[1]) == len(np.random.get_state()[1])):
+        raise _Damaged("rng.numpy: expected [kind, keys, pos, has_gauss, cached] with 624 keys")
     cuda = rng.get("cuda")
     if cuda is not None and not (
         isinstance(cuda, list) and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 for x in cuda)
@@ -706,7 +707,7 @@ def _check_rng(rng: Any) -> None:
         random.setstate(rng["python"])
         kind, keys, pos, has_gauss, cached = numpy_state
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, KeyError) as exc:
         raise _Damaged(f"rng: not a state this Python, NumPy and torch accept ({exc})") from None
     finally:
         torch.set_rng_state(before[0])
