@@ -119,3 +119,12 @@ def test_a_damaged_test_report_does_not_break_show(archlab_home, content, proble
         assert "warning: test report:" in err and problem in err
     else:
         assert err == ""
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import archlab.train._runinfo as runinfo
+
+    result = doctest.testmod(runinfo)
+    assert result.failed == 0 and result.attempted > 0

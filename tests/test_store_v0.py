@@ -88,11 +88,16 @@ def test_old_runs_evaluate_to_their_stored_test_metrics(home):
 
 
 @pytest.mark.parametrize("run_id, done", [(INTERRUPTED, 11), (KILLED, 8)])
-def test_old_runs_resume_to_completion(home, run_id, done):
+def test_old_runs_resume_to_completion(home, run_id, done, tmp_path):
     store = open_store(home)
     before = store.get_run(run_id)
     assert len(before.history) == done
+    outside = tmp_path / "outside.json"
+    outside.write_text("precious")
+    (home / "runs" / run_id / "test_report.json").symlink_to(outside)  # planted: never written through
     run = resume(run_id, quiet=True)
+    assert outside.read_text() == "precious"
+    assert not (home / "runs" / run_id / "test_report.json").is_symlink()
     after = store.get_run(run_id)
     assert after.status == "finished" and [e.epoch for e in after.history] == list(range(1, 31))
     assert after.history[: done] == before.history[: done]  # the old epochs are kept as they were
@@ -116,3 +121,17 @@ def test_a_tampered_old_checkpoint_is_damaged_not_missing(home):
     line = next(x for x in _cli("runs").splitlines() if KILLED in x)
     assert "stopped (checkpoint damaged; see archlab show)" in line
     assert "the checkpoint is damaged" in _cli("show", KILLED)
+
+
+def test_a_lock_linked_outside_stops_resume_before_any_work(home, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    lock = home / "runs" / KILLED / ".lock"
+    lock.unlink()
+    lock.symlink_to(outside)
+    with pytest.raises(StoreError, match=f"run {KILLED} cannot be resumed: .*is a symbolic link") as err:
+        resume(KILLED, quiet=True)
+    assert "\n" not in str(err.value) and outside.read_text() == "precious"
+    assert open_store(home).get_run(KILLED).message == ""  # nothing was recorded
+    line = next(x for x in _cli("runs").splitlines() if KILLED in x)
+    assert "stopped (cannot resume; see archlab show)" in line

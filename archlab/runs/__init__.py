@@ -36,7 +36,14 @@ from ._artifacts import (
 )
 from ._base import RunStorage
 from ._factory import open_store
-from ._lock import LISTED_STATUSES, current_status, find_runs, is_alive, run_lock
+from ._lock import (
+    LISTED_STATUSES,
+    check_lock_file,
+    current_status,
+    find_runs,
+    is_alive,
+    run_lock,
+)
 from ._records import (
     RUN_ID_FORMAT,
     STATUSES,
@@ -71,6 +78,7 @@ __all__ = [
     "RunStorage",
     "SQLiteRunStorage",
     "StoreWarning",
+    "check_lock_file",
     "check_run_id",
     "current_status",
     "default_root",

@@ -19,7 +19,7 @@ from ._artifacts import LOCK_FILE, open_regular
 from ._base import RunStorage
 from ._records import STATUSES, RunRecord
 
-__all__ = ["LISTED_STATUSES", "current_status", "find_runs", "is_alive", "run_lock"]
+__all__ = ["LISTED_STATUSES", "check_lock_file", "current_status", "find_runs", "is_alive", "run_lock"]
 
 # The statuses a person can ask for: the stored ones, "running" split by liveness.
 STOPPED = "stopped"
@@ -52,6 +52,15 @@ def run_lock(directory: str | os.PathLike, run_id: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def check_lock_file(directory: str | os.PathLike) -> None:
+    """A StoreError if the run's ``.lock`` exists but is not a regular file (a planted link,
+    a FIFO): training would refuse it, so say so before any work is done."""
+    try:
+        os.close(open_regular(Path(directory) / LOCK_FILE))
+    except FileNotFoundError:
+        pass
 
 
 def is_alive(directory: str | os.PathLike) -> bool:

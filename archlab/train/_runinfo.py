@@ -18,6 +18,7 @@ from ..runs import (
     TEST_REPORT,
     RunRecord,
     RunStorage,
+    check_lock_file,
     current_status,
     is_alive,
     read_json,
@@ -98,13 +99,25 @@ def kept_epoch(record: RunRecord, directory: str | Path | None = None) -> int | 
     return kept
 
 
+# Why a run cannot be resumed, in a few words for a listing (the full reason is one line).
+_HINTS = {
+    None: "resume with --resume",
+    "no checkpoint": "no checkpoint; train it again",
+    "damaged": "checkpoint damaged; see archlab show",
+    "unsafe": "cannot resume; see archlab show",
+}
+
+
 @dataclass(frozen=True)
 class RunState:
     """How a run stands now: ``status`` as a person sees it (``"stopped"`` for a killed
-    run), whether ``resume`` would accept it, and if not, why (``problem``, one line)."""
+    run), whether ``resume`` would accept it, and if not, why: ``reason`` (``"finished"``,
+    ``"running"``, ``"no checkpoint"``, ``"damaged"``, ``"unsafe"``) and ``problem`` (the
+    one-line error ``resume`` gives)."""
 
     status: str
     resumable: bool
+    reason: str | None = None
     problem: str | None = None
 
     @property
@@ -112,27 +125,27 @@ class RunState:
         """A few words for a listing: what to do with a stopped or interrupted run."""
         if self.status not in ("stopped", "interrupted"):
             return None
-        if self.resumable:
-            return "resume with --resume"
-        if self.problem and "damaged" in self.problem:
-            return "checkpoint damaged; see archlab show"
-        return "no checkpoint; train it again"
+        return _HINTS.get(self.reason, _HINTS["unsafe"])
 
 
-def _problem(record: RunRecord, directory: Path) -> ArchlabError | None:
-    """Why ``resume`` refuses this run, or None if it accepts it."""
+def _problem(record: RunRecord, directory: Path) -> tuple[str, ArchlabError] | None:
+    """(reason, the error) for which ``resume`` refuses this run, or None if it accepts it."""
     if record.status == "finished":
-        return TrainingError(f"run {record.run_id} already finished; nothing to resume")
+        return "finished", TrainingError(f"run {record.run_id} already finished; nothing to resume")
+    try:
+        check_lock_file(directory)
+    except StoreError as exc:
+        return "unsafe", StoreError(f"run {record.run_id} cannot be resumed: {exc}")
     if is_alive(directory):
-        return TrainingError(f"run {record.run_id} is being trained by another process right now; "
-                             f"wait for it or stop it first")
+        return "running", TrainingError(f"run {record.run_id} is being trained by another process right "
+                                        f"now; wait for it or stop it first")
     try:
         if not has_checkpoint(directory):
-            return TrainingError(
+            return "no checkpoint", TrainingError(
                 f"run {record.run_id} has no checkpoint in {directory} (it stopped before its "
                 f"first epoch ended); start it again with `archlab train`")
     except StoreError as exc:
-        return StoreError(f"run {record.run_id} cannot be resumed: {exc}")
+        return "damaged", StoreError(f"run {record.run_id} cannot be resumed: {exc}")
     return None
 
 
@@ -140,16 +153,20 @@ def check_resumable(record: RunRecord, directory: str | Path) -> None:
     """Raise the one-line error ``resume`` gives for this run, if it would refuse it."""
     problem = _problem(record, Path(directory))
     if problem is not None:
-        raise problem
+        raise problem[1]
 
 
 def run_state(store: RunStorage, record: RunRecord) -> RunState:
     """The run's :class:`RunState`; looks at its folder only for runs that are not finished."""
     status = current_status(store, record)
-    if record.status == "finished" or status == "running":
-        return RunState(status, False)
+    if record.status == "finished":
+        return RunState(status, False, "finished")
+    if status == "running":
+        return RunState(status, False, "running")
     problem = _problem(record, store.run_dir(record.run_id, create=False))
-    return RunState(status, problem is None, None if problem is None else str(problem))
+    if problem is None:
+        return RunState(status, True)
+    return RunState(status, False, problem[0], str(problem[1]))
 
 
 def read_test_report(store: RunStorage, record: RunRecord) -> dict | None:
