@@ -128,3 +128,16 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(runinfo)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_a_run_folder_linked_out_of_the_store_never_breaks_the_listing(archlab_home, tmp_path):
+    store = open_store(archlab_home)
+    good, bad = _run(store), _run(store)
+    (archlab_home / "runs").mkdir(exist_ok=True)
+    (tmp_path / "elsewhere").mkdir()
+    (archlab_home / "runs" / bad).symlink_to(tmp_path / "elsewhere")
+    state = run_state(store, store.get_run(bad))
+    assert (state.status, state.resumable, state.reason) == ("stopped", False, "unsafe")
+    out, _ = _cli("runs")
+    assert good in out and "stopped (cannot resume; see archlab show)" in next(x for x in out.splitlines() if bad in x)
+    assert list((tmp_path / "elsewhere").iterdir()) == []

@@ -223,6 +223,8 @@ def test_a_run_folder_that_is_a_link_out_of_the_store_is_refused(store, tmp_path
     for call in (lambda: store.run_dir(rid), lambda: store.artifact(rid, "test_report.json")):
         with pytest.raises(StoreError, match="is a symbolic link; the run store never reads or writes outside"):
             call()
+    assert current_status(store, store.get_run(rid)) == "stopped"  # listing goes on
+    assert [r.run_id for r in find_runs(store, status="stopped")] == [rid]
     store.delete_run(rid)  # removes the link, not what it points at
     assert outside.is_dir() and not (store.root / "runs" / rid).is_symlink()
 

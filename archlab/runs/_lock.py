@@ -91,9 +91,13 @@ def current_status(store: RunStorage, record: RunRecord) -> str:
     >>> current_status(s, s.get_run(rid))
     'stopped'
     """
-    if record.status == "running" and not is_alive(store.run_dir(record.run_id, create=False)):
+    if record.status != "running":
+        return record.status
+    try:
+        folder = store.run_dir(record.run_id, create=False)
+    except StoreError:  # a run folder that is a link: nobody trains there
         return STOPPED
-    return record.status
+    return "running" if is_alive(folder) else STOPPED
 
 
 def find_runs(

@@ -163,7 +163,10 @@ def run_state(store: RunStorage, record: RunRecord) -> RunState:
         return RunState(status, False, "finished")
     if status == "running":
         return RunState(status, False, "running")
-    problem = _problem(record, store.run_dir(record.run_id, create=False))
+    try:
+        problem = _problem(record, store.run_dir(record.run_id, create=False))
+    except StoreError as exc:  # its folder is a link out of the store
+        problem = "unsafe", StoreError(f"run {record.run_id} cannot be resumed: {exc}")
     if problem is None:
         return RunState(status, True)
     return RunState(status, False, problem[0], str(problem[1]))
