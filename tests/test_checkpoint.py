@@ -204,7 +204,8 @@ def test_truncated_weights_are_detected(tmp_path):
     weights = tmp_path / "checkpoint.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
-    assert not has_checkpoint(tmp_path)
+    with pytest.raises(StoreError, match="checkpoint is damaged .*checkpoint.safetensors is missing or not"):
+        has_checkpoint(tmp_path)  # there is one, and it is damaged: never "no checkpoint"
     with pytest.raises(StoreError) as err:
         load_checkpoint(tmp_path, model=model)
     msg = str(err.value)
@@ -231,14 +232,16 @@ def test_missing_json_or_files(tmp_path):
     save_checkpoint(tmp_path, model=model, optimizer=opt, state={})
     assert has_checkpoint(tmp_path)
     (tmp_path / "optimizer.safetensors").unlink()
-    assert not has_checkpoint(tmp_path)
+    with pytest.raises(StoreError, match="damaged"):
+        has_checkpoint(tmp_path)
     with pytest.raises(StoreError, match="optimizer.safetensors: does not match.*missing"):
         load_checkpoint(tmp_path, model=model, optimizer=opt)
     (tmp_path / "checkpoint.json").unlink()
     assert not has_checkpoint(tmp_path)
     (tmp_path / "checkpoint.json").write_text("{not json")
-    assert not has_checkpoint(tmp_path)
-    with pytest.raises(StoreError, match="unreadable checkpoint metadata"):
+    with pytest.raises(StoreError, match="the checkpoint is damaged"):
+        has_checkpoint(tmp_path)
+    with pytest.raises(StoreError, match="the checkpoint is damaged"):
         load_checkpoint(tmp_path, model=model)
 
 
@@ -339,3 +342,120 @@ def test_state_must_be_json_able(tmp_path):
 def test_no_pickle_anywhere():
     source = Path(ckpt.__file__).read_text()
     assert "import pickle" not in source and "torch.load(" not in source
+
+
+# ------------------------------------------------------------------ tampered metadata
+
+
+STATE = {"epoch": 3, "step_in_epoch": 0, "history": [{"epoch": 1, "val_acc": 0.5}], "best": 0.5,
+         "best_epoch": 1, "elapsed": 1.5, "partial_sums": None, "scaler": {}}
+
+
+def _edit(meta: dict, how: str) -> None:
+    if how == "no aliases":
+        del meta["aliases"]
+    elif how == "no state.epoch":
+        del meta["state"]["epoch"]
+    elif how == "epoch 'x'":
+        meta["state"]["epoch"] = "x"
+    elif how == "history 5":
+        meta["state"]["history"] = 5
+    elif how == "dangling $tensor":
+        meta["optimizer"]["state"]["$items"][0][1]["exp_avg"] = {"$tensor": "optimizer.state.99.nowhere"}
+    elif how == "$float abc":
+        meta["state"]["best"] = {"$float": "abc"}
+    elif how == "short python RNG":
+        meta["rng"]["python"]["$tuple"][1]["$tuple"] = meta["rng"]["python"]["$tuple"][1]["$tuple"][:10]
+    elif how == "short numpy RNG":
+        meta["rng"]["numpy"][1] = meta["rng"]["numpy"][1][:100]
+    elif how == "string lr":
+        meta["optimizer"]["param_groups"][0]["lr"] = "0.01"
+    elif how == "no files":
+        del meta["files"]
+    elif how == "file with a folder":
+        meta["files"]["weights"]["file"] = "../../elsewhere.safetensors"
+    elif how == "state a list":
+        meta["state"] = [1, 2]
+    else:
+        raise AssertionError(how)
+
+
+TAMPERING = ["no aliases", "no state.epoch", "epoch 'x'", "history 5", "dangling $tensor", "$float abc",
+             "short python RNG", "short numpy RNG", "string lr", "no files", "file with a folder", "state a list"]
+
+
+@pytest.mark.parametrize("how", TAMPERING)
+def test_tampered_metadata_is_one_line_saying_damaged_and_changes_nothing(tmp_path, how):
+    model, opt, sched = _trained(steps=2)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, state=STATE)
+    path = tmp_path / "checkpoint.json"
+    meta = json.loads(path.read_text())
+    _edit(meta, how)
+    path.write_text(json.dumps(meta))
+    fresh, fresh_opt, fresh_sched = _fresh()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    opt_before = fresh_opt.state_dict()["param_groups"][0]["lr"]
+    rng_before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    with pytest.raises(StoreError) as err:
+        has_checkpoint(tmp_path)
+        load_checkpoint(tmp_path, model=fresh, optimizer=fresh_opt, scheduler=fresh_sched,
+                        state_like={"epoch": 0, "history": [], "best": None, "scaler": {}})
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: the checkpoint is damaged (") and "\n" not in msg, msg
+    assert "train the run again from scratch, or restore them from a backup" in msg
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+    assert fresh_opt.state_dict()["param_groups"][0]["lr"] == opt_before and not fresh_opt.state_dict()["state"]
+    assert torch.equal(torch.get_rng_state(), rng_before[0]) and random.getstate() == rng_before[1]
+    assert np.array_equal(np.random.get_state()[1], rng_before[2])
+
+
+@pytest.mark.parametrize("how, match", [
+    ("truncated", "the checkpoint is damaged"),
+    ("version 99", "written by a newer archlab, or damaged \\(checkpoint version 99; this archlab reads up to 1\\)"),
+    ("a list", "the checkpoint is damaged \\(not an archlab-checkpoint file\\)"),
+    ("a link", "is a symbolic link"),
+])
+def test_an_unreadable_checkpoint_is_never_no_checkpoint(tmp_path, how, match):
+    model, opt, _ = _trained(steps=1)
+    save_checkpoint(tmp_path, model=model, optimizer=opt, state=STATE)
+    path = tmp_path / "checkpoint.json"
+    text = path.read_text()
+    if how == "truncated":
+        path.write_text(text[: len(text) // 2])
+    elif how == "version 99":
+        path.write_text(json.dumps({**json.loads(text), "version": 99}))
+    elif how == "a list":
+        path.write_text("[]")
+    else:
+        (tmp_path / "real.json").write_text(text)
+        path.unlink()
+        path.symlink_to(tmp_path / "real.json")
+    for call in (lambda: has_checkpoint(tmp_path), lambda: load_checkpoint(tmp_path, model=model)):
+        with pytest.raises(StoreError, match=match) as err:
+            call()
+        assert "\n" not in str(err.value) and "no checkpoint" not in str(err.value)
+
+
+def test_tensor_files_must_be_regular_files(tmp_path):
+    """A tensor file replaced by a FIFO or a link is not found (never read or hashed)."""
+    model, _, _ = _trained(steps=1)
+    save_checkpoint(tmp_path, model=model, optimizer=None, state={})
+    weights = tmp_path / "checkpoint.safetensors"
+    weights.rename(tmp_path / "moved.safetensors")
+    os.mkfifo(weights)
+    with pytest.raises(StoreError, match="damaged .*checkpoint.safetensors is missing or not"):
+        has_checkpoint(tmp_path)
+    weights.unlink()
+    weights.symlink_to(tmp_path / "moved.safetensors")
+    with pytest.raises(StoreError, match="does not match"):
+        load_checkpoint(tmp_path, model=model)
+
+
+def test_state_like_accepts_what_the_trainer_saves(tmp_path):
+    model, opt, sched = _trained(steps=1)
+    state = {**STATE, "partial_sums": torch.ones(3), "best": float("nan")}
+    save_checkpoint(tmp_path, model=model, optimizer=opt, scheduler=sched, state=state)
+    like = {**STATE, "best": None, "partial_sums": None, "extra_only_in_saved": None}
+    like.pop("extra_only_in_saved")
+    loaded = load_checkpoint(tmp_path, model=_fresh()[0], state_like=like)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["partial_sums"], torch.ones(3))

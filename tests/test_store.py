@@ -102,7 +102,7 @@ def test_list_newest_first_filter_and_limit(store):
     assert store.list_runs(tags={"study": "s3"}) == []
     assert [r.run_id for r in store.list_runs(status="finished")] == [ids[0]]
     assert len(store.list_runs(status=["finished", "running"])) == 5
-    with pytest.raises(StoreError, match="unknown status"):
+    with pytest.raises(StoreError, match="unknown run status"):
         store.list_runs(status="complete")
 
 
@@ -113,7 +113,7 @@ def test_tag_keys_with_dots_and_quotes(store):
 
 def test_prefix_lookup_and_ambiguity(store, monkeypatch):
     ids = iter(["r1234aaaa", "r1234bbbb", "r9999cccc"])
-    monkeypatch.setattr("archlab.runs._store._new_run_id", lambda: next(ids))
+    monkeypatch.setattr("archlab.runs._sqlite._new_run_id", lambda: next(ids))
     a, b, c = (_new(store) for _ in range(3))
     assert store.get_run("r9").run_id == c
     assert store.get_run("r1234b").run_id == b
@@ -125,7 +125,7 @@ def test_prefix_lookup_and_ambiguity(store, monkeypatch):
 
 def test_id_collision_is_retried(store, monkeypatch):
     ids = iter(["raaaaaaaa", "raaaaaaaa", "rbbbbbbbb"])
-    monkeypatch.setattr("archlab.runs._store._new_run_id", lambda: next(ids))
+    monkeypatch.setattr("archlab.runs._sqlite._new_run_id", lambda: next(ids))
     assert (_new(store), _new(store)) == ("raaaaaaaa", "rbbbbbbbb")
 
 
@@ -205,18 +205,17 @@ def test_log_epoch_is_idempotent(store):
 
 
 def test_unknown_run(store, tmp_path):
-    msg = r"run 'rnope' not found in .*runs-root; list runs with `archlab runs`"
+    msg = r"run 'r0000dead' not found in .*runs-root; list runs with `archlab runs`"
     with pytest.raises(StoreError, match=msg):
-        store.get_run("rnope")  # before the database exists
+        store.get_run("r0000dead")  # before the database exists
     assert store.list_runs() == []
     assert not store.root.exists()  # reading does not create the store
     _new(store)
     for call in (
-        lambda: store.get_run("rnope"),
-        lambda: store.log_epoch("rnope", 0, {"a": 1.0}),
-        lambda: store.set_status("rnope", "finished"),
-        lambda: store.delete_run("rnope"),
-        lambda: store.get_run(""),
+        lambda: store.get_run("r0000dead"),
+        lambda: store.log_epoch("r0000dead", 0, {"a": 1.0}),
+        lambda: store.set_status("r0000dead", "finished"),
+        lambda: store.delete_run("r0000dead"),
     ):
         with pytest.raises(StoreError, match="not found"):
             call()
@@ -410,3 +409,13 @@ def test_runs_imports_no_torch():
     code = "import sys, archlab.runs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("module", ["_artifacts", "_base", "_factory", "_lock", "_records", "_sqlite"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"archlab.runs.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

@@ -683,7 +683,7 @@ def test_zoo_models_reach_their_accuracy_on_digits(store, name, target):
 
 
 def test_run_lock_refuses_a_second_trainer_and_is_released(tmp_path):
-    from archlab.train import is_alive, run_lock
+    from archlab.runs import is_alive, run_lock
 
     assert not is_alive(tmp_path)
     with run_lock(tmp_path, "r1"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated
 
@@ -113,15 +112,15 @@ def generate_cmd(
     """Stream text from a trained language model."""
     from ..data import tokenizer_from_dict
     from ..model import generate
-    from ..runs import open_store
+    from ..runs import TOKENIZER_FILE, open_store, read_json
     from ..train import load_run_model
 
     store = open_store()
     net, record = load_run_model(run_id, store=store)
-    path = store.run_dir(record.run_id) / "tokenizer.json"
+    path = store.artifact(record.run_id, TOKENIZER_FILE)
     if not path.exists():
-        raise ArchlabError(f"run {record.run_id} has no tokenizer.json: it was not trained on a text data set")
-    tokenizer = tokenizer_from_dict(json.loads(path.read_text()))
+        raise ArchlabError(f"run {record.run_id} has no {TOKENIZER_FILE}: it was not trained on a text data set")
+    tokenizer = tokenizer_from_dict(read_json(path))
     ids = tokenizer.encode(prompt)
     unk = getattr(tokenizer, "unk_id", None)
     if unk is not None and unk in ids:

@@ -31,7 +31,7 @@ import torch
 from ..core import ArchlabError, SpecError, content_key, format_metric, thaw
 from ..data import Dataset, Split
 from ..model import build, inspect
-from ..runs import SQLiteRunStorage, open_store
+from ..runs import FOLD_FILE, TEST_REPORT, SQLiteRunStorage, open_store, read_json, write_text
 from ..spec import Spec, load_spec, parse_assignment
 from ..train import Trainer, absolute_data_uri, make_task, resolve_settings
 from ._folds import cached_dataset, development_split, fold_datasets
@@ -165,9 +165,9 @@ def run_fold(job: FoldJob) -> FoldResult:
         torch.set_num_threads(job.threads)
     store = open_store(job.store_root)
     for record in store.list_runs(status="finished", tags={"compare_key": job.key}):
-        saved = store.run_dir(record.run_id) / "fold.json"
+        saved = store.artifact(record.run_id, FOLD_FILE)
         if saved.exists():
-            d = json.loads(saved.read_text())
+            d = read_json(saved)
             return FoldResult(job.candidate, job.fold, job.repeat, record.run_id,
                               tuple(dict(e.metrics) for e in record.history), d["val_metric"],
                               d["train_metric"], d["train_seconds"], reused=True)
@@ -188,7 +188,7 @@ def run_fold(job: FoldJob) -> FoldResult:
         min(run.history, key=lambda e: e[f"val_{primary}"])
     result = FoldResult(job.candidate, job.fold, job.repeat, run.run_id, tuple(run.history),
                         best[f"val_{primary}"], run.train_metrics[primary], seconds)
-    (store.run_dir(run.run_id) / "fold.json").write_text(json.dumps(
+    write_text(store.run_dir(run.run_id) / FOLD_FILE, json.dumps(
         {"val_metric": result.val_metric, "train_metric": result.train_metric, "train_seconds": seconds}))
     return result
 
@@ -295,7 +295,7 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
         raise SpecError(f"--cv must be at least 2. Received: {cv}")
     if repeats < 1 or jobs < 1:
         raise SpecError("--repeats and --jobs must be at least 1")
-    st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
+    st = open_store(store)
     grid = parse_vary(vary)
     cands = make_candidates(specs, grid, vars)
     data = absolute_data_uri(data)  # runs record where their data is, so they evaluate from anywhere
@@ -410,8 +410,8 @@ def _final_run(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any],
     """Retrain the recommended spec on all development data; score the test split once."""
     key = content_key({"final": spec.to_dict(), "data": data, "settings": overrides, "seed": seed})
     for record in store.list_runs(status="finished", tags={"compare_key": key}):
-        report_path = store.run_dir(record.run_id) / "test_report.json"
-        report = json.loads(report_path.read_text()) if report_path.exists() else {}
+        report_path = store.artifact(record.run_id, TEST_REPORT)
+        report = read_json(report_path) if report_path.exists() else {}
         return _Final(record.run_id, dict(record.test_metrics), report)
     dev = development_split(ds)
     final_ds = Dataset(ds.info, dev, Split(dev.x[:0], dev.y[:0]), ds.test)
@@ -443,7 +443,7 @@ def comparison_from_runs(run_ids: Sequence[str], store: SQLiteRunStorage | str |
     """
     from ..train import TASKS
 
-    st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
+    st = open_store(store)
     records = [st.get_run(r) for r in run_ids]
     if not records:
         raise ArchlabError("report: give at least one run id (see `archlab runs`)")
@@ -482,10 +482,10 @@ def comparison_from_runs(run_ids: Sequence[str], store: SQLiteRunStorage | str |
     for key, recs in groups.items():
         folds = []
         for i, rec in enumerate(recs):
-            saved = st.run_dir(rec.run_id) / "fold.json"
+            saved = st.artifact(rec.run_id, FOLD_FILE)
             history = tuple(dict(e.metrics) for e in rec.history)
             if saved.exists():
-                d = json.loads(saved.read_text())
+                d = read_json(saved)
                 val, train, secs = d["val_metric"], d["train_metric"], d["train_seconds"]
             else:
                 val = rec.best(f"val_{metric}", mode)
@@ -509,10 +509,10 @@ def comparison_from_runs(run_ids: Sequence[str], store: SQLiteRunStorage | str |
         by_label = {f.candidate: f.run_id for fs in folds_by.values() for f in fs}
         source = st.get_run(by_label[label])
         note = f"the test score run {source.run_id} recorded when it was trained (no retraining)"
-    report_path = st.run_dir(source.run_id) / "test_report.json"
+    report_path = st.artifact(source.run_id, TEST_REPORT)
     cv = 1 if single else max(len(fs) for fs in folds_by.values())
     return Comparison(
         data=datas[0], metric=metric, mode=mode, cv=cv, repeats=1, candidates=summaries, recommended=label,
         rule=rule, test_metrics=dict(source.test_metrics),
-        test_report=json.loads(report_path.read_text()) if report_path.exists() else {},
+        test_report=read_json(report_path) if report_path.exists() else {},
         final_run_id=source.run_id, command="archlab report " + " ".join(run_ids), test_note=note)

@@ -191,7 +191,7 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
     """
     import optuna
 
-    from ..runs import open_store
+    from ..runs import STUDIES_JOURNAL, open_store
 
     _quiet_optuna()
     started = time.perf_counter()
@@ -247,7 +247,7 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
     st = open_store(store)
     if jobs > 1 and isinstance(storage, optuna.storages.BaseStorage):
         raise SpecError("--jobs: worker processes need a storage URL or path, not a storage object")
-    storage_obj, url = open_storage(storage if storage is not None else st.root / "studies.journal")
+    storage_obj, url = open_storage(storage if storage is not None else st.root / STUDIES_JOURNAL)
     attrs = {"spec": base.to_dict(), "data": data, "settings": fixed, "objectives": [o.to_dict() for o in objs],
              "cv": cv, "budget": budget.to_dict()}
     key = content_key(attrs, 8)

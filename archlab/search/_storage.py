@@ -15,9 +15,9 @@ from ._space import Objective
 
 
 def default_storage_path() -> Path:
-    from ..runs import default_root
+    from ..runs import STUDIES_JOURNAL, default_root
 
-    return default_root() / "studies.journal"
+    return default_root() / STUDIES_JOURNAL
 
 
 _STORAGES: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """Training: settings, tasks (each owns its step and optimizers), the one loop and its state
 record, optimizers and schedules, checkpoints and progress."""
 
-from ._api import evaluate, fit, fit_generative, load_run_model, rerun_command, resume, sample_run
+from ._api import evaluate, fit, fit_generative, load_run_model, resume, sample_run
 from ._checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from ._generative import (
     GANTask,
@@ -17,6 +17,15 @@ from ._generative import (
 )
 from ._optim import StepContext, autocast, make_optimizer, make_schedule
 from ._progress import EpochProgress, TaskProgress
+from ._runinfo import (
+    RunState,
+    check_resumable,
+    kept_epoch,
+    primary_metric,
+    read_test_report,
+    rerun_command,
+    run_state,
+)
 from ._settings import TrainSettings, resolve_settings
 from ._state import LoopState
 from ._tasks import TASKS, LanguageModel, Seq2Seq, Task, make_task, task_for
@@ -30,8 +39,6 @@ from ._trainer import (
     divergence_rule,
     epoch_order,
     evaluate_split,
-    is_alive,
-    run_lock,
     save_weights,
 )
 
@@ -43,6 +50,7 @@ __all__ = [
     "LanguageModel",
     "LoopState",
     "Run",
+    "RunState",
     "Seq2Seq",
     "StepContext",
     "StopRun",
@@ -56,6 +64,7 @@ __all__ = [
     "autocast",
     "batches",
     "divergence_rule",
+    "check_resumable",
     "epoch_order",
     "evaluate",
     "evaluate_gan",
@@ -66,7 +75,7 @@ __all__ = [
     "gan_step",
     "has_checkpoint",
     "image_grid",
-    "is_alive",
+    "kept_epoch",
     "kl_divergence",
     "load_checkpoint",
     "load_run_model",
@@ -74,9 +83,11 @@ __all__ = [
     "make_schedule",
     "make_task",
     "rerun_command",
+    "primary_metric",
+    "read_test_report",
     "resolve_settings",
     "resume",
-    "run_lock",
+    "run_state",
     "sample_run",
     "save_checkpoint",
     "save_grid",

@@ -17,10 +17,11 @@ import torch
 from ..core import ArchlabError, SpecError, StoreError, TrainingError, thaw
 from ..data import load_dataset
 from ..model import Network, build, generative_task
-from ..runs import SQLiteRunStorage, open_store
+from ..runs import BEST_WEIGHTS, SQLiteRunStorage, open_store
 from ..spec import Spec, load_spec
 from ._checkpoint import has_checkpoint, load_checkpoint
 from ._generative import GenerativeTask
+from ._runinfo import check_resumable
 from ._settings import IO_SETTINGS, TrainSettings, resolve_settings
 from ._tasks import TASKS, task_for
 from ._trainer import Run, Trainer, absolute_data_uri, load_weights
@@ -92,13 +93,8 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
     io = {k: v for k, v in io.items() if v is not None}
     st = _store(store)
     record = st.get_run(run_id)
-    if record.status == "finished":
-        raise TrainingError(f"run {record.run_id} already finished; nothing to resume")
     directory = st.run_dir(record.run_id)
-    if not has_checkpoint(directory) and not (directory / "checkpoint.json").exists():
-        raise TrainingError(f"run {record.run_id} has no checkpoint yet in {directory}: it stopped before its "
-                            f"first epoch ended, so there is nothing to resume; train it again from the start "
-                            f"with `{rerun_command(record, directory)}`")
+    check_resumable(record, directory)  # the rules `archlab runs` lists runs by (_runinfo)
     spec = Spec.from_dict(thaw(record.spec))
     s = dataclasses.replace(TrainSettings.from_mapping(thaw(record.settings)), **io)
     dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target, stream=s.stream)
@@ -109,29 +105,6 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
     return trainer.run()
 
 
-def rerun_command(record: Any, directory: Path) -> str:
-    """The `archlab train` command that starts a recorded run again: its spec file, its data, and
-    a flag for each setting that differs from what the spec's own `train:` gives."""
-    spec = Spec.from_dict(thaw(record.spec))
-    recorded = TrainSettings.from_mapping(thaw(record.settings))
-    try:
-        default = resolve_settings(spec, {})
-    except SpecError:
-        default = TrainSettings()
-    flags = []
-    for f in dataclasses.fields(TrainSettings):
-        value = getattr(recorded, f.name)
-        if value == getattr(default, f.name) or (f.name == "task" and value == default.task):
-            continue
-        if f.name == "task" and generative_task(spec) == value:
-            continue  # the spec's own
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else f"--no-{f.name.replace('_', '-')}")
-        elif value is not None:
-            flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
-    return " ".join(["archlab train", str(directory / "spec.yaml"), "--data", record.data, *flags])
-
 
 def load_run_model(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None,
                    device: str = "cpu") -> tuple[Network, Any]:
@@ -140,7 +113,7 @@ def load_run_model(run_id: str, *, store: SQLiteRunStorage | str | Path | None =
     record = st.get_run(run_id)
     directory = st.run_dir(record.run_id)
     net = build(Spec.from_dict(thaw(record.spec)), seed=0)
-    best = directory / "best.safetensors"
+    best = directory / BEST_WEIGHTS
     if best.exists():
         load_weights(best, net)
     elif has_checkpoint(directory):

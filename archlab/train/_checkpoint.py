@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,9 @@ from typing import Any
 import torch
 
 from ..core import StoreError
+from ..runs import CHECKPOINT_FILES, CHECKPOINT_JSON, MAX_JSON_BYTES, open_regular, read_text
+from ..runs import CHECKPOINT_OPTIMIZER as OPTIMIZER_FILE  # optimizer state, all other tensors
+from ..runs import CHECKPOINT_WEIGHTS as WEIGHTS_FILE
 
 __all__ = [
     "CHECKPOINT_JSON",
@@ -50,9 +54,6 @@ __all__ = [
     "save_checkpoint",
 ]
 
-WEIGHTS_FILE = "checkpoint.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"  # optimizer state and all other tensors
-CHECKPOINT_JSON = "checkpoint.json"
 FORMAT = "archlab-checkpoint"
 VERSION = 1
 _TMP = ".tmp"  # suffix of every temporary file a save writes
@@ -111,26 +112,49 @@ def _add_tensor(tensors: dict[str, torch.Tensor], path: str, t: torch.Tensor) ->
     return name
 
 
-def _decode(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+class _Damaged(ValueError):
+    """A checkpoint value that cannot be what archlab wrote (becomes a one-line StoreError)."""
+
+
+def _decode(obj: Any, tensors: Mapping[str, torch.Tensor], where: str = "") -> Any:
+    """Inverse of :func:`_encode`; a value that cannot have come from it raises _Damaged."""
     if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
+        return [_decode(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]
     if not isinstance(obj, dict):
         return obj
     if len(obj) == 1:
         [(tag, value)] = obj.items()
-        if tag == "$tensor":
-            return tensors[value]
-        if tag == "$ndarray":
-            return tensors[value].cpu().numpy()
+        if tag in ("$tensor", "$ndarray"):
+            if not isinstance(value, str) or value not in tensors:
+                raise _Damaged(f"{where}: refers to tensor {value!r:.60}, which is not in the "
+                               f"tensor files")
+            return tensors[value] if tag == "$tensor" else tensors[value].cpu().numpy()
+        if tag in ("$tuple", "$items") and not isinstance(value, list):
+            raise _Damaged(f"{where}: {tag} must hold a list. Received: {type(value).__name__}")
         if tag == "$tuple":
-            return tuple(_decode(v, tensors) for v in value)
+            return tuple(_decode(v, tensors, f"{where}[{i}]") for i, v in enumerate(value))
         if tag == "$items":
-            return {_decode(k, tensors): _decode(v, tensors) for k, v in value}
+            out = {}
+            for i, pair in enumerate(value):
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise _Damaged(f"{where}: item {i} must be a [key, value] pair")
+                key = _decode(pair[0], tensors, f"{where}.key{i}")
+                try:
+                    out[key] = _decode(pair[1], tensors, f"{where}.{key}")
+                except TypeError:  # an unhashable key
+                    raise _Damaged(f"{where}: key {i} is not a valid key") from None
+            return out
         if tag == "$float":
+            if value not in ("nan", "inf", "-inf"):
+                raise _Damaged(f"{where}: $float must be 'nan', 'inf' or '-inf'. Received: "
+                               f"{value!r:.40}")
             return float(value)
         if tag == "$bytes":
-            return base64.b64decode(value)
-    return {k: _decode(v, tensors) for k, v in obj.items()}
+            try:
+                return base64.b64decode(value, validate=True)
+            except (TypeError, ValueError):
+                raise _Damaged(f"{where}: $bytes is not base64") from None
+    return {k: _decode(v, tensors, f"{where}.{k}") for k, v in obj.items()}
 
 
 # ----------------------------------------------------------------------------- files
@@ -356,65 +380,135 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 # ----------------------------------------------------------------------------- load
 
 
+def _damaged(path: Path, detail: str) -> StoreError:
+    names = ", ".join(CHECKPOINT_FILES)
+    return StoreError(
+        f"{path}: the checkpoint is damaged ({detail}); delete the checkpoint files ({names}) "
+        f"in {path.parent} and train the run again from scratch, or restore them from a backup"
+    )
+
+
 def _read_json(directory: Path, quiet: bool = False) -> dict | None:
+    """The checkpoint's metadata, checked for shape; None when missing (or, with ``quiet``,
+    unreadable). Read only from a regular file of at most MAX_JSON_BYTES, never a link."""
     path = directory / CHECKPOINT_JSON
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"not an {FORMAT} file")
-        if meta.get("version", 0) > VERSION:
-            raise ValueError(f"written by a newer archlab (version {meta['version']}); upgrade")
-        for entry in meta["files"].values():
-            if (
-                Path(entry["file"]).name != entry["file"]
-                or Path(entry["staged"]).name != entry["staged"]
-            ):
-                raise ValueError("file names must not contain folders")
+        meta = json.loads(read_text(path, limit=MAX_JSON_BYTES))
+        _check_meta(meta)
         return meta
     except FileNotFoundError:
         if quiet:
             return None
         raise StoreError(
             f"{path}: no checkpoint here (file missing); save one first or point at the "
-            f"run folder that holds checkpoint.json"
+            f"run folder that holds {CHECKPOINT_JSON}"
         ) from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except StoreError:  # a link, a FIFO, too large, not UTF-8: already one line
+        if quiet:
+            return None
+        raise
+    except _Newer as exc:
         if quiet:
             return None
         raise StoreError(
-            f"{path}: unreadable checkpoint metadata ({exc}); delete the checkpoint folder "
-            f"and train from scratch, or restore it from a backup"
+            f"{path}: written by a newer archlab, or damaged ({exc}); upgrade archlab, or "
+            f"delete the checkpoint files ({', '.join(CHECKPOINT_FILES)}) and train the run "
+            f"again from scratch"
         ) from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and _Damaged included
+        if quiet:
+            return None
+        raise _damaged(path, str(exc)) from None
+
+
+class _Newer(ValueError):
+    pass
+
+
+def _check_meta(meta: Any) -> None:
+    """Raise _Damaged (or _Newer) unless ``meta`` has the shape save_checkpoint writes."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _Damaged(f"not an {FORMAT} file")
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _Damaged(f"version: expected a positive integer. Received: {version!r:.40}")
+    if version > VERSION:
+        raise _Newer(f"checkpoint version {version}; this archlab reads up to {VERSION}")
+    files = meta.get("files")
+    if not isinstance(files, dict) or set(files) != {"weights", "extra"}:
+        raise _Damaged("files: expected the entries 'weights' and 'extra'")
+    for role, entry in files.items():
+        if not isinstance(entry, dict):
+            raise _Damaged(f"files.{role}: expected an object")
+        for key in ("file", "staged"):
+            name = entry.get(key)
+            if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+                raise _Damaged(f"files.{role}.{key}: expected a file name without folders. "
+                               f"Received: {name!r:.60}")
+        size, sha = entry.get("size"), entry.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise _Damaged(f"files.{role}.size: expected a byte count. Received: {size!r:.40}")
+        if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+            raise _Damaged(f"files.{role}.sha256: expected 64 hex digits. Received: {sha!r:.40}")
+    aliases = meta.get("aliases")
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()
+    ):
+        raise _Damaged(f"aliases: expected an object of parameter names. Received: {aliases!r:.40}")
+    if not isinstance(meta.get("state"), dict):
+        raise _Damaged(f"state: expected an object. Received: {meta.get('state')!r:.40}")
+    for part in ("optimizer", "scheduler"):
+        if meta.get(part) is not None and not isinstance(meta.get(f"{part}_class"), str):
+            raise _Damaged(f"{part}_class: expected the class name of the saved {part}")
 
 
 def _locate(directory: Path, entry: Mapping[str, Any], verify: bool) -> Path | None:
-    """The file holding ``entry``'s bytes: its final name, or the staged one after a crash."""
+    """The file holding ``entry``'s bytes: its final name, or the staged one after a crash.
+    Only a regular file (never a link, FIFO or device) of the recorded size counts."""
     for name in (entry["file"], entry["staged"]):
         path = directory / name
         try:
-            if path.stat().st_size != entry["size"]:
-                continue
+            info = path.lstat()
         except OSError:
             continue
-        if not verify or _hash(path) == entry["sha256"]:
+        if not stat.S_ISREG(info.st_mode) or info.st_size != entry["size"]:
+            continue
+        if not verify or _hash_regular(path) == entry["sha256"]:
             return path
     return None
 
 
+def _hash_regular(path: Path) -> str | None:
+    try:
+        fd = open_regular(path)
+    except (OSError, StoreError):
+        return None
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def has_checkpoint(directory: str | Path) -> bool:
-    """True if ``directory`` holds a complete checkpoint (JSON present, files of the right size).
+    """Whether ``directory`` holds a checkpoint: False if it has none (no checkpoint.json),
+    True if it has a complete one; a damaged one (unreadable or tampered JSON, a tensor file
+    missing or of the wrong size) is a one-line StoreError saying so and what to do.
 
     >>> has_checkpoint("/nonexistent")
     False
     """
     directory = Path(directory)
-    meta = _read_json(directory, quiet=True)
+    meta = _read_json(directory, quiet=False) if (directory / CHECKPOINT_JSON).exists() or (
+        directory / CHECKPOINT_JSON).is_symlink() else None
     if meta is None:
         return False
-    try:
-        return all(_locate(directory, e, verify=False) for e in meta["files"].values())
-    except (KeyError, TypeError):
-        return False
+    for entry in meta["files"].values():
+        if _locate(directory, entry, verify=False) is None:
+            final = directory / entry["file"]
+            raise _damaged(directory / CHECKPOINT_JSON, f"{final.name} is missing or not the "
+                           f"{entry['size']:,} bytes it names")
+    return True
 
 
 def load_checkpoint(
@@ -425,18 +519,25 @@ def load_checkpoint(
     scheduler: Any = None,
     restore_rng: bool = True,
     map_location: str | torch.device = "cpu",
+    state_like: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint into ``model`` (and ``optimizer``, ``scheduler``, RNGs); return the
     trainer ``state`` saved with it, its tensors on ``map_location``.
 
-    Files missing, truncated or altered, weights that do not fit the model, and a missing
-    or different optimizer/scheduler raise StoreError before anything is changed.
+    Files missing, truncated or altered, metadata that cannot be what ``save_checkpoint``
+    wrote (tampered or truncated JSON, a dangling tensor reference, an RNG state of the wrong
+    size, an optimizer hyperparameter of the wrong type), weights that do not fit the model,
+    and a missing or different optimizer/scheduler raise a one-line StoreError before
+    anything is changed. With ``state_like`` (e.g. the state a fresh trainer would save),
+    every key of it must be in the saved state with a value of the same kind (a number, a
+    list, an object, ...; a None there accepts anything).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
     meta = _read_json(directory)
+    assert meta is not None
     json_path = directory / CHECKPOINT_JSON
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     for role, entry in meta["files"].items():
@@ -458,10 +559,28 @@ def load_checkpoint(
             ) from None
     weights, extra = loaded["weights"], loaded["extra"]
 
-    # Checks first, so that a mismatch changes nothing.
-    for alias, name in meta["aliases"].items():
-        weights[alias] = weights[name]
-    weights.update(_decode(meta.get("model_extra") or {}, extra))
+    # Decode and check everything first, so that a damaged or mismatched checkpoint
+    # changes nothing.
+    try:
+        for alias, name in meta["aliases"].items():
+            if name not in weights:
+                raise _Damaged(f"aliases.{alias}: names {name!r}, which is not in the weights")
+            weights[alias] = weights[name]
+        model_extra = _decode(meta.get("model_extra") or {}, extra, "model_extra")
+        if not isinstance(model_extra, dict):
+            raise _Damaged("model_extra: expected an object")
+        weights.update(model_extra)
+        parts = {part: _decode(meta.get(part), extra, part) for part in ("optimizer", "scheduler")}
+        rng = _decode(meta.get("rng"), extra, "rng") if restore_rng else None
+        state = _decode(meta["state"], extra, "state")
+        if state_like is not None:
+            _check_like(state, state_like, "state")
+        if optimizer is not None and parts["optimizer"] is not None:
+            _check_optimizer(parts["optimizer"], optimizer.state_dict())
+        if rng is not None:
+            _check_rng(rng)
+    except _Damaged as exc:
+        raise _damaged(json_path, str(exc)) from None
     _check_fits(model, weights, directory / meta["files"]["weights"]["file"])
     for part, obj in (("optimizer", optimizer), ("scheduler", scheduler)):
         if obj is None:
@@ -482,17 +601,118 @@ def load_checkpoint(
     _retie(model, meta["aliases"])
     try:
         if optimizer is not None:
-            optimizer.load_state_dict(_decode(meta["optimizer"], extra))
+            optimizer.load_state_dict(parts["optimizer"])
         if scheduler is not None:
-            scheduler.load_state_dict(_decode(meta["scheduler"], extra))
-    except (ValueError, KeyError, RuntimeError) as exc:
+            scheduler.load_state_dict(parts["scheduler"])
+    except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
         raise StoreError(
             f"{json_path}: optimizer or scheduler state does not fit ({exc}); build them "
             f"over the same parameters as the saved run"
         ) from None
-    if restore_rng and meta.get("rng") is not None:
-        _set_rng_state(_decode(meta["rng"], extra))
-    return _decode(meta["state"], extra)
+    if rng is not None:
+        _set_rng_state(rng)
+    return state
+
+
+_NUMBER = (int, float)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, _NUMBER):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, torch.Tensor):
+        return "a tensor"
+    return type(value).__name__
+
+
+def _check_like(saved: Any, like: Any, where: str) -> None:
+    """``saved`` has the kind of ``like`` (recursively for objects); None in ``like`` accepts
+    anything, and a number accepts an integer or a float."""
+    if like is None:
+        return
+    if isinstance(like, Mapping):
+        if not isinstance(saved, Mapping):
+            raise _Damaged(f"{where}: expected an object. Received: {saved!r:.40}")
+        for key, value in like.items():
+            if key not in saved:
+                raise _Damaged(f"{where}.{key}: missing")
+            _check_like(saved[key], value, f"{where}.{key}")
+        return
+    if _kind(saved) != _kind(like) and not (isinstance(like, torch.Tensor) and saved is None):
+        raise _Damaged(f"{where}: expected {_kind(like)}. Received: {saved!r:.40}")
+
+
+def _check_optimizer(saved: Any, current: Mapping[str, Any]) -> None:
+    """The saved optimizer state has the current one's structure and hyperparameter kinds."""
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping) or not (
+        isinstance(saved.get("param_groups"), list)
+    ):
+        raise _Damaged("optimizer: expected an object with 'state' and 'param_groups'")
+    for i, (group, now) in enumerate(zip(saved["param_groups"], current["param_groups"], strict=False)):
+        if not isinstance(group, Mapping):
+            raise _Damaged(f"optimizer.param_groups[{i}]: expected an object")
+        for key, value in now.items():
+            if key == "params" or key not in group:
+                continue
+            old = group[key]
+            if isinstance(value, torch.Tensor) or isinstance(old, torch.Tensor):
+                continue  # a tensor learning rate (capturable optimizers)
+            if _kind(old) != _kind(value) and value is not None and old is not None:
+                raise _Damaged(f"optimizer.param_groups[{i}].{key}: expected {_kind(value)} "
+                               f"(as {type(value).__name__}). Received: {old!r:.40}")
+            if isinstance(value, tuple) and not all(isinstance(v, _NUMBER) for v in old):
+                raise _Damaged(f"optimizer.param_groups[{i}].{key}: expected numbers. "
+                               f"Received: {old!r:.40}")
+    for key, per_param in saved["state"].items():
+        if not isinstance(per_param, Mapping):
+            raise _Damaged(f"optimizer.state.{key}: expected an object")
+        for name, value in per_param.items():
+            if not isinstance(value, torch.Tensor | int | float) or isinstance(value, bool):
+                raise _Damaged(f"optimizer.state.{key}.{name}: expected a tensor or a number. "
+                               f"Received: {value!r:.40}")
+
+
+def _check_rng(rng: Any) -> None:
+    """Try the RNG states on, then put the current ones back: a state of the wrong size or
+    type is found before anything else changed."""
+    import numpy as np
+
+    if not isinstance(rng, Mapping) or not all(k in rng for k in ("torch", "python", "numpy")):
+        raise _Damaged("rng: expected the 'torch', 'python' and 'numpy' states")
+    t = rng["torch"]
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.shape != torch.get_rng_state().shape:
+        raise _Damaged(f"rng.torch: expected a uint8 tensor of {torch.get_rng_state().numel()} bytes")
+    numpy_state = rng["numpy"]
+    if not (isinstance(numpy_state, list) and len(numpy_state) == 5 and isinstance(numpy_state[1], list)
+            and len(numpy_state[1]) == len(np.random.get_state()[1])):
+        raise _Damaged("rng.numpy: expected [kind, keys, pos, has_gauss, cached] with 624 keys")
+    cuda = rng.get("cuda")
+    if cuda is not None and not (
+        isinstance(cuda, list) and all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 for x in cuda)
+    ):
+        raise _Damaged("rng.cuda: expected a list of uint8 tensors")
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    try:
+        torch.set_rng_state(t.cpu())
+        random.setstate(rng["python"])
+        kind, keys, pos, has_gauss, cached = numpy_state
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, KeyError) as exc:
+        raise _Damaged(f"rng: not a state this Python, NumPy and torch accept ({exc})") from None
+    finally:
+        torch.set_rng_state(before[0])
+        random.setstate(before[1])
+        np.random.set_state(before[2])
 
 
 def _check_fits(model: torch.nn.Module, weights: Mapping[str, Any], path: Path) -> None:

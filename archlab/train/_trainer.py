@@ -39,7 +39,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,16 @@ from torch import nn
 from ..core import StoreError, TrainingError, thaw
 from ..data import Augment, DataInfo, Dataset, DiskSplit, Split, describe_data_path, stream_batches
 from ..model import Network, build
-from ..runs import SQLiteRunStorage
+from ..runs import (
+    BEST_WEIGHTS,
+    CHECKPOINT_JSON,
+    SPEC_FILE,
+    TEST_REPORT,
+    TOKENIZER_FILE,
+    SQLiteRunStorage,
+    run_lock,
+    write_text,
+)
 from ..spec import Spec
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._optim import StepContext, autocast, make_schedule
@@ -214,12 +222,12 @@ class Trainer:
             run_id = store.create_run(name=self.spec.name, data=data_uri, spec=self.spec.to_dict(),
                                       settings=s.to_dict(), env=environment(self.device), params=params,
                                       tags={"task": task.name, **dict(tags or {})})
-            (store.run_dir(run_id) / "spec.yaml").write_text(self.spec.to_yaml())
+            (store.run_dir(run_id) / SPEC_FILE).write_text(self.spec.to_yaml())
             tokenizer = getattr(info, "tokenizer", None)
             if tokenizer:  # so `archlab generate` can encode prompts and decode samples later
                 import json
 
-                (store.run_dir(run_id) / "tokenizer.json").write_text(json.dumps(thaw(tokenizer)))
+                (store.run_dir(run_id) / TOKENIZER_FILE).write_text(json.dumps(thaw(tokenizer)))
             if on_start is not None:
                 on_start(run_id)
         self.run_id = run_id
@@ -261,7 +269,7 @@ class Trainer:
                 "schedulers": [sc.state_dict() for sc in self.schedulers[1:]]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        where = str(self.dir / "checkpoint.json")
+        where = str(self.dir / CHECKPOINT_JSON)
         self.state.load_state_dict(state, steps_per_epoch=self.steps_per_epoch, where=where)
         if self.state.partial_sums is not None:
             self.state.partial_sums = self.state.partial_sums.to(self.device)
@@ -468,7 +476,7 @@ class Trainer:
                and loss < st.best_loss)
         if task.better(primary, st.best) or tie:
             st.best, st.best_epoch, st.best_loss, st.stale = primary, st.epoch, loss, 0
-            save_weights(self.dir / "best.safetensors", self.net)
+            save_weights(self.dir / BEST_WEIGHTS, self.net)
         else:
             st.stale += 1
 
@@ -512,7 +520,7 @@ class Trainer:
 
     def finish(self, duration: float) -> Run:
         """Restore the best-validation weights, score the test split once, record it."""
-        best_path = self.dir / "best.safetensors"
+        best_path = self.dir / BEST_WEIGHTS
         if best_path.exists():
             load_weights(best_path, self.net)
         s, task = self.settings, self.task
@@ -529,54 +537,11 @@ class Trainer:
         if report:
             import json
 
-            (self.dir / "test_report.json").write_text(json.dumps(report))
+            write_text(self.dir / TEST_REPORT, json.dumps(report))
         # A task without validation (a GAN) keeps its last weights: that epoch is the one reported.
         best_epoch = self.state.best_epoch if task.validates else self.state.epoch
         return Run(self.run_id, self.net, self.spec, self.settings, self.dataset.info, self.history, test,
                    report, "finished", best_epoch, self.dir, train_metrics)
-
-
-# ----------------------------------------------------------------------- locking
-
-
-@contextmanager
-def run_lock(directory: Path, run_id: str) -> Iterator[None]:
-    """Only one process trains a run at a time (two resumes would interleave checkpoints).
-
-    An OS file lock: it is released when the process dies, even by SIGKILL.
-    """
-    import fcntl
-
-    handle = open(directory / ".lock", "a+")  # noqa: SIM115 - held for the whole run
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TrainingError(f"run {run_id} is being trained by another process right now; "
-                                f"wait for it or stop it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        handle.close()
-
-
-def is_alive(directory: Path) -> bool:
-    """Whether a process holds the run's lock (i.e. is training it now)."""
-    import fcntl
-
-    path = directory / ".lock"
-    if not path.exists():
-        return False
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 def absolute_data_uri(uri: str) -> str:

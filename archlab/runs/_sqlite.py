@@ -1,22 +1,15 @@
-"""The run store: every training run as a record in SQLite, its artifacts in a folder.
+"""The SQLite backend of the run store: every run a row, its epochs in a second table.
 
-Storage is kept apart from logic, as in Optuna: the trainer, CLI and comparison code talk to
-the small abstract base :class:`RunStorage`; :class:`SQLiteRunStorage` is the one backend.
-Layout under the root (``$ARCHLAB_HOME``, default ``./archlab-runs``)::
-
-    <root>/archlab.db           SQLite database in WAL mode (runs, epochs)
-    <root>/runs/<run_id>/       artifacts of one run: checkpoints, the spec, plots
-
-Records handed out are immutable (:class:`RunRecord`, :class:`EpochRecord`): mappings are
-read-only ``FrozenDict`` views and sequences are tuples; ``record.to_dict()`` gives
-plain, mutable copies. Several processes may write to one store at once: each process (and
-thread) opens its own connection lazily, writes are short ``BEGIN IMMEDIATE`` transactions,
-and "database is locked" is retried with a busy timeout and backoff.
+One file, ``<root>/archlab.db``, in WAL mode; the artifacts lie beside it in
+``<root>/runs/<run_id>/`` (see ``archlab.runs._artifacts``). Several processes may write to
+one store at once: each process (and thread) opens its own connection lazily, writes are
+short ``BEGIN IMMEDIATE`` transactions, and "database is locked" is retried with a busy
+timeout and backoff.
 
 >>> import tempfile
->>> store = open_store(tempfile.mkdtemp())
+>>> store = SQLiteRunStorage(tempfile.mkdtemp())
 >>> rid = store.create_run(name="mlp", data="digits", spec={}, settings={}, env={}, params=10)
->>> store.log_epoch(rid, 0, {"val_acc": 0.5})
+>>> store.log_epoch(rid, 1, {"val_acc": 0.5})
 >>> store.set_status(rid, "finished", duration_s=1.0)
 >>> store.get_run(rid[:5]).best("val_acc")
 0.5
@@ -32,28 +25,19 @@ import shutil
 import sqlite3
 import threading
 import time
-from abc import ABC, abstractmethod
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..core import FrozenDict, StoreError, freeze, thaw
+from ..core import StoreError
+from ._artifacts import DB_FILE, RUNS_FOLDER
+from ._base import RunStorage
+from ._records import STATUSES, EpochRecord, RunRecord, StoreWarning, check_run_id, is_run_id
 
-__all__ = [
-    "STATUSES",
-    "EpochRecord",
-    "RunRecord",
-    "RunStorage",
-    "SQLiteRunStorage",
-    "default_root",
-    "open_store",
-    "thaw",
-]
+__all__ = ["SCHEMA_VERSION", "SQLiteRunStorage", "default_root"]
 
-STATUSES = ("running", "finished", "failed", "interrupted", "pruned")
 SCHEMA_VERSION = 1
-DB_NAME = "archlab.db"
 
 _T = TypeVar("_T")
 
@@ -66,172 +50,6 @@ def default_root() -> Path:
     """
     env = os.environ.get("ARCHLAB_HOME")
     return Path(env).expanduser() if env else Path("archlab-runs")
-
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """The metrics of one epoch, e.g. ``{"train_loss": .., "val_loss": .., "seconds": ..}``."""
-
-    epoch: int
-    metrics: Mapping[str, float]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "metrics", FrozenDict(dict(self.metrics)))
-
-    def __hash__(self) -> int:
-        return hash((self.epoch, tuple(self.metrics.items())))
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run as stored; immutable (mappings are read-only, sequences are tuples).
-
-    Use :meth:`to_dict` (or :func:`thaw` on one field) for plain, mutable copies, e.g.
-    ``thaw(record.spec)`` to rebuild the model from its spec.
-    """
-
-    run_id: str
-    name: str
-    status: str
-    created_at: float
-    updated_at: float
-    duration_s: float | None
-    data: str
-    spec: Mapping[str, Any]
-    settings: Mapping[str, Any]
-    env: Mapping[str, Any]
-    params: int | None
-    history: tuple[EpochRecord, ...]
-    test_metrics: Mapping[str, float]
-    tags: Mapping[str, str]
-    message: str
-
-    def __post_init__(self) -> None:
-        for field in ("spec", "settings", "env", "test_metrics", "tags"):
-            object.__setattr__(self, field, freeze(getattr(self, field)))
-        object.__setattr__(self, "history", tuple(self.history))
-
-    def best(self, metric: str, mode: str = "max") -> float | None:
-        """Best value of ``metric`` over the history (NaN ignored); None if never logged.
-
-        >>> r = _example_record([{"val_loss": 0.9}, {"val_loss": 0.4}, {"val_loss": float("nan")}])
-        >>> r.best("val_loss", "min")
-        0.4
-        """
-        if mode not in ("max", "min"):
-            raise StoreError(f"best(): mode must be 'max' or 'min'. Received: mode={mode!r}")
-        values = [
-            e.metrics[metric]
-            for e in self.history
-            if metric in e.metrics and not math.isnan(e.metrics[metric])
-        ]
-        if not values:
-            return None
-        return max(values) if mode == "max" else min(values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain, mutable, JSON-able (up to NaN/inf) copy of the record."""
-        out = {
-            name: thaw(getattr(self, name))
-            for name in self.__dataclass_fields__
-            if name != "history"
-        }
-        out["history"] = [{"epoch": e.epoch, "metrics": dict(e.metrics)} for e in self.history]
-        return out
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunRecord:
-        """Inverse of :meth:`to_dict`."""
-        fields = dict(d)
-        fields["history"] = tuple(
-            EpochRecord(int(e["epoch"]), e["metrics"]) for e in fields.get("history", ())
-        )
-        return cls(**fields)
-
-    def __reduce__(self):
-        return (RunRecord.from_dict, (self.to_dict(),))
-
-    def __hash__(self) -> int:  # the mappings are unhashable; equal records share these
-        return hash((self.run_id, self.updated_at))
-
-
-def _example_record(history: list[dict[str, float]]) -> RunRecord:
-    """A minimal record, for docstring examples."""
-    return RunRecord(
-        "r0", "x", "finished", 0.0, 0.0, None, "digits", {}, {}, {}, None,
-        tuple(EpochRecord(i, m) for i, m in enumerate(history)), {}, {}, "",
-    )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- the contract
-
-
-class RunStorage(ABC):
-    """Abstract run storage; every backend honours this contract.
-
-    - Run ids are short strings, unique within a store, generated by the store.
-    - A write is committed when the call returns (it survives a crash of the process);
-      concurrent writers (processes or threads) never lose or duplicate a record.
-    - Reads return immutable :class:`RunRecord` snapshots; later writes do not change them.
-    - Every failure the user can fix raises :class:`~archlab.errors.StoreError`.
-    """
-
-    @abstractmethod
-    def create_run(
-        self,
-        *,
-        name: str,
-        data: str,
-        spec: Mapping[str, Any],
-        settings: Mapping[str, Any],
-        env: Mapping[str, Any],
-        params: int | None,
-        tags: Mapping[str, str] | None = None,
-    ) -> str:
-        """Record a new run with status ``"running"`` and return its id."""
-
-    @abstractmethod
-    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Record the metrics of one epoch (values coerced to float; NaN/inf allowed).
-
-        Idempotent per ``(run_id, epoch)``: logging an epoch again (after a resume)
-        replaces it. ``run_id`` must be the full id.
-        """
-
-    @abstractmethod
-    def set_status(
-        self,
-        run_id: str,
-        status: str,
-        *,
-        message: str = "",
-        test_metrics: Mapping[str, float] | None = None,
-        duration_s: float | None = None,
-    ) -> None:
-        """Set the status (one of :data:`STATUSES`) and message; ``test_metrics`` and
-        ``duration_s`` replace the stored ones when given, and are kept when None."""
-
-    @abstractmethod
-    def get_run(self, run_id: str) -> RunRecord:
-        """The run with this id, or with this unique id prefix; StoreError otherwise."""
-
-    @abstractmethod
-    def list_runs(
-        self,
-        *,
-        status: str | Iterable[str] | None = None,
-        tags: Mapping[str, str] | None = None,
-        limit: int | None = None,
-    ) -> list[RunRecord]:
-        """Runs, newest first, optionally only those with one of the given statuses and
-        all the given tags (key and value equal)."""
-
-    @abstractmethod
-    def delete_run(self, run_id: str) -> None:
-        """Delete a run (full id or unique prefix): its record, epochs and artifacts."""
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -273,10 +91,6 @@ def _from_jsonable(obj: Any) -> Any:
 
 def _dumps(obj: Any, where: str) -> str:
     return json.dumps(_to_jsonable(obj, where), allow_nan=False, separators=(",", ":"))
-
-
-def _loads(text: str | None) -> Any:
-    return _from_jsonable(json.loads(text)) if text else {}
 
 
 def _metrics(metrics: Mapping[str, float] | None, where: str) -> dict[str, float]:
@@ -352,7 +166,7 @@ class SQLiteRunStorage(RunStorage):
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
-        self.db_path = self.root / DB_NAME
+        self.db_path = self.root / DB_FILE
         self._local = threading.local()
         self._ready = False
 
@@ -507,12 +321,6 @@ class SQLiteRunStorage(RunStorage):
 
     # -- the contract ------------------------------------------------------------------
 
-    def run_dir(self, run_id: str) -> Path:
-        """The artifact folder of a run, ``<root>/runs/<run_id>``, created on demand."""
-        path = self.root / "runs" / run_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     def create_run(
         self,
         *,
@@ -553,6 +361,7 @@ class SQLiteRunStorage(RunStorage):
         return self._write(insert)
 
     def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
+        check_run_id(run_id)
         text = _dumps(_metrics(metrics, "metrics"), "metrics")
 
         def upsert(conn: sqlite3.Connection) -> None:
@@ -577,6 +386,7 @@ class SQLiteRunStorage(RunStorage):
         test_metrics: Mapping[str, float] | None = None,
         duration_s: float | None = None,
     ) -> None:
+        check_run_id(run_id)
         if status not in STATUSES:
             raise StoreError(
                 f"run {run_id!r}: unknown status. Expected one of {', '.join(STATUSES)}. "
@@ -603,7 +413,7 @@ class SQLiteRunStorage(RunStorage):
 
         def read(conn: sqlite3.Connection) -> RunRecord:
             full = self._resolve(conn, run_id)
-            return self._records(conn, "WHERE run_id = ?", [full])[0]
+            return self._records(conn, "WHERE run_id = ?", [full], strict=True)[0]
 
         return self._read(read)
 
@@ -622,8 +432,8 @@ class SQLiteRunStorage(RunStorage):
             unknown = [s for s in wanted if s not in STATUSES]
             if unknown:
                 raise StoreError(
-                    f"list_runs: unknown status {unknown[0]!r}. Expected one of "
-                    f"{', '.join(STATUSES)}"
+                    f"unknown run status {unknown[0]!r}. Expected one of "
+                    f"{', '.join(STATUSES)}. Received: status={unknown[0]!r}"
                 )
             where.append(f"status IN ({', '.join('?' * len(wanted))})")
             args += wanted
@@ -651,7 +461,11 @@ class SQLiteRunStorage(RunStorage):
             return full
 
         full = self._write(delete)
-        shutil.rmtree(self.root / "runs" / full, ignore_errors=True)
+        folder = self.root / RUNS_FOLDER / full
+        if folder.is_symlink():  # never follow a link out of the store: remove the link only
+            folder.unlink()
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -660,6 +474,7 @@ class SQLiteRunStorage(RunStorage):
 
     def _resolve(self, conn: sqlite3.Connection, run_id: str) -> str:
         """Full id from a full id or a unique prefix."""
+        check_run_id(run_id, prefix=True)
         if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
             return run_id
         if run_id:
@@ -677,13 +492,17 @@ class SQLiteRunStorage(RunStorage):
                 )
         raise self._not_found(run_id)
 
-    def _records(self, conn: sqlite3.Connection, where: str, args: list) -> list[RunRecord]:
+    def _records(
+        self, conn: sqlite3.Connection, where: str, args: list, *, strict: bool = False
+    ) -> list[RunRecord]:
+        """Decode rows into records. A damaged row is skipped with a StoreWarning (or, with
+        ``strict``, raises StoreError); a damaged epoch row is left out of its run's history."""
         rows = conn.execute(
             "SELECT run_id, name, status, created_at, updated_at, duration_s, data, spec, "
             f"settings, env, params, test_metrics, tags, message FROM runs {where}",
             args,
         ).fetchall()
-        history: dict[str, list[EpochRecord]] = {r[0]: [] for r in rows}
+        history: dict[str, list[EpochRecord]] = {r[0]: [] for r in rows if is_run_id(r[0])}
         ids = list(history)
         for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
             chunk = ids[i : i + 500]
@@ -692,34 +511,94 @@ class SQLiteRunStorage(RunStorage):
                 f"({', '.join('?' * len(chunk))}) ORDER BY run_id, epoch",
                 chunk,
             ):
-                history[rid].append(EpochRecord(epoch, _loads(metrics)))
-        return [
-            RunRecord(
-                run_id=r[0],
-                name=r[1],
-                status=r[2],
-                created_at=r[3],
-                updated_at=r[4],
-                duration_s=r[5],
-                data=r[6],
-                spec=_loads(r[7]),
-                settings=_loads(r[8]),
-                env=_loads(r[9]),
-                params=r[10],
-                history=tuple(history[r[0]]),
-                test_metrics=_loads(r[11]),
-                tags=_loads(r[12]),
-                message=r[13],
-            )  # fmt: skip
-            for r in rows
-        ]
+                try:
+                    history[rid].append(_epoch_record(epoch, metrics))
+                except _Damaged as exc:
+                    self._report(f"run {rid!r}: epoch {epoch!r} in {self.db_path} is damaged "
+                                 f"({exc}); that epoch is left out of its history", strict=False)
+        records = []
+        for r in rows:
+            try:
+                records.append(_run_record(r, history.get(r[0], [])))
+            except _Damaged as exc:
+                self._report(f"run {_shown(r[0])} in {self.db_path}: damaged record ({exc}); "
+                             f"{'skipped; ' if not strict else ''}restore the store from a "
+                             f"backup, or delete the run's row", strict=strict)
+        return records
+
+    def _report(self, message: str, *, strict: bool) -> None:
+        if strict:
+            raise StoreError(message)
+        warnings.warn(StoreWarning(message), stacklevel=4)
 
 
-def open_store(root: str | Path | None = None) -> SQLiteRunStorage:
-    """The run store under ``root`` (default: :func:`default_root`).
+class _Damaged(Exception):
+    """A stored value that cannot be what archlab wrote (internal: becomes a report)."""
 
-    >>> import tempfile
-    >>> open_store(tempfile.mkdtemp()).list_runs(status="finished")
-    []
-    """
-    return SQLiteRunStorage(root)
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json_field(text: Any, name: str) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise _Damaged(f"{name}: expected JSON text. Received: {type(text).__name__}")
+    try:
+        value = _from_jsonable(json.loads(text)) if text else {}
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _Damaged(f"{name}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(value, dict):
+        raise _Damaged(f"{name}: expected a JSON object. Received: {type(value).__name__}")
+    return value
+
+
+def _numbers(value: dict[str, Any], name: str) -> dict[str, float]:
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise _Damaged(f"{name}[{k!r}]: expected a number. Received: {_shown(v)}")
+    return value
+
+
+def _epoch_record(epoch: Any, metrics: Any) -> EpochRecord:
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise _Damaged(f"epoch: expected an integer. Received: {_shown(epoch)}")
+    return EpochRecord(epoch, _numbers(_json_field(metrics, "metrics"), "metrics"))
+
+
+def _run_record(r: tuple, history: list[EpochRecord]) -> RunRecord:
+    run_id, name, status, created, updated, duration, data, *_ = r
+    if not is_run_id(run_id):
+        raise _Damaged(f"run_id: expected a run id ('r' + 8 hex digits). Received: {_shown(run_id)}")
+    for field, value in (("name", name), ("data", data), ("message", r[13])):
+        if not isinstance(value, str):
+            raise _Damaged(f"{field}: expected text. Received: {_shown(value)}")
+    if status not in STATUSES:
+        raise _Damaged(f"status: expected one of {', '.join(STATUSES)}. Received: {_shown(status)}")
+    for field, value in (("created_at", created), ("updated_at", updated), ("duration_s", duration)):
+        if not (isinstance(value, int | float) and not isinstance(value, bool)) and not (
+            value is None and field == "duration_s"
+        ):
+            raise _Damaged(f"{field}: expected a number. Received: {_shown(value)}")
+    if r[10] is not None and (isinstance(r[10], bool) or not isinstance(r[10], int)):
+        raise _Damaged(f"params: expected an integer. Received: {_shown(r[10])}")
+    tags = _json_field(r[12], "tags")
+    if not all(isinstance(v, str) for v in tags.values()):
+        raise _Damaged("tags: expected text values")
+    return RunRecord(
+        run_id=run_id,
+        name=name,
+        status=status,
+        created_at=created,
+        updated_at=updated,
+        duration_s=duration,
+        data=data,
+        spec=_json_field(r[7], "spec"),
+        settings=_json_field(r[8], "settings"),
+        env=_json_field(r[9], "env"),
+        params=r[10],
+        history=tuple(history),
+        test_metrics=_numbers(_json_field(r[11], "test_metrics"), "test_metrics"),
+        tags=tags,
+        message=r[13],
+    )

@@ -1,0 +1,269 @@
+"""The storage contract (archlab.runs.RunStorage), run against every backend.
+
+Optuna's ``tests/storages_tests`` style: each backend registers a factory in ``BACKENDS``
+(a fresh, empty store under a folder, and a hook that damages one stored record the way a
+crash, a bad disk or a hand edit would). A second backend (PostgreSQL, say) is done when
+this file passes with it added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import sqlite3
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from archlab.core import StoreError
+from archlab.runs import (
+    STATUSES,
+    RunRecord,
+    RunStorage,
+    SQLiteRunStorage,
+    StoreWarning,
+    current_status,
+    find_runs,
+    is_run_id,
+    open_store,
+    run_lock,
+)
+
+# ------------------------------------------------------------------------ backends
+
+
+def _sqlite(root: Path) -> RunStorage:
+    return SQLiteRunStorage(root)
+
+
+def _sqlite_damage(store: RunStorage, run_id: str, how: str) -> None:
+    assert isinstance(store, SQLiteRunStorage)
+    sql = {
+        "truncated_json": ("UPDATE runs SET spec = '{\"name\": \"mlp\", \"mod' WHERE run_id = ?", (run_id,)),
+        "not_an_object": ("UPDATE runs SET settings = '[1, 2]' WHERE run_id = ?", (run_id,)),
+        "bad_float_tag": ("UPDATE runs SET test_metrics = '{\"acc\": {\"$float\": \"abc\"}}' WHERE run_id = ?",
+                          (run_id,)),
+        "escaping_id": ("UPDATE runs SET run_id = '../../outside/evil' WHERE run_id = ?", (run_id,)),
+        "bad_status": ("UPDATE runs SET status = 'exploded' WHERE run_id = ?", (run_id,)),
+        "bad_epoch": ("UPDATE epochs SET metrics = '{\"val_acc\": ' WHERE run_id = ?", (run_id,)),
+    }[how]
+    with sqlite3.connect(store.db_path) as conn:
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute(*sql)
+    conn.close()
+
+
+# name -> (a fresh store under a folder, damage(store, run_id, how))
+BACKENDS: dict[str, tuple[Callable[[Path], RunStorage], Callable[[RunStorage, str, str], None]]] = {
+    "sqlite": (_sqlite, _sqlite_damage),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path):
+    make, damage = BACKENDS[request.param]
+    return make(tmp_path / "store"), damage
+
+
+@pytest.fixture
+def store(backend) -> RunStorage:
+    return backend[0]
+
+
+def _new(store: RunStorage, name: str = "mlp", **tags: str) -> str:
+    return store.create_run(name=name, data="digits", spec={"name": name, "model": ["relu"]},
+                            settings={"epochs": 2, "lr": 1e-3}, env={"host": "test"}, params=12,
+                            tags=tags or None)
+
+
+# ------------------------------------------------------------------------ records
+
+
+def test_create_returns_a_well_formed_unique_id(store):
+    ids = {_new(store) for _ in range(20)}
+    assert len(ids) == 20 and all(is_run_id(i) for i in ids)
+    run = store.get_run(next(iter(ids)))
+    assert run.status == "running" and run.history == () and run.params == 12
+
+
+def test_round_trip_of_every_field(store):
+    rid = _new(store, study="s1")
+    store.log_epoch(rid, 1, {"val_acc": 0.5, "train_loss": float("nan")})
+    store.log_epoch(rid, 2, {"val_acc": 0.75, "lr": float("inf")})
+    store.log_epoch(rid, 2, {"val_acc": 0.8})  # idempotent per epoch: replaced
+    store.set_status(rid, "finished", message="done", test_metrics={"acc": 0.7}, duration_s=3.5)
+    run = store.get_run(rid)
+    assert (run.name, run.status, run.message, run.duration_s, run.data) == ("mlp", "finished", "done", 3.5, "digits")
+    assert dict(run.test_metrics) == {"acc": 0.7} and dict(run.tags) == {"study": "s1"}
+    assert [e.epoch for e in run.history] == [1, 2] and dict(run.history[1].metrics) == {"val_acc": 0.8}
+    assert math.isnan(run.history[0].metrics["train_loss"])
+    assert run.spec["model"] == ("relu",) and run.settings["lr"] == 1e-3
+    again = RunRecord.from_dict(run.to_dict())
+    assert math.isnan(again.history[0].metrics["train_loss"]) and again.history[1:] == run.history[1:]
+    assert pickle.loads(pickle.dumps(run)).spec == run.spec
+
+
+def test_status_keeps_metrics_and_duration_unless_given(store):
+    rid = _new(store)
+    store.set_status(rid, "finished", test_metrics={"acc": 0.5}, duration_s=1.0)
+    store.set_status(rid, "interrupted")
+    run = store.get_run(rid)
+    assert (run.status, dict(run.test_metrics), run.duration_s) == ("interrupted", {"acc": 0.5}, 1.0)
+    with pytest.raises(StoreError, match="unknown status"):
+        store.set_status(rid, "stopped")  # a person's word, never stored
+
+
+def test_records_are_immutable_snapshots(store):
+    rid = _new(store)
+    run = store.get_run(rid)
+    store.log_epoch(rid, 1, {"a": 1.0})
+    assert run.history == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.status = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        run.tags["x"] = "y"  # type: ignore[index]
+
+
+def test_list_newest_first_with_filters_and_limit(store):
+    a, b, c = _new(store, study="s"), _new(store), _new(store, study="s")
+    store.set_status(b, "finished")
+    assert [r.run_id for r in store.list_runs()] == [c, b, a]
+    assert [r.run_id for r in store.list_runs(limit=2)] == [c, b]
+    assert [r.run_id for r in store.list_runs(status="finished")] == [b]
+    assert [r.run_id for r in store.list_runs(status=["running"], tags={"study": "s"})] == [c, a]
+    with pytest.raises(StoreError, match="unknown run status 'done'. Expected one of running"):
+        store.list_runs(status="done")
+
+
+def test_prefix_lookup_not_found_and_delete(store):
+    rid = _new(store)
+    assert store.get_run(rid[:4]).run_id == rid
+    (store.run_dir(rid) / "spec.yaml").write_text("name: x\n")
+    store.delete_run(rid[:6])
+    assert store.list_runs() == [] and not store.run_dir(rid, create=False).exists()
+    with pytest.raises(StoreError, match="not found"):
+        store.get_run(rid)
+
+
+def test_reading_an_empty_store_creates_nothing(store):
+    assert store.list_runs() == [] and find_runs(store, status="stopped") == []
+    with pytest.raises(StoreError, match="not found"):
+        store.get_run("r0000dead")
+    assert not store.root.exists()
+
+
+@pytest.mark.parametrize("bad", ["../../outside/evil", "r1234567/../../x", "/etc", "", "R12345678", "r1234 "])
+def test_ids_that_are_not_run_ids_are_refused_everywhere(store, bad, tmp_path):
+    rid = _new(store)
+    calls = [lambda: store.get_run(bad), lambda: store.delete_run(bad),
+             lambda: store.log_epoch(bad, 1, {"a": 1.0}), lambda: store.set_status(bad, "finished"),
+             lambda: store.run_dir(bad), lambda: store.artifact(bad, "spec.yaml")]
+    for call in calls:
+        with pytest.raises(StoreError, match="is not a run id: expected 'r' followed by 8 hex digits") as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert store.get_run(rid).run_id == rid
+    assert not (tmp_path / "outside").exists()
+
+
+# ------------------------------------------------------------------------ damage
+
+
+@pytest.mark.parametrize("how", ["truncated_json", "not_an_object", "bad_float_tag", "escaping_id", "bad_status"])
+def test_a_damaged_record_is_reported_and_skipped_never_hiding_the_others(backend, how, tmp_path):
+    store, damage = backend
+    keep_old, bad, keep_new = _new(store, name="old"), _new(store, name="bad"), _new(store, name="new")
+    damage(store, bad, how)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = store.list_runs()
+    assert [r.run_id for r in runs] == [keep_new, keep_old]
+    reports = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+    assert len(reports) == 1 and "damaged record" in reports[0] and "skipped" in reports[0]
+    assert "\n" not in reports[0]
+    if how != "escaping_id":
+        with pytest.raises(StoreError, match=f"run '{bad}' .*damaged record"):
+            store.get_run(bad)
+    assert not (tmp_path / "outside").exists()
+
+
+def test_a_damaged_epoch_is_left_out_of_its_history(backend):
+    store, damage = backend
+    rid = _new(store)
+    store.log_epoch(rid, 1, {"val_acc": 0.5})
+    damage(store, rid, "bad_epoch")
+    with pytest.warns(StoreWarning, match="epoch 1 .*damaged"):
+        run = store.get_run(rid)
+    assert run.history == () and run.name == "mlp"
+
+
+# ------------------------------------------------------------------------ artifacts
+
+
+def test_run_dir_lies_under_root_and_is_created_on_demand(store):
+    rid = _new(store)
+    folder = store.run_dir(rid, create=False)
+    assert folder == store.root / "runs" / rid
+    assert store.run_dir(rid).is_dir()
+    assert store.artifact(rid, "test_report.json") == folder / "test_report.json"
+    for name in ("../x", "a/b", "", ".."):
+        with pytest.raises(StoreError, match="without folders"):
+            store.artifact(rid, name)
+
+
+def test_a_run_folder_that_is_a_link_out_of_the_store_is_refused(store, tmp_path):
+    rid = _new(store)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (store.root / "runs").mkdir(parents=True, exist_ok=True)
+    (store.root / "runs" / rid).symlink_to(outside)
+    for call in (lambda: store.run_dir(rid), lambda: store.artifact(rid, "test_report.json")):
+        with pytest.raises(StoreError, match="is a symbolic link; the run store never reads or writes outside"):
+            call()
+    assert current_status(store, store.get_run(rid)) == "stopped"  # listing goes on
+    assert [r.run_id for r in find_runs(store, status="stopped")] == [rid]
+    store.delete_run(rid)  # removes the link, not what it points at
+    assert outside.is_dir() and not (store.root / "runs" / rid).is_symlink()
+
+
+# ------------------------------------------------------------------------ liveness
+
+
+def test_stopped_is_a_running_run_nobody_trains(store):
+    alive, dead, done = _new(store), _new(store), _new(store)
+    store.set_status(done, "finished")
+    with run_lock(store.run_dir(alive), alive):
+        assert current_status(store, store.get_run(alive)) == "running"
+        assert current_status(store, store.get_run(dead)) == "stopped"
+        assert [r.run_id for r in find_runs(store, status="stopped")] == [dead]
+        assert [r.run_id for r in find_runs(store, status="running")] == [alive]
+        assert [r.run_id for r in find_runs(store, status=["stopped", "finished"])] == [done, dead]
+        assert [r.run_id for r in find_runs(store, status="stopped", limit=1)] == [dead]
+    assert [r.run_id for r in find_runs(store, status="stopped")] == [dead, alive]
+    with pytest.raises(StoreError) as err:
+        find_runs(store, status="complete")
+    assert str(err.value).startswith("unknown run status 'complete'. Expected one of running, stopped, finished")
+    assert "list_runs" not in str(err.value)
+
+
+# ------------------------------------------------------------------------ the factory
+
+
+def test_open_store_takes_a_store_a_path_or_nothing(store, tmp_path, monkeypatch):
+    assert open_store(store) is store
+    assert open_store(tmp_path / "x").root == tmp_path / "x"
+    assert open_store(str(tmp_path / "y")).root == tmp_path / "y"
+    monkeypatch.setenv("ARCHLAB_HOME", str(tmp_path / "home"))
+    assert open_store().root == tmp_path / "home"
+    with pytest.raises(StoreError, match="expected a run store, a folder path or None"):
+        open_store(42)  # type: ignore[arg-type]
+
+
+def test_every_status_is_stored(store):
+    rid = _new(store)
+    for status in STATUSES:
+        store.set_status(rid, status)
+        assert store.get_run(rid).status == status
