@@ -415,3 +415,46 @@ def test_math_of_the_divergence_rule():
     assert not divergence_rule(0.001, 999) and divergence_rule(0.001, 1001)
     assert not divergence_rule(float("nan"), 1e30)
     assert math.isfinite(1e30)
+
+
+# ------------------------------------------------------ batch norm and a last batch of one
+
+
+def test_a_last_batch_of_one_sample_is_dropped_when_the_model_has_batch_norm(archlab_home):
+    from archlab.data import load_dataset
+
+    n = len(load_dataset("digits").train)
+    spec = {"name": "bn", "model": ["flatten", {"linear": 16}, "batchnorm", "relu", {"linear": "$num_classes"}]}
+    run = fit(spec, data="digits", quiet=True, epochs=2, batch_size=n - 1)  # crashed mid-epoch before
+    assert run.status == "finished" and all("partial" not in h for h in run.history)
+    plain = fit(TINY_SPEC, data="digits", quiet=True, epochs=1, batch_size=n - 1)  # no batch norm: all batches
+    assert plain.status == "finished"
+
+
+# ---------------------------------------------------- refused before anything is allocated
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(spec={"name": "huge", "model": ["flatten", {"linear": 100000000000}, {"linear": "$num_classes"}]}),
+    dict(spec="zoo:mlp", vars={"hidden": 100_000_000}),
+    dict(spec="zoo:cnn", crop_padding=100000),
+])
+def test_a_step_that_cannot_fit_is_refused_with_the_figures_and_nothing_recorded(archlab_home, kwargs):
+    kwargs = dict(kwargs)
+    spec = kwargs.pop("spec")
+    with pytest.raises(TrainingError) as info:
+        fit(spec, data="digits", quiet=True, epochs=1, **kwargs)
+    text = str(info.value)
+    assert "a training step needs at least" in text and "GB" in text and "is available" in text
+    assert "Nothing was recorded" in text and "\n" not in text
+    assert open_store().list_runs() == []
+
+
+def test_a_memory_cap_refuses_a_450m_parameter_model(archlab_home, monkeypatch):
+    import archlab.train._memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: (4_000_000_000, "a 4 GB cap"))
+    spec = {"name": "big", "model": ["flatten", {"linear": 30000}, {"linear": 15000}, {"linear": "$num_classes"}]}
+    with pytest.raises(TrainingError, match=r"needs at least 7.23 GB \(452,115,010 parameters.*16.4 kB\) but 4 GB is available"):
+        fit(spec, data="digits", quiet=True, epochs=1)
+    assert open_store().list_runs() == []
