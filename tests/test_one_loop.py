@@ -458,3 +458,23 @@ def test_a_memory_cap_refuses_a_450m_parameter_model(archlab_home, monkeypatch):
     with pytest.raises(TrainingError, match=r"needs at least 7.23 GB \(452,115,010 parameters.*16.4 kB\) but 4 GB is available"):
         fit(spec, data="digits", quiet=True, epochs=1)
     assert open_store().list_runs() == []
+
+
+@pytest.mark.parametrize("name", ["tiny-vae", "tiny-gan"])
+def test_runs_interrupted_by_the_code_before_the_one_loop_resume_to_an_uninterrupted_run(tmp_path, name):
+    """tests/fixtures/loop-v0: a VAE and a GAN run stopped after epoch 1 of 2 by archlab at
+    b0ebc7d (its own generative loop; make_fixture.py there made them). Today's loop resumes
+    them to exactly the weights and history of an uninterrupted run of today's code."""
+    import shutil
+
+    shutil.copytree(REPO / "tests" / "fixtures" / "loop-v0", tmp_path / "store", ignore=shutil.ignore_patterns("*.py"))
+    store = open_store(tmp_path / "store")
+    [record] = [r for r in store.list_runs() if r.name == name]
+    assert record.status == "interrupted" and len(record.history) == 1
+    resumed = resume(record.run_id, store=store, quiet=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    straight = fit(SPECS[name.split("-")[1]], data="digits", store=tmp_path / "new", quiet=True, epochs=2, seed=4)
+    assert _strip(resumed.history) == _strip(straight.history)
+    assert resumed.test_metrics == straight.test_metrics
+    _same_weights(straight.model.state_dict(), resumed.model.state_dict())
+    assert store.get_run(record.run_id).status == "finished"
