@@ -204,7 +204,7 @@ def killed(tmp_path_factory):
         path = root / f"{kind}.yaml"
         path.write_text(yaml.safe_dump(spec))
         cmd = [sys.executable, "-m", "archlab", "train", str(path), "--data", "digits", "--epochs", "3",
-               "--batch-size", "16", "--seed", "3", "--quiet"]
+               "--batch-size", "8", "--seed", "3", "--quiet"]
         homes = {name: root / name for name in ("reference", "sigkill", "sigint")}
         procs = {name: subprocess.Popen(cmd, env=_env(h), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True) for name, h in homes.items()}
@@ -215,7 +215,6 @@ def killed(tmp_path_factory):
                 while time.monotonic() < deadline and procs[name].poll() is None:
                     position = _position(homes[name])
                     if position and position[0] >= 1:
-                        time.sleep(0.05)  # into epoch 2
                         procs[name].send_signal(sig)
                         break
                     time.sleep(0.01)

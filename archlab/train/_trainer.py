@@ -224,7 +224,8 @@ class Trainer:
         self.deadline: float | None = None  # perf_counter time when the budget runs out
         self.out_of_time = False
         self.saved_at: str | None = None  # where the last checkpoint was taken, for messages
-        if run_id is None:
+        created = run_id is None
+        if created:
             params = sum(p.numel() for p in meta.parameters())
             run_id = store.create_run(name=self.spec.name, data=data_uri, spec=self.spec.to_dict(),
                                       settings=s.to_dict(), env=environment(self.device), params=params,
@@ -241,8 +242,14 @@ class Trainer:
         self.dir = store.run_dir(run_id)
         try:
             self._allocate(dataset)
+        except KeyboardInterrupt:
+            if created:
+                store.set_status(run_id, "interrupted", message="interrupted by the user before its first step "
+                                 "(no checkpoint: `archlab train --resume` says how to start it again)")
+            raise
         except BaseException as e:  # recorded already: say why it never trained
-            store.set_status(run_id, "failed", message=f"{type(e).__name__}: {e}")
+            if created:
+                store.set_status(run_id, "failed", message=f"{type(e).__name__}: {e}")
             raise
         # Cross-validation folds never look at the test split; their train metric is
         # measured in eval mode after training, for the train-validation gap.
