@@ -130,9 +130,12 @@ def test_missing_mnist_folder_names_the_path(monkeypatch, capsys, tmp_path):
 
 def test_divergence_is_one_line_with_the_fix(monkeypatch, capsys, archlab_home):
     code, _, err = _main(monkeypatch, capsys, "train", "zoo:mlp", "--lr", "1e6", "--epochs", "2", "--quiet")
-    assert code == 2 and err.count("\n") == 1
-    assert "--lr" in err and "--grad-clip" in err and "epoch 1, step" in err
+    # The run id comes first, as soon as the run is recorded; then the error, on one line.
+    started, error = err.splitlines()
     [record] = open_store(archlab_home).list_runs()
+    assert started.startswith(f"run   {record.run_id}  recorded") and f"--resume {record.run_id}" in started
+    assert code == 2 and err.count("\n") == 2
+    assert "--lr" in error and "--grad-clip" in error and "epoch 1, step" in error
     assert record.status == "failed"
 
 

@@ -80,7 +80,12 @@ def _train(spec, data, resume, quiet, target, assignments, settings):  # noqa: A
         return resume_run(resume, quiet=quiet, **io)
     if spec is None:
         raise ArchlabError("train: give a SPEC (a YAML file or zoo:NAME) or --resume RUN_ID")
-    return fit(spec, data=data, quiet=quiet, target=target, vars=parse_vars(assignments), **settings)
+    def started(run_id: str) -> None:  # the id first: a run killed in its first epoch can still be found
+        print(f"run   {run_id}  recorded; Ctrl-C stops it after the current step, "
+              f"`archlab train --resume {run_id}` continues it", file=sys.stderr, flush=True)
+
+    return fit(spec, data=data, quiet=quiet, target=target, vars=parse_vars(assignments), on_start=started,
+               **settings)
 
 
 @app.command("evaluate")

@@ -3,6 +3,8 @@
 from ._builder import COMPOSITES, Network, Parallel, Repeat, Residual, Serial, build
 from ._decode import KVCache, generate
 from ._generative import GAN_BETAS, GENERATIVE_TASKS, GANNetwork, VAENetwork, generative_task
+from ._generative import _eval as eval_mode  # the VAE and GAN tasks (archlab.train) use these two
+from ._generative import _normal as normal_noise
 from ._inspect import (
     OPTIMIZER_STATES,
     Inspection,
@@ -34,8 +36,10 @@ __all__ = [
     "build",
     "count_params",
     "generate",
+    "eval_mode",
     "generative_task",
     "group_by_kind",
     "inspect",
+    "normal_noise",
     "parse_bytes",
 ]

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from ..core import ArchlabError, DataError, SpecError
 from ..data import DataInfo, Dataset, Split
 from ..model import GAN_BETAS, GANNetwork, VAENetwork
-from ..model._generative import _eval, _normal
+from ..model import eval_mode as _eval
+from ..model import normal_noise as _normal
 from ..spec import Spec
 from ._optim import StepContext, make_optimizer
 from ._settings import TrainSettings

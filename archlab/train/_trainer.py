@@ -18,6 +18,13 @@ stops (status "interrupted"); a second stops at once and keeps the last consiste
 checkpoint. `max_minutes` ends training after the step that spends the budget (that
 partial epoch is validated and recorded). An `on_epoch` callback may raise `StopRun`.
 
+Before anything is allocated or recorded, the model is built on the meta device: its
+output is checked against the task and a training step's memory against what is available
+(`archlab.train._memory`). A last batch of one sample is dropped when the model has batch
+norm, which cannot normalise one value per channel in training mode (`--batch-size 1256`
+on digits' 1,257 training images): each epoch then trains on all samples but one, a
+different one each epoch as the order changes.
+
 Divergence. A run fails (status "failed", its last good checkpoint left intact) when a
 training loss is not finite (checked at every step), or when an epoch's mean training loss
 is over `DIVERGED_FACTOR` (1000) times the loss of the run's first step, taken before any
@@ -61,6 +68,7 @@ from ..runs import (
 )
 from ..spec import Spec
 from ._checkpoint import load_checkpoint, save_checkpoint
+from ._memory import check_memory
 from ._optim import StepContext, autocast, make_schedule
 from ._settings import TrainSettings
 from ._state import LoopState
@@ -120,16 +128,21 @@ def epoch_order(n: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Gene
 
 def batches(split: Split | DiskSplit, order: torch.Tensor, batch_size: int, start: int,
             augment: Augment | None, generator: torch.Generator, *, device: torch.device | None = None,
-            workers: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """(step, x, y) from `start` on. In-memory data is sliced where it lies (the order moves to
-    its device once); data on disk streams through a DataLoader to `device`, in the same order."""
+            workers: int | None = None, steps: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(step, x, y) from `start` on, up to `steps` (default: every batch). In-memory data is sliced
+    where it lies (the order moves to its device once); data on disk streams through a
+    DataLoader to `device`, in the same order."""
+    limit = steps
     if isinstance(split, DiskSplit):
-        steps = stream_batches(split, order, batch_size, start, device=device, workers=workers)
+        batches_ = stream_batches(split, order, batch_size, start, device=device, workers=workers)
     else:
         order = order.to(split.x.device)
-        steps = ((step, *split.take(order[step * batch_size:(step + 1) * batch_size]))
-                 for step in range(start, math.ceil(len(split) / batch_size)))
-    for step, x, y in steps:
+        end = math.ceil(len(split) / batch_size) if limit is None else limit
+        batches_ = ((step, *split.take(order[step * batch_size:(step + 1) * batch_size]))
+                    for step in range(start, end))
+    for step, x, y in batches_:
+        if limit is not None and step >= limit:
+            break
         if augment:  # in this process, from the run's generator: the same draws on either path
             x = augment(x, generator)
         yield step, x, y
@@ -149,6 +162,10 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def _has_batch_norm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
 def divergence_rule(first: float, now: float, factor: float = DIVERGED_FACTOR) -> bool:
@@ -197,28 +214,27 @@ class Trainer:
         self.dataset, self.store, self.quiet = dataset, store, quiet
         self.device = pick_device(s.device)
 
-        torch.manual_seed(s.seed)
-        self.net: Network = build(self.spec, seed=s.seed)
-        task.check_output(self.net.output_shape)
-        self.net.to(self.device)
-        self.model: nn.Module = torch.compile(self.net) if s.compile else self.net
-        self.optimizers = task.configure_optimizers(self.net, s)
-        self.steps_per_epoch = math.ceil(len(dataset.train) / s.batch_size)
-        self.schedulers = [make_schedule(o, s, self.steps_per_epoch) for o in self.optimizers]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16" and self.device.type == "cuda")
+        # First on the meta device (no weights): the output check and whether a step fits in
+        # memory, before anything is recorded or allocated.
+        meta = build(self.spec, seed=s.seed, device="meta")
+        task.check_output(meta.output_shape)
+        check_memory(meta, s, info, self.device)
+        n = len(dataset.train)
+        self.steps_per_epoch = math.ceil(n / s.batch_size)
+        if n % s.batch_size == 1 and n > 1 and _has_batch_norm(meta):
+            # Batch norm cannot train on one value per channel: a last batch of one sample is
+            # dropped (a different sample each epoch, as the order changes).
+            self.steps_per_epoch -= 1
+        self.epoch_samples = min(self.steps_per_epoch * s.batch_size, n)
         self.augment = Augment(crop_padding=s.crop_padding, hflip=s.hflip)
-        # In-memory data lives on the device for the whole run: slicing beats a DataLoader there.
-        # A DiskSplit stays where it is and streams (archlab.data).
-        self.train_split = dataset.train.to(self.device)
-        self.val_split = dataset.val.to(self.device)
-
         self.state = LoopState()
         self._signals = _Signals()
         self.deadline: float | None = None  # perf_counter time when the budget runs out
         self.out_of_time = False
         self.saved_at: str | None = None  # where the last checkpoint was taken, for messages
-        if run_id is None:
-            params = sum(p.numel() for p in self.net.parameters())
+        created = run_id is None
+        if created:
+            params = sum(p.numel() for p in meta.parameters())
             run_id = store.create_run(name=self.spec.name, data=data_uri, spec=self.spec.to_dict(),
                                       settings=s.to_dict(), env=environment(self.device), params=params,
                                       tags={"task": task.name, **dict(tags or {})})
@@ -232,11 +248,38 @@ class Trainer:
                 on_start(run_id)
         self.run_id = run_id
         self.dir = store.run_dir(run_id)
+        try:
+            self._allocate(dataset)
+        except KeyboardInterrupt:
+            if created:
+                store.set_status(run_id, "interrupted", message="interrupted by the user before its first step "
+                                 "(no checkpoint: `archlab train --resume` says how to start it again)")
+            raise
+        except BaseException as e:  # recorded already: say why it never trained
+            if created:
+                store.set_status(run_id, "failed", message=f"{type(e).__name__}: {e}")
+            raise
         # Cross-validation folds never look at the test split; their train metric is
         # measured in eval mode after training, for the train-validation gap.
         self.evaluate_test, self.evaluate_train = evaluate_test, evaluate_train
         # Called after each epoch is logged and checkpointed; it may raise StopRun (a pruner).
         self.on_epoch = on_epoch
+
+    def _allocate(self, dataset: Dataset) -> None:
+        """The real weights, optimizers and data on the device (after the run is recorded)."""
+        s, task = self.settings, self.task
+        torch.manual_seed(s.seed)
+        self.net: Network = build(self.spec, seed=s.seed)
+        task.check_output(self.net.output_shape)
+        self.net.to(self.device)
+        self.model: nn.Module = torch.compile(self.net) if s.compile else self.net
+        self.optimizers = task.configure_optimizers(self.net, s)
+        self.schedulers = [make_schedule(o, s, self.steps_per_epoch) for o in self.optimizers]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16" and self.device.type == "cuda")
+        # In-memory data lives on the device for the whole run: slicing beats a DataLoader there.
+        # A DiskSplit stays where it is and streams (archlab.data).
+        self.train_split = dataset.train.to(self.device)
+        self.val_split = dataset.val.to(self.device)
 
     # The names the loop state had as attributes (compare, search and bench read them).
     @property
@@ -417,7 +460,8 @@ class Trainer:
         first_step = st.step_in_epoch  # > 0 when resumed mid-epoch: time only what runs now
         progress.start_epoch(st.epoch, st.step_in_epoch)
         for step, x, y in batches(self.train_split, order, s.batch_size, st.step_in_epoch,
-                                  self.augment, self.generator, device=self.device, workers=s.workers):
+                                  self.augment, self.generator, device=self.device, workers=s.workers,
+                                  steps=self.steps_per_epoch):
             loss, batch_sums = task.train_step(ctx, (x, y), self.optimizers)
             self.scaler.update()
             for schedule in self.schedulers:
@@ -443,7 +487,7 @@ class Trainer:
                 break
         assert sums is not None
         self._check_finite(first_bad)  # before anything of this epoch is saved
-        seen = min(st.step_in_epoch * s.batch_size, len(self.train_split))
+        seen = min(st.step_in_epoch * s.batch_size, self.epoch_samples)
         train = task.summarize(sums, seen)
         self._check_growth(train)
         val: dict[str, float] = {}
@@ -459,8 +503,8 @@ class Trainer:
                   **{f"val_{k}": v for k, v in val.items()}, "lr": self._lr_at(st.global_step - 1),
                   "seconds": seconds,
                   "samples_per_s": (seen - min(first_step * s.batch_size, seen)) / max(seconds, 1e-9)}
-        if seen < len(self.train_split):
-            record["partial"] = seen / len(self.train_split)  # the time budget ended this epoch early
+        if seen < self.epoch_samples:
+            record["partial"] = seen / self.epoch_samples  # the time budget ended this epoch early
         st.history.append(record)
         return record
 
