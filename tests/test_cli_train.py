@@ -157,3 +157,14 @@ def test_the_installed_command_reports_errors_in_one_line(tmp_path):
     assert proc.stderr.startswith("error: mnist") and proc.stderr.count("\n") == 1
     assert str(missing) in proc.stderr
     assert not (tmp_path / "archlab-runs").exists()
+
+
+def test_training_on_a_csv_says_which_column_is_the_target(tmp_path, archlab_home):
+    # Issue "Nothing silent" #2: the default target (the last column) is stated, not silent.
+    rows = ["a,b,color,label"] + [f"{i / 40:.3f},{(i * 7 % 40) / 40:.3f},{'red' if i % 2 else 'blue'},"
+                                  f"{'x' if i % 2 else 'y'}" for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    result = runner.invoke(app, ["train", "zoo:mlp", "--data", f"csv:{tmp_path / 't.csv'}", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "target: column 'label'" in result.output and "the last column" in result.output
+    assert "categorical (one-hot): color" in result.output

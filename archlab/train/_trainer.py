@@ -375,6 +375,8 @@ class Trainer:
                 total_steps = s.epochs * self.steps_per_epoch
                 if note := describe_data_path(self.dataset):
                     progress.note(note)
+                for note in self.dataset.info.notes:  # e.g. which csv column is the target
+                    progress.note(note)
                 if s.warmup >= total_steps and st.global_step == 0:
                     progress.note(f"warning: warmup ({s.warmup} steps) is not shorter than the whole run "
                                   f"({total_steps} steps), so the learning rate never reaches {s.lr:g}; "
