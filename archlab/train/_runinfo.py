@@ -151,10 +151,17 @@ def _problem(record: RunRecord, directory: Path) -> tuple[str, ArchlabError] | N
             return "no checkpoint", TrainingError(
                 f"run {record.run_id} has no checkpoint yet in {directory}: it stopped before its "
                 f"first epoch ended, so there is nothing to resume; train it again from the start "
-                f"with `{rerun_command(record, directory)}`")
+                f"with {_rerun_hint(record, directory)}")
     except StoreError as exc:
         return "damaged", StoreError(f"run {record.run_id} cannot be resumed: {exc}")
     return None
+
+
+def _rerun_hint(record: RunRecord, directory: Path) -> str:
+    try:
+        return f"`{rerun_command(record, directory)}`"
+    except ArchlabError:  # a record whose spec no longer parses: the generic advice
+        return "`archlab train`"
 
 
 def rerun_command(record: Any, directory: Path) -> str:

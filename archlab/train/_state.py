@@ -51,6 +51,10 @@ class LoopState:
         checkpoints), wrong types raise a one-line StoreError. Returns self."""
         if not isinstance(state, Mapping):
             raise _damaged(where, "state", "a mapping", state)
+        for name in _REQUIRED:  # in every checkpoint archlab ever wrote
+            if name not in state:
+                raise StoreError(f"{where}: the checkpoint is damaged (state.{name}: missing); restore it "
+                                 f"from a backup, or delete checkpoint.json and train the run again")
         for f in dataclasses.fields(self):
             if f.name in state:
                 setattr(self, f.name, _check(f.name, state[f.name], where))
@@ -63,6 +67,9 @@ class LoopState:
         if self.step_in_epoch == 0:
             self.partial_sums = self.generator = None
         return self
+
+
+_REQUIRED = ("epoch", "history")
 
 
 def _copy(value: Any) -> Any:
