@@ -14,6 +14,7 @@ from ._generative import (
 from ._progress import EpochProgress, TaskProgress
 from ._settings import TrainSettings, resolve_settings
 from ._tasks import TASKS, LanguageModel, Seq2Seq, make_task
+from ._tensorboard import TensorBoardLog
 from ._trainer import (
     Run,
     StopRun,
@@ -41,6 +42,7 @@ __all__ = [
     "StopRun",
     "TASKS",
     "TaskProgress",
+    "TensorBoardLog",
     "TrainSettings",
     "Trainer",
     "absolute_data_uri",

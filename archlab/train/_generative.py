@@ -50,6 +50,7 @@ from ..model._generative import _eval, _normal
 from ..runs import SQLiteRunStorage, open_store
 from ..spec import Spec, load_spec
 from ._checkpoint import load_checkpoint, save_checkpoint
+from ._tensorboard import TensorBoardLog
 from ._trainer import (
     Run,
     StopRun,
@@ -245,7 +246,9 @@ class _GenerativeTrainer:
         started = time.perf_counter() - self.elapsed
         try:
             with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
-                               batch_size=s.batch_size, primary=self.primary) as progress:
+                               batch_size=s.batch_size, primary=self.primary) as progress, \
+                    TensorBoardLog(self.dir, first_epoch=self.epoch + 1, spec=self.spec.to_yaml(),
+                                   settings=s.to_dict(), note=progress.note) as board:
                 if note := describe_data_path(self.dataset):
                     progress.note(note)
                 # The budget counts from the run's first start; it is checked at epoch ends (the
@@ -258,6 +261,7 @@ class _GenerativeTrainer:
                     record = self.train_epoch(progress)
                     self.elapsed = time.perf_counter() - started
                     self.store.log_epoch(self.run_id, record["epoch"], record)
+                    board.epoch(record)
                     self.save()
                     progress.epoch_done(record)
                     if self.on_epoch is not None:

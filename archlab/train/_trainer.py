@@ -53,6 +53,7 @@ from ._settings import (
     resolve_settings,
 )
 from ._tasks import Task, make_task
+from ._tensorboard import TensorBoardLog
 
 
 class StopRun(Exception):  # noqa: N818 - a control signal, not an error
@@ -318,7 +319,9 @@ class Trainer:
             from ._progress import EpochProgress
 
             with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
-                               batch_size=s.batch_size, primary=self.task.primary) as progress:
+                               batch_size=s.batch_size, primary=self.task.primary) as progress, \
+                    TensorBoardLog(self.dir, first_epoch=self.epoch + 1, spec=self.spec.to_yaml(),
+                                   settings=s.to_dict(), note=progress.note) as board:
                 total_steps = s.epochs * self.steps_per_epoch
                 if self.data_note:
                     progress.note(self.data_note)
@@ -333,6 +336,7 @@ class Trainer:
                     record = self.train_epoch(progress)
                     self.elapsed = time.perf_counter() - started
                     self.store.log_epoch(self.run_id, record["epoch"], record)
+                    board.epoch(record)
                     self.save()
                     progress.epoch_done(record)
                     if self.on_epoch is not None:
