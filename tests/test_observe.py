@@ -148,13 +148,41 @@ def test_epochs_logged_after_the_last_checkpoint_are_dropped_when_the_run_resume
     assert len(texts["spec/text_summary"]) == 1
 
 
-def test_without_tensorboard_a_run_trains_and_says_so_once(store, monkeypatch, capsys):
-    monkeypatch.setattr(tensorboard_module, "_writer_class", lambda: None)
+GAN = {
+    "name": "tiny-gan",
+    "input": {"shape": [1, 8, 8]},
+    "vars": {"latent": 3, "hidden": 8},
+    "generator": [{"linear": "$hidden"}, "relu", {"linear": 64}, "sigmoid", {"reshape": [1, 8, 8]}],
+    "discriminator": ["flatten", {"linear": "$hidden"}, "relu", {"linear": 1}],
+    "train": {"epochs": 2, "batch_size": 256},
+}
+
+
+def test_the_generative_loop_writes_the_same_event_files(store):
+    run = fit(GAN, data="digits", store=store, quiet=True)
+    scalars, texts = _events(run.directory)
+    assert _mismatches(scalars, _stored(store, run.run_id)) == []
+    assert len(scalars) > 2 and all(len(points) == 2 for points in scalars.values())
+    assert "tiny-gan" in texts["spec/text_summary"][0]
+
+
+def _absent():
+    raise ImportError("TensorBoard logging requires TensorBoard version 1.15 or above")
+
+
+def _broken():
+    raise TypeError("Descriptors cannot be created directly.")
+
+
+@pytest.mark.parametrize(("import_", "says"), [(_absent, "tensorboard is not installed"),
+                                               (_broken, "tensorboard cannot be imported (TypeError")])
+def test_without_tensorboard_a_run_trains_and_says_so_once(store, monkeypatch, capsys, import_, says):
+    monkeypatch.setattr(tensorboard_module, "_writer_class", import_)
     monkeypatch.setattr(tensorboard_module, "_MISSING_NOTED", False)
     first = fit(TINY, data="digits", epochs=1, store=store)
     second = fit(TINY, data="digits", epochs=1, store=store)
     err = capsys.readouterr().err
-    assert err.count("tensorboard is not installed") == 1
+    assert err.count(says) == 1 and err.count("no TensorBoard event files") == 1
     assert first.status == second.status == "finished"
     assert not list(first.directory.glob("events.out.tfevents.*"))
 

@@ -26,11 +26,9 @@ _MISSING_NOTED = False  # the missing-package note is printed once per process
 
 
 def _writer_class() -> Any:
-    """SummaryWriter, or None when the tensorboard package is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # torch raises ImportError when tensorboard is absent
-        return None
+    """SummaryWriter; ImportError when the tensorboard package is not installed."""
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter
 
 
@@ -65,12 +63,15 @@ class TensorBoardLog:
                  note: Callable[[str], None] | None = None):
         self.directory = Path(directory)
         self._writer: Any = None
-        writer_class = _writer_class()
-        if writer_class is None:
+        try:
+            writer_class = _writer_class()
+        except Exception as e:  # absent (ImportError), or broken (e.g. a protobuf it cannot use)
             global _MISSING_NOTED
             if note is not None and not _MISSING_NOTED:
-                note("note: tensorboard is not installed, so this run writes no TensorBoard event "
-                     "files; `pip install tensorboard` to get them")
+                why = ("tensorboard is not installed" if isinstance(e, ImportError)
+                       else f"tensorboard cannot be imported ({type(e).__name__}: {e})")
+                note(f"note: {why}, so runs write no TensorBoard event files; "
+                     f"`pip install tensorboard` to get them")
             _MISSING_NOTED = True
             return
         resumed = has_events(self.directory)
