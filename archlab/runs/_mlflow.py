@@ -147,9 +147,7 @@ def export_mlflow(store: RunStorage, tracking_uri: str, run_ids: Sequence[str] =
                          f"folder. Received: scheme {scheme!r}")
     records = [store.get_run(r) for r in run_ids] if run_ids else store.list_runs()
     client_class = _mlflow()
-    from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
-    from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
     quiet = [logging.getLogger(name) for name in ("mlflow", "alembic")]
     levels = [log.level for log in quiet]
@@ -162,36 +160,10 @@ def export_mlflow(store: RunStorage, tracking_uri: str, run_ids: Sequence[str] =
         existing = _existing_runs(client, experiment_id)
         done = []
         for record in records:
-            mlflow_id = existing.get(record.run_id)
-            created = mlflow_id is None
-            if created:
-                run = client.create_run(experiment_id, start_time=int(record.created_at * 1000),
-                                        tags={RUN_ID_TAG: record.run_id})
-                mlflow_id = run.info.run_id
-                logged_params: dict[str, str] = {}
-                history: dict[str, dict[int, float]] = {}
-            else:
-                run = client.get_run(mlflow_id)
-                logged_params = dict(run.data.params)
-                history = {key: {m.step: m.value for m in client.get_metric_history(mlflow_id, key)}
-                           for key in run.data.metrics}
-            # A param keeps its first value in MLflow; a run's settings never change.
-            params = [Param(k, v) for k, v in _params(record).items() if k not in logged_params]
-            tags = [RunTag(k, v) for k, v in _tags(record, store).items()]
-            metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in _metrics(record)
-                       if step not in history.get(key, {}) or not _same(history[key][step], value)]
-            for chunk in _batches(params, MAX_PARAMS_TAGS_PER_BATCH):
-                client.log_batch(mlflow_id, params=chunk)
-            for chunk in _batches(tags, MAX_PARAMS_TAGS_PER_BATCH):
-                client.log_batch(mlflow_id, tags=chunk)
-            for chunk in _batches(metrics, MAX_METRICS_PER_BATCH):
-                client.log_batch(mlflow_id, metrics=chunk)
-            status = _STATUS.get(record.status, "RUNNING")
-            client.update_run(mlflow_id, status=status, name=record.tags.get("candidate", record.name))
-            if status != "RUNNING":
-                client.set_terminated(mlflow_id, status, end_time=int(record.updated_at * 1000))
+            mlflow_id, added = _export_one(client, experiment_id, existing.get(record.run_id),
+                                           record, store)
+            done.append(Exported(record.run_id, mlflow_id, record.run_id not in existing, added))
             existing[record.run_id] = mlflow_id
-            done.append(Exported(record.run_id, mlflow_id, created, len(metrics)))
         return done
     except MlflowException as e:
         raise StoreError(f"--mlflow {tracking_uri}: {e.message}; expected an MLflow tracking URI "
@@ -199,6 +171,56 @@ def export_mlflow(store: RunStorage, tracking_uri: str, run_ids: Sequence[str] =
     finally:
         for log, level in zip(quiet, levels, strict=True):
             log.setLevel(level)
+
+
+def _export_one(client: Any, experiment_id: str, mlflow_id: str | None, record: RunRecord,
+                store: RunStorage) -> tuple[str, int]:
+    """Create or bring up to date the MLflow run of one record: (its id, metric points added).
+    Only what differs is written, in as few calls as MLflow's batch limits allow (each call
+    is a commit of the SQL store)."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
+    name = record.tags.get("candidate", record.name)
+    status = _STATUS.get(record.status, "RUNNING")
+    end_time = int(record.updated_at * 1000)
+    if mlflow_id is None:
+        run = client.create_run(experiment_id, start_time=int(record.created_at * 1000),
+                                tags={RUN_ID_TAG: record.run_id}, run_name=name)
+        mlflow_id = run.info.run_id
+        logged_params: dict[str, str] = {}
+        logged_tags: dict[str, str] = {}
+        history: dict[str, dict[int, float]] = {}
+    else:
+        run = client.get_run(mlflow_id)
+        logged_params, logged_tags = dict(run.data.params), dict(run.data.tags)
+        history = {key: {m.step: m.value for m in client.get_metric_history(mlflow_id, key)}
+                   for key in run.data.metrics}
+        if run.info.run_name != name:
+            client.update_run(mlflow_id, name=name)
+        if run.info.status == status and (status == "RUNNING" or run.info.end_time == end_time):
+            status = ""  # already as it should be
+    # A param keeps its first value in MLflow; a run's settings never change.
+    params = [Param(k, v) for k, v in _params(record).items() if k not in logged_params]
+    tags = [RunTag(k, v) for k, v in _tags(record, store).items() if logged_tags.get(k) != v]
+    metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in _metrics(record)
+               if step not in history.get(key, {}) or not _same(history[key][step], value)]
+    if len(params) + len(tags) <= MAX_PARAMS_TAGS_PER_BATCH and len(metrics) <= (
+            MAX_METRICS_PER_BATCH - len(params) - len(tags)):
+        if params or tags or metrics:
+            client.log_batch(mlflow_id, metrics=metrics, params=params, tags=tags)
+    else:
+        for chunk in _batches(params, MAX_PARAMS_TAGS_PER_BATCH):
+            client.log_batch(mlflow_id, params=chunk)
+        for chunk in _batches(tags, MAX_PARAMS_TAGS_PER_BATCH):
+            client.log_batch(mlflow_id, tags=chunk)
+        for chunk in _batches(metrics, MAX_METRICS_PER_BATCH):
+            client.log_batch(mlflow_id, metrics=chunk)
+    if status == "RUNNING" and run.info.status != "RUNNING":
+        client.update_run(mlflow_id, status=status)
+    elif status and status != "RUNNING":
+        client.set_terminated(mlflow_id, status, end_time=end_time)
+    return mlflow_id, len(metrics)
 
 
 def _existing_runs(client: Any, experiment_id: str) -> dict[str, str]:
