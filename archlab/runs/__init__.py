@@ -44,6 +44,7 @@ from ._lock import (
     is_alive,
     run_lock,
 )
+from ._mlflow import Exported, export_mlflow
 from ._records import (
     RUN_ID_FORMAT,
     STATUSES,
@@ -74,6 +75,7 @@ __all__ = [
     "TEST_REPORT",
     "TOKENIZER_FILE",
     "EpochRecord",
+    "Exported",
     "RunRecord",
     "RunStorage",
     "SQLiteRunStorage",
@@ -86,6 +88,7 @@ __all__ = [
     "is_alive",
     "is_run_id",
     "open_regular",
+    "export_mlflow",
     "open_store",
     "read_bytes",
     "read_json",

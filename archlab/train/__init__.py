@@ -29,6 +29,7 @@ from ._runinfo import (
 from ._settings import TrainSettings, resolve_settings
 from ._state import LoopState
 from ._tasks import TASKS, LanguageModel, Seq2Seq, Task, make_task, task_for
+from ._tensorboard import TensorBoardLog
 from ._trainer import (
     DIVERGED_FACTOR,
     Run,
@@ -57,6 +58,7 @@ __all__ = [
     "TASKS",
     "Task",
     "TaskProgress",
+    "TensorBoardLog",
     "TrainSettings",
     "Trainer",
     "VAETask",

@@ -73,6 +73,7 @@ from ._optim import StepContext, autocast, make_schedule
 from ._settings import TrainSettings
 from ._state import LoopState
 from ._tasks import Task, task_for
+from ._tensorboard import TensorBoardLog
 
 __all__ = ["Run", "StopRun", "Trainer", "autocast", "batches", "epoch_order", "evaluate_split"]
 
@@ -371,7 +372,9 @@ class Trainer:
             from ._progress import EpochProgress
 
             with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
-                               batch_size=s.batch_size, primary=self.task.primary) as progress:
+                               batch_size=s.batch_size, primary=self.task.primary) as progress, \
+                    TensorBoardLog(self.dir, first_epoch=st.epoch + 1, spec=self.spec.to_yaml(),
+                                   settings=s.to_dict(), note=progress.note) as board:
                 total_steps = s.epochs * self.steps_per_epoch
                 if note := describe_data_path(self.dataset):
                     progress.note(note)
@@ -388,6 +391,7 @@ class Trainer:
                     record = self.train_epoch(progress)
                     st.elapsed = time.perf_counter() - started
                     self.store.log_epoch(self.run_id, record["epoch"], record)
+                    board.epoch(record)
                     self.save()
                     progress.epoch_done(record)
                     if self.on_epoch is not None:
