@@ -212,7 +212,7 @@ def test_nested_repeats_with_different_vars() -> None:
         ({"repeat": 2}, "missing 'block'"),
         ({"repeat": 2, "block": "relu", "var": "2x"}, "'var' must be a name"),
         ({"repeat": 2, "block": "relu", "times": 3}, "unknown option 'times'"),
-        ({"repeat": 2**70, "block": "relu"}, "is more than the 10,000 a spec may repeat"),
+        ({"repeat": 2**62, "block": "relu"}, "is more than the 10,000 a spec may repeat"),
     ],
 )
 def test_repeat_errors(node: dict, fragment: str) -> None:
@@ -365,7 +365,7 @@ def test_missing_required_argument() -> None:
         (True, "argument 'out' expected an integer. Received: True"),
         ([3], "argument 'out' expected an integer. Received: [3]"),
         ({"out": 3, "bias": "no"}, "argument 'bias' expected true or false. Received: 'no'"),
-        (10**30, "argument 'out' is too large"),
+        (2**60, "argument 'out' is too large"),
     ],
 )
 def test_wrong_argument_types(args: Any, fragment: str) -> None:
@@ -415,4 +415,38 @@ def test_other_node_errors() -> None:
 
 def test_weights_too_large_for_pytorch_are_a_spec_error() -> None:
     msg = error(spec(["flatten", {"linear": 2**40}, {"linear": 2**40}]))
-    assert msg.startswith("model[2].linear: its weights are too large")
+    assert msg.startswith("model[1].linear: its weights would need a tensor of shape (1099511627776, 8)")
+
+
+# ------------------------------------------------------- sizes checked before allocating
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_huge_weight_is_refused_before_anything_is_allocated(device: str) -> None:
+    # It used to end in a 72-line allocator traceback (25.6 TB asked for on cpu).
+    with pytest.raises(SpecError, match=r"^model\[0\]\.linear: its weights would need a tensor of shape "
+                                        r"\(100000000000, 64\), 6\.4e\+12 values, more than the 2\*\*36"):
+        build(spec([{"linear": 100_000_000_000}], input={"shape": [64]}), device=device)
+
+
+def test_float_arguments_are_bounded_before_they_become_sizes() -> None:
+    # int(16 * 1e30) reached torch.empty: "Overflow when unpacking long long".
+    s = spec([{"encoder_block": {"heads": 2, "mlp_ratio": 1.0e30}}], input={"shape": [4, 16]})
+    assert "model[0].encoder_block: argument 'mlp_ratio' is too large (at most 2**48)" in error(s)
+    s = spec([{"encoder_block": {"heads": 2, "mlp_ratio": 1.0e10}}], input={"shape": [4, 16]})
+    assert "more than the 2**36 one tensor may hold" in error(s)
+
+
+def test_an_input_whose_size_overflows_is_refused() -> None:
+    s = spec([{"conv2d": {"out": 4, "kernel": 3}}], input={"shape": [1, 10**11, 10**11]})
+    assert "input.shape: a sample of shape [1, 100000000000, 100000000000] holds 1e+22 values" in error(s)
+
+
+def test_the_residual_error_says_where_the_branch_goes() -> None:
+    message = error(spec([{"residual": {"projection": "none", "layers": [{"linear": 8}]}}]))
+    assert message.startswith("model[0].residual: unknown option 'layers'.")
+    assert "go under 'body' (residual: {body: [...], projection: none})" in message
+    # the two documented placements both work
+    for node in ({"residual": {"body": [{"linear": 4}], "projection": [{"linear": 4}]}},
+                 {"residual": [{"linear": 4}], "projection": [{"linear": 4}]}):
+        assert build(spec([node]), device="meta").output_shape == (4,)

@@ -313,3 +313,25 @@ def test_inspecting_a_7b_model_allocates_no_weights() -> None:
 def test_a_size_without_a_unit_is_refused():
     with pytest.raises(SpecError, match="no unit"):
         parse_bytes("80")
+
+
+# ------------------------------------------------------ batch norm at one value per channel
+
+
+def test_batchnorm_with_one_value_per_channel_is_measured_off_the_line() -> None:
+    # At batch 1 a training-mode batch norm after a linear sees one value per channel:
+    # PyTorch raises "Expected more than 1 value per channel when training".
+    spec = {"input": {"shape": [1, 8, 8]}, "model": ["flatten", {"linear": 64}, "batchnorm", "relu", {"linear": 10}]}
+    r = inspect(spec)
+    m = r.memory
+    assert m.activations == int(m.activations_fixed + m.activations_per_sample)
+    assert "batch norm cannot train on one value per channel" in m.note
+    assert inspect(spec, batch=2).memory.note == ""  # measured where it can be
+    assert r.flops_per_sample == inspect(spec, batch=2).flops_per_sample
+
+
+def test_resnet18_on_small_images_inspects() -> None:
+    # Its last feature map is 1x1 at 32x32 input: batch norm there sees one value per channel.
+    r = inspect("zoo:resnet18", input_shape=(3, 32, 32))
+    assert r.params > 11_000_000 and r.memory.note
+    assert inspect(MLP).memory.note == ""

@@ -1,8 +1,11 @@
-"""The bottom of archlab: errors, the one registry class, frozen records. Standard library only."""
+"""The bottom of archlab: errors, the one registry class, frozen records, the size grammar and
+error-message formatting. Standard library only."""
 
 from ._errors import ArchlabError, DataError, ShapeError, SpecError, StoreError, TrainingError
+from ._format import brief
 from ._frozen import FrozenDict, freeze, thaw
 from ._registry import Registry
+from ._sizes import format_size, parse_size
 
 __all__ = [
     "ArchlabError",
@@ -13,6 +16,9 @@ __all__ = [
     "SpecError",
     "StoreError",
     "TrainingError",
+    "brief",
+    "format_size",
     "freeze",
+    "parse_size",
     "thaw",
 ]

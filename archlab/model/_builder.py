@@ -11,8 +11,20 @@ Node forms (after `$var` / `${expr}` substitution):
     relu | {linear: 10} | {conv2d: {...}}  a leaf layer from the registry
     name | {name: {var: value}}            a named block from `blocks:` (with var overrides)
     {parallel: [[...], [...]], merge: concat|add|mean}
-    {residual: [...], projection: auto|none|[...]}
+    {residual: [...], projection: auto|none|[...]}   (projection beside the branch, or
+    {residual: {body: [...], projection: ...}}        both under residual, the branch as body)
     {repeat: N, block: ..., var: i}        N copies; the copy index is var `i`
+
+A residual adds its input to its branch's output. Where the branch changes the shape, the
+input goes through a projection first: `auto` (the default) makes a 1x1 convolution (with
+batch norm if the branch has one) or a linear layer; `none` refuses the shape change; a
+list of layers is an explicit projection. In YAML:
+
+    - residual: [conv2d: {out: 64, kernel: 3, padding: same}, batchnorm, relu]
+      projection: auto
+    - residual:
+        body: [linear: 64, relu]
+        projection: [linear: 64]
 
 Module names follow spec paths: `model[3].residual[0].conv2d` is `model.3.residual.0`.
 """
@@ -20,26 +32,66 @@ Module names follow spec paths: `model[3].residual[0].conv2d` is `model.3.residu
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..core import FrozenDict, ShapeError, SpecError, thaw
 from ..layers import LAYERS, BuildContext, TensorType, default_layout
-from ..spec import Spec, check_shape, load_spec, substitute
+from ..spec import (
+    MAX_DEPTH,
+    MAX_LAYERS,
+    MAX_TENSOR_VALUES,
+    Spec,
+    check_shape,
+    load_spec,
+    substitute,
+)
 
 COMPOSITES = ("parallel", "residual", "repeat")
 # Each level costs a few Python frames; this stays well inside the default recursion limit
 # even when build is called from deep inside another program (a test runner, a search).
-_MAX_DEPTH = 100
+_MAX_DEPTH = MAX_DEPTH
 # Far beyond any real model, but `repeat: 1e9` (a typo, or a search gone wrong) fails at once
 # instead of building modules until memory runs out.
 _MAX_REPEAT = 10_000
-_MAX_LAYERS = 100_000
+_MAX_LAYERS = MAX_LAYERS
 MERGES = ("concat", "add", "mean")
+
+
+# ----------------------------------------------------------------- the weight guard
+
+_FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn,
+                        torch.empty_strided})
+
+
+def _requested_size(args: tuple, kwargs: Mapping[str, Any]) -> tuple | None:
+    size = kwargs.get("size", args[0] if args else None)
+    if isinstance(size, int) and not isinstance(size, bool):  # torch.empty(3, 4)
+        size = tuple(a for a in args if isinstance(a, int) and not isinstance(a, bool))
+    if isinstance(size, list | tuple | torch.Size) and all(isinstance(d, int) for d in size):
+        return tuple(size)
+    return None
+
+
+class _WeightGuard(TorchFunctionMode):
+    """Refuses, before PyTorch allocates it (or fails to describe its size), any tensor a
+    layer creates with more than MAX_TENSOR_VALUES values: `linear: 100000000000` is a
+    SpecError on every device, meta included, instead of an allocator's traceback."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in _FACTORIES:
+            size = _requested_size(args, kwargs)
+            if size is not None and math.prod(size) > MAX_TENSOR_VALUES:
+                raise SpecError(f"its weights would need a tensor of shape {size}, {math.prod(size):.3g} "
+                                f"values, more than the 2**36 one tensor may hold; reduce its sizes")
+        return func(*args, **kwargs)
 
 
 # ----------------------------------------------------------------- container modules
@@ -227,14 +279,19 @@ class _Builder:
         if layer.wants_ctx:
             kwargs["ctx"] = BuildContext(where, self.ctx_built, self.memory)
         try:
-            module, out = layer.fn(x, **kwargs)
+            with _WeightGuard():
+                module, out = layer.fn(x, **kwargs)
         except SpecError as e:  # ShapeError included: prefix the path once
             raise type(e)(f"{where}: {e}") from None
-        except RuntimeError as e:  # weights too large for PyTorch to describe (> 2**63 bytes)
-            if "overflow" not in str(e).lower():
-                raise
-            raise SpecError(f"{where}: its weights are too large for PyTorch "
-                            f"({str(e).splitlines()[0]}); reduce its sizes") from None
+        except RuntimeError as e:  # weights too large for PyTorch to describe, or for memory
+            text = str(e).lower()
+            if "overflow" in text:
+                raise SpecError(f"{where}: its weights are too large for PyTorch "
+                                f"({str(e).splitlines()[0]}); reduce its sizes") from None
+            if isinstance(e, torch.OutOfMemoryError) or "allocate" in text:
+                raise SpecError(f"{where}: its weights do not fit in memory ({str(e).splitlines()[0][:160]}); "
+                                f"`archlab inspect` gives a model's size without allocating it") from None
+            raise
         out = TensorType(out.shape, out.dtype, out.layout, where)
         if freeze:
             module.requires_grad_(False)
@@ -271,6 +328,10 @@ class _Builder:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
+                if where.endswith(".residual"):  # the natural guess: {residual: {layers: [...]}}
+                    hint += (" The branch's layers go under 'body' (residual: {body: [...], projection: "
+                             "none}) or are the residual's own list, with projection beside it "
+                             "(- residual: [...] and, on the next line, projection: none).")
                 raise SpecError(f"{where}: unknown option {key!r}.{hint} Allowed: {', '.join(allowed)}")
 
     def parallel(self, branches: Any, options: Mapping[str, Any], x: TensorType, where: str,
@@ -317,7 +378,8 @@ class _Builder:
         if isinstance(body, str) and "$" in body:
             body = substitute(body, env, where)
         if body is None:
-            raise SpecError(f"{where}: expected the layers of the residual branch, e.g. residual: [linear: 64, relu]")
+            raise SpecError(f"{where}: expected the layers of the residual branch, e.g. residual: [linear: 64, relu], "
+                            f"or residual: {{body: [linear: 64, relu], projection: auto}}")
         module, out = self.node(body, x, where, f"{qual}.residual", env)
         projection = options.get("projection", "auto")
         proj = None

@@ -16,6 +16,13 @@ Memory for one training step, split as PyTorch holds it under mixed precision
 backward, measured from the tensors autograd actually saves (a saved-tensor hook, each
 storage counted once, weights excluded), in the compute dtype. Allocator slack, CUDA
 context and temporary workspace are not included: the figures are a floor, not a ceiling.
+
+The activations are measured in training mode at batches 2 and 3, which give the line
+`fixed + per_sample * batch`, and at the batch asked for. One exception: batch norm cannot
+run a training step on one value per channel (PyTorch refuses it, e.g. batch 1 after a
+`linear`, or a 1x1 feature map), so where batch 1 trips it, the batch-1 activations are read
+off the line and `Memory.note` says so. Training at batch 1 fails the same way; that is the
+spec's limit, not the inspector's.
 """
 
 from __future__ import annotations
@@ -210,6 +217,7 @@ class Memory:
     activations: int
     activations_per_sample: float
     activations_fixed: float
+    note: str = ""                  # how the activations were found, where not measured directly
 
     @property
     def total(self) -> int:
@@ -358,7 +366,15 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     measured = {2: _forward_cost(net, 2, torch_dtype)[1], 3: _forward_cost(net, 3, torch_dtype)[1]}
     per_sample = measured[3] - measured[2]
     fixed = measured[2] - 2 * per_sample
-    act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype)[1]
+    memory_note = ""
+    try:
+        act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype)[1]
+    except ValueError as e:  # batch norm over one value per channel, in training mode
+        if "value per channel" not in str(e):
+            raise
+        act_b = int(fixed + per_sample * batch)
+        memory_note = (f"activations at batch {batch} read off the line through batches 2 and 3: batch norm "
+                f"cannot train on one value per channel (nor can this model at batch {batch})")
 
     seen: set[int] = set()
     rows = []
@@ -379,7 +395,7 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     memory = Memory(batch=batch, weights=4 * params + sum(b.numel() * 4 for b in net.buffers()),
                     gradients=4 * trainable, optimizer=4 * trainable * OPTIMIZER_STATES[optimizer],
                     activations=act_b, activations_per_sample=float(per_sample),
-                    activations_fixed=float(fixed))
+                    activations_fixed=float(fixed), note=memory_note)
     uncounted = tuple(Uncounted(op, c, w) for op, (c, w) in sorted(mode1.uncounted.items()))
     return Inspection(
         name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,
