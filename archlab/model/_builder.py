@@ -79,13 +79,29 @@ def _requested_size(args: tuple, kwargs: Mapping[str, Any]) -> tuple | None:
     return None
 
 
+# In-place initialisers: on the meta device there are no values to initialise, and PyTorch
+# runs each through Python reference kernels (about 2 ms per weight), so they are skipped.
+_INITIALISERS = frozenset({"uniform_", "normal_", "zero_", "fill_", "copy_", "bernoulli_", "exponential_",
+                           "random_", "clamp_", "mul_", "add_", "erfinv_", "trunc_normal_"})
+
+
 class _WeightGuard(TorchFunctionMode):
     """Refuses, before PyTorch allocates it (or fails to describe its size), any tensor a
     layer creates with more than MAX_TENSOR_VALUES values: `linear: 100000000000` is a
-    SpecError on every device, meta included, instead of an allocator's traceback."""
+    SpecError on every device, meta included, instead of an allocator's traceback.
+    On the meta device it also skips weight initialisation (there are no values)."""
+
+    def __init__(self, meta: bool = False):
+        super().__init__()
+        self.meta = meta
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
+        if self.meta and (getattr(func, "__module__", "") == "torch.nn.init"
+                          or getattr(func, "__name__", "") in _INITIALISERS):
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.device.type == "meta":
+                return target
         if func in _FACTORIES:
             size = _requested_size(args, kwargs)
             if size is not None and math.prod(size) > MAX_TENSOR_VALUES:
@@ -215,6 +231,7 @@ class _Builder:
     ctx_built: list[tuple[str, str, nn.Module]] = field(default_factory=list)
     memory: TensorType | None = None  # set while building a seq2seq decoder
     depth: int = 0
+    on_meta: bool | None = None  # whether the build runs on the meta device (found at the first leaf)
 
     def node(self, node: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         self.depth += 1
@@ -279,7 +296,9 @@ class _Builder:
         if layer.wants_ctx:
             kwargs["ctx"] = BuildContext(where, self.ctx_built, self.memory)
         try:
-            with _WeightGuard():
+            if self.on_meta is None:
+                self.on_meta = torch.get_default_device().type == "meta"
+            with _WeightGuard(meta=self.on_meta):
                 module, out = layer.fn(x, **kwargs)
         except SpecError as e:  # ShapeError included: prefix the path once
             raise type(e)(f"{where}: {e}") from None

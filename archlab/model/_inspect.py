@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..core import SpecError, thaw
+from ..layers import LAYERS, MemoryUser
 from ..spec import Spec, load_spec
 from ._builder import Network, build
 
@@ -302,38 +303,147 @@ def _unique_params(module: nn.Module, seen: set[int]) -> int:
     return total
 
 
-def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = True) -> tuple[_CostMode, int]:
+# Leaves of one kind, arguments and input are priced once per inspect (see _forward_cost).
+_CACHE_LEAVES = True
+
+
+@dataclass
+class _LeafCost:
+    """What one leaf's forward cost, for the next leaf of the same kind, arguments and input."""
+
+    flops: int
+    macs: int
+    uncounted: dict[str, int]
+    saves_input: bool               # its input's storage is saved for backward
+    saves_output: bool              # its output's storage is saved for backward
+    internal_bytes: int             # storages it made and saved, its output's aside
+    out_view_of_input: bool
+    out_meta: tuple                 # shape, stride, storage offset, storage values, dtype, requires_grad
+
+
+def _leaf_key(leaf: Any, module: nn.Module) -> tuple | None:
+    """What a leaf's cost depends on besides its input; None where a leaf reads more than
+    its input (the encoder's memory, a tied weight), so it is always run."""
+    if isinstance(module, MemoryUser) or any(isinstance(m, MemoryUser) for m in module.modules()):
+        return None
+    if leaf.kind not in LAYERS or LAYERS.get(leaf.kind).wants_ctx:
+        return None
+    try:
+        args = repr(sorted((k, thaw(v)) for k, v in leaf.args.items()))
+    except Exception:  # noqa: BLE001 - an argument without a stable repr: never cached
+        return None
+    return (leaf.kind, args, type(module),
+            tuple((p.dtype, p.requires_grad, tuple(p.shape)) for p in module.parameters()),
+            tuple((b.dtype, tuple(b.shape)) for b in module.buffers()))
+
+
+def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = True,
+                  cache: dict | None = None) -> tuple[_CostMode, int]:
     """One meta forward; returns the op costs and the bytes autograd saved for backward.
 
     FLOPs are taken in eval mode (inference: dropout off, batch norm on running statistics),
-    the memory saved for backward in training mode."""
+    the memory saved for backward in training mode.
+
+    `cache` makes a large spec cost time in proportion to its distinct leaves: a leaf of the
+    same kind, arguments and input type as one already run is not run again; its FLOPs and
+    saved bytes are those of the first, and its output an empty tensor of the same layout.
+    """
     leaf_modules = dict(net.named_modules())
     mode = _CostMode()
     handles = []
-    for leaf in net.layers:
-        module = leaf_modules[leaf.module_name]
-        handles.append(module.register_forward_pre_hook(
-            lambda _m, _a, p=leaf.path: mode.stack.append(p)))
-        handles.append(module.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
+    patched = []
     exclude = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
     saved: dict[int, int] = {}
+    recording: list[list[tuple[int, int]]] = []
+    extra = [0]  # bytes saved inside leaves that were not run again
+    keep: list[torch.Tensor] = []  # what replayed leaves "saved": alive, so no storage id is reused
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage._cdata not in exclude:
             saved[storage._cdata] = storage.nbytes()
+            if recording:
+                recording[-1].append((storage._cdata, storage.nbytes()))
         return t
+
+    def cached_forward(module: nn.Module, path: str, static: tuple) -> Any:
+        real = module.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            x = args[0] if len(args) == 1 and not kwargs else None
+            if not isinstance(x, torch.Tensor):
+                return real(*args, **kwargs)
+            key = (static, tuple(x.shape), x.stride(), x.dtype, x.requires_grad, module.training)
+            hit = cache.get(key)
+            if hit is None:
+                return record(key, x, real, path)
+            return replay(hit, x, path)
+
+        return forward
+
+    def record(key: tuple, x: torch.Tensor, real: Any, path: str) -> Any:
+        flops0, macs0, unc0 = mode.flops[path], mode.macs, {k: v[0] for k, v in mode.uncounted.items()}
+        recording.append([])
+        try:
+            y = real(x)
+        finally:
+            stored = recording.pop()
+        if not isinstance(y, torch.Tensor) or y.device.type != "meta":
+            return y
+        xin, yout = x.untyped_storage()._cdata, y.untyped_storage()._cdata
+        cache[key] = _LeafCost(
+            flops=mode.flops[path] - flops0, macs=mode.macs - macs0,
+            uncounted={k: v[0] - unc0.get(k, 0) for k, v in mode.uncounted.items() if v[0] > unc0.get(k, 0)},
+            saves_input=any(c == xin for c, _ in stored), saves_output=any(c == yout for c, _ in stored),
+            internal_bytes=sum(n for c, n in dict(stored).items() if c not in (xin, yout)),
+            out_view_of_input=xin == yout,
+            out_meta=(tuple(y.shape), y.stride(), y.storage_offset(), y.untyped_storage().nbytes() // y.element_size(),
+                      y.dtype, y.requires_grad))
+        return y
+
+    def replay(hit: _LeafCost, x: torch.Tensor, path: str) -> torch.Tensor:
+        mode.flops[path] += hit.flops
+        mode.macs += hit.macs
+        for op, calls in hit.uncounted.items():
+            mode.uncounted.setdefault(op, [0, path])[0] += calls
+        shape, stride, offset, elems, out_dtype, grad = hit.out_meta
+        with torch._C.DisableTorchFunction():  # plain tensors, outside the pricing
+            if hit.out_view_of_input:
+                y = x.as_strided(shape, stride, offset)
+            else:
+                base = torch.empty(elems, dtype=out_dtype, device="meta", requires_grad=grad)
+                y = base.as_strided(shape, stride, offset)
+        if hit.saves_input:
+            saved[x.untyped_storage()._cdata] = x.untyped_storage().nbytes()
+        if hit.saves_output:
+            saved[y.untyped_storage()._cdata] = y.untyped_storage().nbytes()
+        keep.extend((x, y))
+        extra[0] += hit.internal_bytes
+        return y
+
+    for leaf in net.layers:
+        module = leaf_modules[leaf.module_name]
+        handles.append(module.register_forward_pre_hook(
+            lambda _m, _a, p=leaf.path: mode.stack.append(p)))
+        handles.append(module.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
+        static = _leaf_key(leaf, module) if cache is not None else None
+        if static is not None and "forward" not in vars(module):
+            module.forward = cached_forward(module, leaf.path, static)
+            patched.append(module)
 
     x = net.example_input(batch, device="meta", dtype=dtype)
     net.train(train)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
             y = net(x)
-        activation_bytes = sum(saved.values())
+        activation_bytes = sum(saved.values()) + extra[0]
         del y  # the graph (and every saved storage) lived until the sum above
+        keep.clear()
     finally:
         for h in handles:
             h.remove()
+        for module in patched:
+            del module.forward
     return mode, activation_bytes
 
 
@@ -360,15 +470,17 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     if torch_dtype != torch.float32:
         net = net.to(torch_dtype)
 
-    mode1, _ = _forward_cost(net, 1, torch_dtype, train=False)
+    cache: dict | None = {} if _CACHE_LEAVES else None
+    mode1, _ = _forward_cost(net, 1, torch_dtype, train=False, cache=cache)
     # The line through batches 2 and 3, not 1 and 2: at batch 1 PyTorch often skips a copy
     # (a transpose across a size-1 dim is already contiguous), so batch 1 may save less.
-    measured = {2: _forward_cost(net, 2, torch_dtype)[1], 3: _forward_cost(net, 3, torch_dtype)[1]}
+    measured = {2: _forward_cost(net, 2, torch_dtype, cache=cache)[1],
+                3: _forward_cost(net, 3, torch_dtype, cache=cache)[1]}
     per_sample = measured[3] - measured[2]
     fixed = measured[2] - 2 * per_sample
     memory_note = ""
     try:
-        act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype)[1]
+        act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype, cache=cache)[1]
     except ValueError as e:  # batch norm over one value per channel, in training mode
         if "value per channel" not in str(e):
             raise
