@@ -450,3 +450,62 @@ def test_the_residual_error_says_where_the_branch_goes() -> None:
     for node in ({"residual": {"body": [{"linear": 4}], "projection": [{"linear": 4}]}},
                  {"residual": [{"linear": 4}], "projection": [{"linear": 4}]}):
         assert build(spec([node]), device="meta").output_shape == (4,)
+
+
+# ------------------------------------------------- network kinds, the protocol, the tree
+
+
+def test_network_kinds_are_looked_up_in_a_registry() -> None:
+    from archlab.model import KINDS, BuiltNetwork, network_kind
+    from archlab.spec import load_spec
+
+    assert KINDS.names() == ["gan", "plain", "seq2seq", "vae"]
+    for name, kind in (("mlp", "plain"), ("seq2seq-additive", "seq2seq"), ("vae", "vae"), ("gan", "gan")):
+        spec = load_spec(f"zoo:{name}")
+        assert network_kind(spec) == kind
+        net = build(spec, device="meta")
+        assert isinstance(net, BuiltNetwork) and isinstance(net, KINDS.get(kind).network) and net.kind == kind
+        assert net.example_input(3, device="meta").shape[0] == 3
+        assert [leaf.path for s in net.sections for leaf in s.tree.leaves()] == [leaf.path for leaf in net.layers]
+    gan = build("zoo:gan", device="meta")
+    assert gan.data_shape == gan.image_shape != gan.input_shape  # it learns images, takes a latent
+    assert build("zoo:mlp", device="meta").data_shape == (1, 8, 8)
+
+
+def test_the_builder_imports_no_network_kind() -> None:
+    # _builder <-> _seq2seq <-> _generative was an import cycle held by lazy imports.
+    import ast
+    from pathlib import Path
+
+    import archlab.model._builder as builder_module
+
+    tree = ast.parse(Path(builder_module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"_seq2seq", "_generative", "_kinds"}
+
+
+def test_the_builder_records_the_tree_it_built() -> None:
+    s = spec([{"stage": {"w": 4}},
+              {"parallel": [[{"linear": 3}], [{"linear": 5}]]},
+              {"residual": [{"linear": 6}]},
+              {"residual": [{"linear": 2}], "projection": [{"linear": 2}]},
+              {"residual": [{"linear": 2}]},
+              {"repeat": 2, "block": ["relu"], "var": "k"}],
+             blocks={"stage": [{"linear": "$w"}]})
+    tree = build(s, device="meta").tree
+    assert tree.kind == "serial" and [c.kind for c in tree.children] == [
+        "block", "parallel", "residual", "residual", "residual", "repeat"]
+    block, par, auto, explicit, same, rep = tree.children
+    assert (block.name, dict(block.args), block.output.shape) == ("stage", {"w": 4}, (4,))
+    assert block.children[0].children[0].path == "model[0].stage[0].linear"
+    assert par.name == "concat" and par.output.shape == (8,) and len(par.children) == 2
+    assert auto.projection == "linear" and auto.input.shape == (8,) and auto.output.shape == (6,)
+    assert explicit.projection.kind == "serial" and explicit.projection.path == "model[3].residual.projection"
+    assert same.projection is None  # the branch keeps the shape: the skip is x
+    assert rep.name == "k" and [c.path for c in rep.children] == ["model[5].repeat[0]", "model[5].repeat[1]"]
+
+
+def test_conv_residuals_record_their_auto_projection() -> None:
+    s = spec([{"residual": [{"conv2d": {"out": 8, "kernel": 3, "stride": 2, "padding": 1}}, "batchnorm"]}],
+             input=IMG)
+    assert build(s, device="meta").tree.children[0].projection == "1×1 conv, stride 2 + batchnorm"

@@ -41,7 +41,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..core import SpecError, thaw
 from ..layers import LAYERS, MemoryUser
 from ..spec import Spec, load_spec
-from ._builder import Network, build
+from ._builder import Network
+from ._kinds import build
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 copies of each trainable weight
