@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from archlab import build, inspect
-from archlab.core import SpecError
+from archlab.core import DataError, SpecError, format_size, parse_size
 from archlab.layers import LAYERS, TensorType, register_layer
-from archlab.model import OPTIMIZER_STATES, count_params, group_by_kind, parse_bytes
+from archlab.model import OPTIMIZER_STATES, count_params, group_by_kind
 
 MLP = {"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]}
 
@@ -214,10 +214,14 @@ def test_llama_7b_fits_an_80gb_gpu_only_at_small_batches() -> None:
     assert sgd.memory.at_batch(sgd.max_batch) <= 80e9 < sgd.memory.at_batch(sgd.max_batch + 1)
 
 
+def parse_bytes(text: str | int) -> int:
+    return parse_size(text, "--device-memory", require_unit=True)
+
+
 @pytest.mark.parametrize(
     "text, value",
     [("80GB", 80 * 10**9), ("80 GB", 80 * 10**9), ("80GiB", 80 * 2**30), ("24gib", 24 * 2**30),
-     ("16G", 16 * 2**30), ("512MB", 512 * 10**6), ("512MiB", 512 * 2**20), ("1.5TB", 1_500_000_000_000),
+     ("16G", 16 * 10**9), ("16Gi", 16 * 2**30), ("512M", 512 * 10**6), ("512Mi", 512 * 2**20), ("512MB", 512 * 10**6), ("512MiB", 512 * 2**20), ("1.5TB", 1_500_000_000_000),
      ("2KB", 2000), ("2KiB", 2048), ("1000B", 1000), (".5GB", 500_000_000), (4096, 4096)],
 )
 def test_parse_bytes_units(text: str | int, value: int) -> None:
@@ -313,6 +317,19 @@ def test_inspecting_a_7b_model_allocates_no_weights() -> None:
 def test_a_size_without_a_unit_is_refused():
     with pytest.raises(SpecError, match="no unit"):
         parse_bytes("80")
+
+
+def test_one_size_grammar_everywhere() -> None:
+    # GB = 10**9 and GiB = 2**30 wherever a size is read; the letter alone is decimal (8G = 8GB);
+    # a bare number is bytes unless a unit is required.
+    assert parse_size("8G") == parse_size("8GB") == inspect(MLP, device_memory="8G").device_memory == 8 * 10**9
+    assert parse_size("8Gi") == parse_size("8 GiB") == 8 << 30
+    assert parse_size("1000") == 1000 and parse_size("1.5k") == 1500 and parse_size("2T") == 2 * 10**12
+    with pytest.raises(DataError, match=r"^ARCHLAB_MEMORY_LIMIT: expected a size such as 80GB"):
+        parse_size("lots", "ARCHLAB_MEMORY_LIMIT", error=DataError)
+    with pytest.raises(SpecError, match="larger than any memory"):
+        parse_size("9" * 30 + "TB")
+    assert format_size(3 << 29) == "1.5 GiB" and format_size(12) == "12 B" and format_size(2 << 40) == "2 TiB"
 
 
 # ------------------------------------------------------ batch norm at one value per channel

@@ -507,3 +507,10 @@ def test_limits_are_listed_in_one_table() -> None:
 
     assert LIMITS["MAX_DEPTH"] == 100 and LIMITS["MAX_LAYERS"] == 100_000
     assert LIMITS["MAX_SPEC_BYTES"] == 1 << 20 and LIMITS["MAX_SPEC_VALUES"] == 200_000
+
+
+def test_one_search_marker_test() -> None:
+    from archlab.spec import is_search_marker
+
+    assert is_search_marker({"int": [1, 4]}) and is_search_marker(FrozenDict({"choice": [1]}))
+    assert not is_search_marker({"linear": 4}) and not is_search_marker([{"int": 1}]) and not is_search_marker("int")

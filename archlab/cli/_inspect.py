@@ -88,11 +88,10 @@ def _check_train_section(spec: str) -> None:
     """A misspelt or out-of-range `train:` setting is an error now, not when training starts.
     Search-space markers are left to `archlab search`."""
     from ..core import thaw
-    from ..spec import load_spec
+    from ..spec import is_search_marker, load_spec
     from ..train import TrainSettings
 
-    plain = {k: v for k, v in thaw(load_spec(spec).train).items()
-             if not (isinstance(v, dict) and {"int", "float", "choice"} & set(v))}
+    plain = {k: v for k, v in thaw(load_spec(spec).train).items() if not is_search_marker(v)}
     TrainSettings.from_mapping(plain, where="train")
 
 

@@ -9,7 +9,6 @@ from ._inspect import (
     count_params,
     group_by_kind,
     inspect,
-    parse_bytes,
 )
 from ._kinds import KINDS, NetworkKind, build, network_kind
 from ._network import BuiltNetwork, LeafInfo, Node, Section
@@ -46,5 +45,4 @@ __all__ = [
     "group_by_kind",
     "inspect",
     "network_kind",
-    "parse_bytes",
 ]

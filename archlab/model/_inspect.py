@@ -28,7 +28,6 @@ spec's limit, not the inspector's.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..core import SpecError, thaw
+from ..core import SpecError, parse_size, thaw
 from ..layers import LAYERS, MemoryUser
 from ..spec import Spec, load_spec
 from ._builder import Network
@@ -279,22 +278,6 @@ class Inspection:
 # ------------------------------------------------------------------------ measuring
 
 
-def parse_bytes(text: str | int | float) -> int:
-    """'80GB' (10^9), '80GiB' (2^30), '512MB', '16G' (=GiB), or a number of bytes."""
-    if isinstance(text, int | float):
-        return int(text)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
-    if not m:
-        raise SpecError(f"--device-memory: expected a size such as 80GB or 24GiB. Received: {text!r}")
-    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
-    if not unit and not text.strip().upper().endswith("B"):
-        raise SpecError(f"--device-memory: {text!r} has no unit; write e.g. 80GB (10^9 bytes) or 80GiB (2^30)")
-    power = " KMGT".index(unit or " ")
-    bare_unit = unit and not binary and not text.strip().upper().endswith("B")
-    base = 1024 if (binary or bare_unit) else 1000
-    return int(value * base**power)
-
-
 def _unique_params(module: nn.Module, seen: set[int]) -> int:
     total = 0
     for p in module.parameters():
@@ -514,7 +497,8 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,
         optimizer=optimizer, layers=tuple(rows), params=params, trainable=trainable,
         flops_per_sample=sum(mode1.flops.values()), macs_per_sample=mode1.macs, uncounted=uncounted, memory=memory,
-        device_memory=None if device_memory is None else parse_bytes(device_memory),
+        device_memory=None if device_memory is None else parse_size(device_memory, "--device-memory",
+                                                                       require_unit=True),
         vars=thaw(net.spec.resolved_vars()),  # plain data: to_dict() must deep-copy it
     )
 
