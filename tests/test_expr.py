@@ -167,3 +167,10 @@ def test_results_are_bounded_whatever_the_operation(text: str) -> None:
 def test_a_non_number_operand_is_quoted_briefly() -> None:
     with pytest.raises(SpecError, match=r"needs numbers, got \[0, 1, 2, 3, 4, 5, \.\.\. \(1000 items\)\]"):
         evaluate("x + 1", {"x": list(range(1000))})
+
+
+def test_a_refused_product_names_its_operands_briefly() -> None:
+    names = {"v": 2**3000}
+    with pytest.raises(SpecError, match=r"^<a 904-digit integer> \* <a 904-digit integer> is too large") as info:
+        evaluate("v * v", names)
+    assert len(str(info.value)) < 200

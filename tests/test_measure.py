@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import resource
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -383,3 +384,21 @@ def test_a_long_spec_runs_each_distinct_leaf_once_per_pass(monkeypatch: pytest.M
     assert r.memory.activations_per_sample == 2000 * 16 * 4  # each layer saves its input
     # per pass: the first layer (its input needs no gradient) and the one shape after it
     assert len(calls) <= 8
+
+
+@pytest.mark.parametrize("spec", [
+    "zoo:lstm-classifier",
+    {"input": {"shape": [40, 6]}, "model": [{"gru": {"hidden": 5, "layers": 2, "dropout": 0.2, "returns": "sequence"}},
+                                            {"lstm": {"hidden": 3, "bidirectional": True}}, {"linear": 2}]},
+    {"input": {"shape": [30, 4]}, "model": [{"rnn": {"hidden": 7, "returns": "sequence", "bidirectional": True}},
+                                            "flatten", {"linear": 2}]},
+])
+def test_recurrent_layers_priced_on_a_few_steps_match_the_full_run(spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The meta device runs an LSTM one step at a time: lstm-classifier took 27.7 s to inspect.
+    import archlab.model._inspect as inspect_module
+
+    for batch in (1, 3):
+        fast = inspect(spec, batch=batch).to_dict()
+        monkeypatch.setattr(inspect_module, "_CACHE_LEAVES", False)
+        assert inspect(spec, batch=batch).to_dict() == fast
+        monkeypatch.setattr(inspect_module, "_CACHE_LEAVES", True)

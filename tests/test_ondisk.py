@@ -314,7 +314,7 @@ def test_data_command_describes_and_exports(tmp_path, monkeypatch):
     assert "digits: classify, 10 classes" in result.output and "train 1,258  val 180  test 359" in result.output
     assert "held in memory" in result.output and f"--data npy:{tmp_path / 'd'}" in result.output
     assert np.load(tmp_path / "d" / "train_x.npy").dtype == np.uint8
-    monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "10K")
+    monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "10Ki")
     result = runner.invoke(app, ["data", f"npy:{tmp_path / 'd'}"])
     assert result.exit_code == 0, result.output
     assert "streams from disk (more than the in-memory budget of 10 KiB)" in result.output

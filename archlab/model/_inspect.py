@@ -289,6 +289,17 @@ def _unique_params(module: nn.Module, seen: set[int]) -> int:
 
 # Leaves of one kind, arguments and input are priced once per inspect (see _forward_cost).
 _CACHE_LEAVES = True
+# Recurrent leaves cost the same at every step: priced on a few steps, extended to all.
+_RECURRENT = ("rnn", "lstm", "gru")
+
+
+def _dense_strides(shape: tuple[int, ...], order: list[int]) -> tuple[int, ...]:
+    """Strides of a dense tensor of `shape` whose dims lie in memory in `order` (outermost first)."""
+    strides, step = [0] * len(shape), 1
+    for d in reversed(order):
+        strides[d] = step
+        step *= shape[d]
+    return tuple(strides)
 
 
 @dataclass
@@ -331,6 +342,9 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
     `cache` makes a large spec cost time in proportion to its distinct leaves: a leaf of the
     same kind, arguments and input type as one already run is not run again; its FLOPs and
     saved bytes are those of the first, and its output an empty tensor of the same layout.
+    A recurrent leaf (rnn, lstm, gru), which PyTorch's meta device runs one step at a time,
+    is run on 2, 3 and 4 steps; where the three costs lie on a line (they do: every step
+    costs the same), the line gives the cost at the real length; else it runs in full.
     """
     leaf_modules = dict(net.named_modules())
     mode = _CostMode()
@@ -359,6 +373,8 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
                 return real(*args, **kwargs)
             key = (static, tuple(x.shape), x.stride(), x.dtype, x.requires_grad, module.training)
             hit = cache.get(key)
+            if hit is None and static[0] in _RECURRENT and x.dim() == 3 and x.shape[1] > 8:
+                hit = cache[key] = extrapolate(x, real, path) or record_only(x, real, path)
             if hit is None:
                 return record(key, x, real, path)
             return replay(hit, x, path)
@@ -384,6 +400,90 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
             out_meta=(tuple(y.shape), y.stride(), y.storage_offset(), y.untyped_storage().nbytes() // y.element_size(),
                       y.dtype, y.requires_grad))
         return y
+
+    def measure(x: torch.Tensor, real: Any, path: str) -> tuple[_LeafCost, torch.Tensor] | None:
+        """Run the leaf on `x` and return its cost; leave no trace in this pass's figures."""
+        flops0, macs0, unc0 = mode.flops[path], mode.macs, {k: v[0] for k, v in mode.uncounted.items()}
+        recording.append([])
+        try:
+            y = real(x)
+        finally:
+            stored = recording.pop()
+        cost = None
+        if isinstance(y, torch.Tensor):
+            xin, yout = x.untyped_storage()._cdata, y.untyped_storage()._cdata
+            cost = _LeafCost(
+                flops=mode.flops[path] - flops0, macs=mode.macs - macs0,
+                uncounted={k: v[0] - unc0.get(k, 0) for k, v in mode.uncounted.items() if v[0] > unc0.get(k, 0)},
+                saves_input=any(c == xin for c, _ in stored), saves_output=any(c == yout for c, _ in stored),
+                internal_bytes=sum(n for c, n in dict(stored).items() if c not in (xin, yout)),
+                out_view_of_input=xin == yout,
+                out_meta=(tuple(y.shape), y.stride(), y.storage_offset(),
+                          y.untyped_storage().nbytes() // y.element_size(), y.dtype, y.requires_grad))
+        mode.flops[path], mode.macs = flops0, macs0
+        for k in list(mode.uncounted):
+            if k in unc0:
+                mode.uncounted[k][0] = unc0[k]
+            else:
+                del mode.uncounted[k]
+        for c, _ in stored:
+            saved.pop(c, None)
+        return (cost, y) if cost is not None else None
+
+    def record_only(x: torch.Tensor, real: Any, path: str) -> _LeafCost | None:
+        got = measure(x, real, path)
+        return got[0] if got else None
+
+    def extrapolate(x: torch.Tensor, real: Any, path: str) -> _LeafCost | None:
+        """A recurrent leaf costs the same at every step: run it on 2, 3 and 4 steps and
+        extend the line to the real length, where the three points lie on one line (else
+        None, and it runs at full length)."""
+        b, t, f = x.shape
+        costs = []
+        for steps in (2, 3, 4):
+            with torch._C.DisableTorchFunction():
+                part = torch.empty((b, steps, f), dtype=x.dtype, device="meta", requires_grad=x.requires_grad)
+            got = measure(part, real, path)
+            if got is None:
+                return None
+            costs.append(got[0])
+        c2, c3, c4 = costs
+        if (c2.saves_input, c2.saves_output, c2.out_view_of_input, c2.uncounted.keys()) != \
+                (c4.saves_input, c4.saves_output, c4.out_view_of_input, c4.uncounted.keys()) or c4.out_view_of_input:
+            return None
+
+        def line(a: int, b_: int, c: int) -> int | None:
+            return a + (b_ - a) * (t - 2) if b_ - a == c - b_ else None
+
+        flops, macs = line(c2.flops, c3.flops, c4.flops), line(c2.macs, c3.macs, c4.macs)
+        internal = line(c2.internal_bytes, c3.internal_bytes, c4.internal_bytes)
+        calls = {op: line(c2.uncounted[op], c3.uncounted.get(op, -1), c4.uncounted[op]) for op in c4.uncounted}
+        shapes = [c.out_meta[0] for c in costs]
+        if None in (flops, macs, internal, *calls.values()) or any(len(sh) != len(shapes[0]) for sh in shapes):
+            return None
+        shape = []
+        for d2, d3, d4 in zip(*shapes, strict=True):
+            if (d2, d3, d4) == (2, 3, 4):
+                shape.append(t)
+            elif d2 == d3 == d4:
+                shape.append(d2)
+            else:
+                return None
+        # The output is dense in some order of its dims (a bidirectional LSTM's is time-major).
+        # Strides of size-1 dims say nothing (PyTorch ignores them): they are kept as they were.
+        order = sorted(range(len(shape)), key=lambda d: -c4.out_meta[1][d])
+
+        def same(got: tuple, want: tuple, dims: tuple) -> bool:
+            return all(g == w for g, w, n in zip(got, want, dims, strict=True) if n > 1)
+
+        dense = all(same(c.out_meta[1], _dense_strides(c.out_meta[0], order), c.out_meta[0]) and c.out_meta[2] == 0
+                    and c.out_meta[3] == math.prod(c.out_meta[0]) for c in costs)
+        if not dense:
+            return None
+        strides = tuple(s_ if n > 1 else old for s_, n, old in
+                        zip(_dense_strides(tuple(shape), order), shape, c4.out_meta[1], strict=True))
+        return _LeafCost(flops, macs, calls, c4.saves_input, c4.saves_output, internal, False,
+                         (tuple(shape), strides, 0, math.prod(shape), c4.out_meta[4], c4.out_meta[5]))
 
     def replay(hit: _LeafCost, x: torch.Tensor, path: str) -> torch.Tensor:
         mode.flops[path] += hit.flops

@@ -202,12 +202,12 @@ class _Parser:
         if op == "**":
             if isinstance(a, int) and isinstance(b, int) and b > 0:
                 if max(a.bit_length(), 1) * b > _MAX_POW_BITS:
-                    raise self.fail(f"{a} ** {b} is too large")
+                    raise self.fail(f"{_show(a)} ** {_show(b)} is too large")
             elif abs(b) > 1024:
-                raise self.fail(f"exponent {b} is too large")
+                raise self.fail(f"exponent {_show(b)} is too large")
         if op == "*" and isinstance(a, int) and isinstance(b, int):
             if a.bit_length() + b.bit_length() > _MAX_POW_BITS:
-                raise self.fail(f"{a} * {b} is too large")
+                raise self.fail(f"{_show(a)} * {_show(b)} is too large")
         try:
             result = a**b if op == "**" else _BINARY[op](a, b)
         except (OverflowError, ZeroDivisionError) as e:  # 10 ** 400 * 1.0, 0 ** -1

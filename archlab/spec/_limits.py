@@ -11,7 +11,7 @@ MAX_SPEC_BYTES         1 MiB               a spec file or YAML text, before it i
 MAX_SPEC_VALUES        200,000             values (mappings, lists, scalars) once YAML
                                            aliases are expanded, before the spec is frozen
 MAX_DEPTH              100                 nesting of spec data, and of blocks while building
-MAX_LAYERS             100,000             leaf layers (lists at parse time, repeats and
+MAX_LAYERS             20,000              leaf layers (lists at parse time, repeats and
                                            blocks expanded at build time)
 MAX_INT                2**64               any integer in the spec data (YAML, dict or --set)
 MAX_EXPR_BITS          4,096               any integer inside a ``${...}`` expression
@@ -29,7 +29,7 @@ from __future__ import annotations
 MAX_SPEC_BYTES = 1 << 20
 MAX_SPEC_VALUES = 200_000
 MAX_DEPTH = 100
-MAX_LAYERS = 100_000
+MAX_LAYERS = 20_000
 MAX_INT = 2**64
 MAX_EXPR_BITS = 4096
 # No size, argument or dimension may exceed this: far above any real model, and far enough
