@@ -402,3 +402,15 @@ def test_recurrent_layers_priced_on_a_few_steps_match_the_full_run(spec: Any, mo
         monkeypatch.setattr(inspect_module, "_CACHE_LEAVES", False)
         assert inspect(spec, batch=batch).to_dict() == fast
         monkeypatch.setattr(inspect_module, "_CACHE_LEAVES", True)
+
+
+def test_the_cli_says_how_batch_1_activations_were_found(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from archlab.cli import app
+
+    path = tmp_path / "bn.yaml"
+    path.write_text("input: [1, 8, 8]\nmodel: [flatten, linear: 64, batchnorm, relu, linear: 10]\n")
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "batch norm cannot train on one value per channel" in " ".join(result.output.split())

@@ -48,6 +48,8 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
                   f"{nbytes(m.total)} = weights {nbytes(m.weights)} + gradients {nbytes(m.gradients)} "
                   f"+ optimizer {nbytes(m.optimizer)} + activations {nbytes(m.activations)} "
                   f"({nbytes(m.activations_per_sample)}/sample)")
+    if m.note:
+        console.print(f"[yellow]                  {escape(m.note)}[/yellow]")
     if r.device_memory is not None:
         verdict = "[green]fits[/green]" if r.fits else "[red]does not fit[/red]"
         best = r.max_batch
