@@ -364,12 +364,20 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
                 recording[-1].append((storage._cdata, storage.nbytes()))
         return t
 
-    def cached_forward(module: nn.Module, path: str, static: tuple) -> Any:
+    def leaf_forward(module: nn.Module, path: str, static: tuple | None) -> Any:
+        """The leaf's forward, charging its ops to `path` (and, with a cache, priced once)."""
         real = module.forward
 
         def forward(*args: Any, **kwargs: Any) -> Any:
+            mode.stack.append(path)
+            try:
+                return priced(*args, **kwargs)
+            finally:
+                mode.stack.pop()
+
+        def priced(*args: Any, **kwargs: Any) -> Any:
             x = args[0] if len(args) == 1 and not kwargs else None
-            if not isinstance(x, torch.Tensor):
+            if static is None or not isinstance(x, torch.Tensor):
                 return real(*args, **kwargs)
             key = (static, tuple(x.shape), x.stride(), x.dtype, x.requires_grad, module.training)
             hit = cache.get(key)
@@ -507,13 +515,18 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
 
     for leaf in net.layers:
         module = leaf_modules[leaf.module_name]
-        handles.append(module.register_forward_pre_hook(
-            lambda _m, _a, p=leaf.path: mode.stack.append(p)))
-        handles.append(module.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
-        static = _leaf_key(leaf, module) if cache is not None else None
-        if static is not None and "forward" not in vars(module):
-            module.forward = cached_forward(module, leaf.path, static)
-            patched.append(module)
+        if "forward" in module.__dict__:  # patched by someone else: hooks mark where its ops belong
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, _a, p=leaf.path: mode.stack.append(p)))
+            handles.append(module.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
+            continue
+        static = None
+        if cache is not None:  # what the cost depends on besides the input: found once per inspect
+            if ("static", leaf.module_name) not in cache:
+                cache["static", leaf.module_name] = _leaf_key(leaf, module)
+            static = cache["static", leaf.module_name]
+        module.__dict__["forward"] = leaf_forward(module, leaf.path, static)
+        patched.append(module)
 
     x = net.example_input(batch, device="meta", dtype=dtype)
     net.train(train)
@@ -527,7 +540,7 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
         for h in handles:
             h.remove()
         for module in patched:
-            del module.forward
+            del module.__dict__["forward"]
     return mode, activation_bytes
 
 
