@@ -212,7 +212,7 @@ def test_nested_repeats_with_different_vars() -> None:
         ({"repeat": 2}, "missing 'block'"),
         ({"repeat": 2, "block": "relu", "var": "2x"}, "'var' must be a name"),
         ({"repeat": 2, "block": "relu", "times": 3}, "unknown option 'times'"),
-        ({"repeat": 2**70, "block": "relu"}, "is more than the 10,000 a spec may repeat"),
+        ({"repeat": 2**62, "block": "relu"}, "is more than the 10,000 a spec may repeat"),
     ],
 )
 def test_repeat_errors(node: dict, fragment: str) -> None:
@@ -365,7 +365,7 @@ def test_missing_required_argument() -> None:
         (True, "argument 'out' expected an integer. Received: True"),
         ([3], "argument 'out' expected an integer. Received: [3]"),
         ({"out": 3, "bias": "no"}, "argument 'bias' expected true or false. Received: 'no'"),
-        (10**30, "argument 'out' is too large"),
+        (2**60, "argument 'out' is too large"),
     ],
 )
 def test_wrong_argument_types(args: Any, fragment: str) -> None:
@@ -415,4 +415,97 @@ def test_other_node_errors() -> None:
 
 def test_weights_too_large_for_pytorch_are_a_spec_error() -> None:
     msg = error(spec(["flatten", {"linear": 2**40}, {"linear": 2**40}]))
-    assert msg.startswith("model[2].linear: its weights are too large")
+    assert msg.startswith("model[1].linear: its weights would need a tensor of shape (1099511627776, 8)")
+
+
+# ------------------------------------------------------- sizes checked before allocating
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_huge_weight_is_refused_before_anything_is_allocated(device: str) -> None:
+    # It used to end in a 72-line allocator traceback (25.6 TB asked for on cpu).
+    with pytest.raises(SpecError, match=r"^model\[0\]\.linear: its weights would need a tensor of shape "
+                                        r"\(100000000000, 64\), 6\.4e\+12 values, more than the 2\*\*36"):
+        build(spec([{"linear": 100_000_000_000}], input={"shape": [64]}), device=device)
+
+
+def test_float_arguments_are_bounded_before_they_become_sizes() -> None:
+    # int(16 * 1e30) reached torch.empty: "Overflow when unpacking long long".
+    s = spec([{"encoder_block": {"heads": 2, "mlp_ratio": 1.0e30}}], input={"shape": [4, 16]})
+    assert "model[0].encoder_block: argument 'mlp_ratio' is too large (at most 2**48)" in error(s)
+    s = spec([{"encoder_block": {"heads": 2, "mlp_ratio": 1.0e10}}], input={"shape": [4, 16]})
+    assert "more than the 2**36 one tensor may hold" in error(s)
+
+
+def test_an_input_whose_size_overflows_is_refused() -> None:
+    s = spec([{"conv2d": {"out": 4, "kernel": 3}}], input={"shape": [1, 10**11, 10**11]})
+    assert "input.shape: a sample of shape [1, 100000000000, 100000000000] holds 1e+22 values" in error(s)
+
+
+def test_the_residual_error_says_where_the_branch_goes() -> None:
+    message = error(spec([{"residual": {"projection": "none", "layers": [{"linear": 8}]}}]))
+    assert message.startswith("model[0].residual: unknown option 'layers'.")
+    assert "go under 'body' (residual: {body: [...], projection: none})" in message
+    # the two documented placements both work
+    for node in ({"residual": {"body": [{"linear": 4}], "projection": [{"linear": 4}]}},
+                 {"residual": [{"linear": 4}], "projection": [{"linear": 4}]}):
+        assert build(spec([node]), device="meta").output_shape == (4,)
+
+
+# ------------------------------------------------- network kinds, the protocol, the tree
+
+
+def test_network_kinds_are_looked_up_in_a_registry() -> None:
+    from archlab.model import KINDS, BuiltNetwork, network_kind
+    from archlab.spec import load_spec
+
+    assert KINDS.names() == ["gan", "plain", "seq2seq", "vae"]
+    for name, kind in (("mlp", "plain"), ("seq2seq-additive", "seq2seq"), ("vae", "vae"), ("gan", "gan")):
+        spec = load_spec(f"zoo:{name}")
+        assert network_kind(spec) == kind
+        net = build(spec, device="meta")
+        assert isinstance(net, BuiltNetwork) and isinstance(net, KINDS.get(kind).network) and net.kind == kind
+        assert net.example_input(3, device="meta").shape[0] == 3
+        assert [leaf.path for s in net.sections for leaf in s.tree.leaves()] == [leaf.path for leaf in net.layers]
+    gan = build("zoo:gan", device="meta")
+    assert gan.data_shape == gan.image_shape != gan.input_shape  # it learns images, takes a latent
+    assert build("zoo:mlp", device="meta").data_shape == (1, 8, 8)
+
+
+def test_the_builder_imports_no_network_kind() -> None:
+    # _builder <-> _seq2seq <-> _generative was an import cycle held by lazy imports.
+    import ast
+    from pathlib import Path
+
+    import archlab.model._builder as builder_module
+
+    tree = ast.parse(Path(builder_module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"_seq2seq", "_generative", "_kinds"}
+
+
+def test_the_builder_records_the_tree_it_built() -> None:
+    s = spec([{"stage": {"w": 4}},
+              {"parallel": [[{"linear": 3}], [{"linear": 5}]]},
+              {"residual": [{"linear": 6}]},
+              {"residual": [{"linear": 2}], "projection": [{"linear": 2}]},
+              {"residual": [{"linear": 2}]},
+              {"repeat": 2, "block": ["relu"], "var": "k"}],
+             blocks={"stage": [{"linear": "$w"}]})
+    tree = build(s, device="meta").tree
+    assert tree.kind == "serial" and [c.kind for c in tree.children] == [
+        "block", "parallel", "residual", "residual", "residual", "repeat"]
+    block, par, auto, explicit, same, rep = tree.children
+    assert (block.name, dict(block.args), block.output.shape) == ("stage", {"w": 4}, (4,))
+    assert block.children[0].children[0].path == "model[0].stage[0].linear"
+    assert par.name == "concat" and par.output.shape == (8,) and len(par.children) == 2
+    assert auto.projection == "linear" and auto.input.shape == (8,) and auto.output.shape == (6,)
+    assert explicit.projection.kind == "serial" and explicit.projection.path == "model[3].residual.projection"
+    assert same.projection is None  # the branch keeps the shape: the skip is x
+    assert rep.name == "k" and [c.path for c in rep.children] == ["model[5].repeat[0]", "model[5].repeat[1]"]
+
+
+def test_conv_residuals_record_their_auto_projection() -> None:
+    s = spec([{"residual": [{"conv2d": {"out": 8, "kernel": 3, "stride": 2, "padding": 1}}, "batchnorm"]}],
+             input=IMG)
+    assert build(s, device="meta").tree.children[0].projection == "1×1 conv, stride 2 + batchnorm"

@@ -130,3 +130,47 @@ def test_large_but_reasonable_powers_work() -> None:
 def test_names_may_hold_any_value_but_arithmetic_needs_numbers() -> None:
     assert evaluate("act", {"act": "gelu"}) == "gelu"
     assert evaluate("sizes", {"sizes": (1, 2)}) == (1, 2)
+
+
+# ------------------------------------------------- every operation's cost is bounded
+
+
+def test_round_with_a_huge_ndigits_is_refused_not_computed() -> None:
+    # round(5, -10**9) would compute 10 ** 10**9: it used to run for ever.
+    for text in ("round(5, -1000000000)", "round(5, -10 ** 7)", "round(2.5, 10 ** 9)"):
+        with pytest.raises(SpecError, match=r"round\(\): ndigits .* is out of range"):
+            evaluate(text, {})
+    assert evaluate("round(12345, -2)", {}) == 12300
+
+
+def test_a_5000_digit_literal_is_a_spec_error() -> None:
+    # int() itself refuses beyond 4,300 digits with a ValueError.
+    with pytest.raises(SpecError, match=r"the 5000-digit number .* is too large") as info:
+        evaluate("9" * 5000 + " + 1", {})
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("text", ["w + 1", "w * 2", "-w", "min(w, 3)", "w // 1", "w % 7"])
+def test_huge_vars_from_the_dict_api_give_a_readable_error(text: str) -> None:
+    # str() of a 5,001-digit integer raises ValueError: the message must not try it.
+    with pytest.raises(SpecError, match=r"var 'w' is too large \(<a 5001-digit integer>") as info:
+        evaluate(text, {"w": 10**5000})
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("text", ["2 ** 4000 * 2 ** 100", "2 ** 4096 + 2 ** 4096", "2 ** 4000 * 2 ** 4000"])
+def test_results_are_bounded_whatever_the_operation(text: str) -> None:
+    with pytest.raises(SpecError, match="too large"):
+        evaluate(text, {})
+
+
+def test_a_non_number_operand_is_quoted_briefly() -> None:
+    with pytest.raises(SpecError, match=r"needs numbers, got \[0, 1, 2, 3, 4, 5, \.\.\. \(1000 items\)\]"):
+        evaluate("x + 1", {"x": list(range(1000))})
+
+
+def test_a_refused_product_names_its_operands_briefly() -> None:
+    names = {"v": 2**3000}
+    with pytest.raises(SpecError, match=r"^<a 904-digit integer> \* <a 904-digit integer> is too large") as info:
+        evaluate("v * v", names)
+    assert len(str(info.value)) < 200

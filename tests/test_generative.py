@@ -198,8 +198,8 @@ def test_generative_zoo_specs_inspect_and_draw() -> None:
         assert r.params == sum(p.numel() for p in net.parameters()) and r.uncounted == ()
         assert r.layers[0].path == first
         page = architecture_html(f"zoo:{name}")
-        for section, _, _ in net.halves:
-            assert f">{section}</div>" in page
+        for section in net.sections:
+            assert f">{section.name}</div>" in page
 
 
 # -------------------------------------------------------------------------- training

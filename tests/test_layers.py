@@ -513,5 +513,14 @@ def test_transformer_block_hidden_size() -> None:
     assert params(mlp_ratio=2) == attn + norms + (8 * 16 + 16 + 16 * 8 + 8)
     assert params(hidden=5, mlp="swiglu", norm="rmsnorm", bias=False) == 8 * 24 + 8 * 8 + 2 * 8 + 3 * 8 * 5
     for bad in (float("nan"), float("inf"), 0.0, -1.0):
-        with pytest.raises(SpecError, match="'mlp_ratio' must be a positive number"):
+        with pytest.raises(SpecError, match="'mlp_ratio' must be a (positive|finite) number"):
             params(mlp_ratio=bad)
+
+
+def test_an_output_of_more_than_2_to_the_40_values_per_sample_is_refused() -> None:
+    from archlab.core import ShapeError
+    from archlab.layers import TensorType
+
+    with pytest.raises(ShapeError, match=r"would produce 2\.2e\+12 values per sample"):
+        TensorType((4,)).derive((2**21, 2**20))
+    assert TensorType((4,)).derive((2**20, 2**20)).shape == (2**20, 2**20)

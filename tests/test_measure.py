@@ -8,15 +8,16 @@ from __future__ import annotations
 import json
 import resource
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from archlab import build, inspect
-from archlab.core import SpecError
+from archlab.core import DataError, SpecError, format_size, parse_size
 from archlab.layers import LAYERS, TensorType, register_layer
-from archlab.model import OPTIMIZER_STATES, count_params, group_by_kind, parse_bytes
+from archlab.model import OPTIMIZER_STATES, count_params, group_by_kind
 
 MLP = {"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]}
 
@@ -214,10 +215,14 @@ def test_llama_7b_fits_an_80gb_gpu_only_at_small_batches() -> None:
     assert sgd.memory.at_batch(sgd.max_batch) <= 80e9 < sgd.memory.at_batch(sgd.max_batch + 1)
 
 
+def parse_bytes(text: str | int) -> int:
+    return parse_size(text, "--device-memory", require_unit=True)
+
+
 @pytest.mark.parametrize(
     "text, value",
     [("80GB", 80 * 10**9), ("80 GB", 80 * 10**9), ("80GiB", 80 * 2**30), ("24gib", 24 * 2**30),
-     ("16G", 16 * 2**30), ("512MB", 512 * 10**6), ("512MiB", 512 * 2**20), ("1.5TB", 1_500_000_000_000),
+     ("16G", 16 * 10**9), ("16Gi", 16 * 2**30), ("512M", 512 * 10**6), ("512Mi", 512 * 2**20), ("512MB", 512 * 10**6), ("512MiB", 512 * 2**20), ("1.5TB", 1_500_000_000_000),
      ("2KB", 2000), ("2KiB", 2048), ("1000B", 1000), (".5GB", 500_000_000), (4096, 4096)],
 )
 def test_parse_bytes_units(text: str | int, value: int) -> None:
@@ -313,3 +318,99 @@ def test_inspecting_a_7b_model_allocates_no_weights() -> None:
 def test_a_size_without_a_unit_is_refused():
     with pytest.raises(SpecError, match="no unit"):
         parse_bytes("80")
+
+
+def test_one_size_grammar_everywhere() -> None:
+    # GB = 10**9 and GiB = 2**30 wherever a size is read; the letter alone is decimal (8G = 8GB);
+    # a bare number is bytes unless a unit is required.
+    assert parse_size("8G") == parse_size("8GB") == inspect(MLP, device_memory="8G").device_memory == 8 * 10**9
+    assert parse_size("8Gi") == parse_size("8 GiB") == 8 << 30
+    assert parse_size("1000") == 1000 and parse_size("1.5k") == 1500 and parse_size("2T") == 2 * 10**12
+    with pytest.raises(DataError, match=r"^ARCHLAB_MEMORY_LIMIT: expected a size such as 80GB"):
+        parse_size("lots", "ARCHLAB_MEMORY_LIMIT", error=DataError)
+    with pytest.raises(SpecError, match="larger than any memory"):
+        parse_size("9" * 30 + "TB")
+    assert format_size(3 << 29) == "1.5 GiB" and format_size(12) == "12 B" and format_size(2 << 40) == "2 TiB"
+
+
+# ------------------------------------------------------ batch norm at one value per channel
+
+
+def test_batchnorm_with_one_value_per_channel_is_measured_off_the_line() -> None:
+    # At batch 1 a training-mode batch norm after a linear sees one value per channel:
+    # PyTorch raises "Expected more than 1 value per channel when training".
+    spec = {"input": {"shape": [1, 8, 8]}, "model": ["flatten", {"linear": 64}, "batchnorm", "relu", {"linear": 10}]}
+    r = inspect(spec)
+    m = r.memory
+    assert m.activations == int(m.activations_fixed + m.activations_per_sample)
+    assert "batch norm cannot train on one value per channel" in m.note
+    assert inspect(spec, batch=2).memory.note == ""  # measured where it can be
+    assert r.flops_per_sample == inspect(spec, batch=2).flops_per_sample
+
+
+def test_resnet18_on_small_images_inspects() -> None:
+    # Its last feature map is 1x1 at 32x32 input: batch norm there sees one value per channel.
+    r = inspect("zoo:resnet18", input_shape=(3, 32, 32))
+    assert r.params > 11_000_000 and r.memory.note
+    assert inspect(MLP).memory.note == ""
+
+
+# ------------------------------------------------------------- large specs inspect fast
+
+
+@pytest.mark.parametrize("name", ["zoo:mlp", "zoo:resnet-mini", "zoo:gpt-mini", "zoo:vae", "zoo:seq2seq-transformer",
+                                  "REPEATS"])
+def test_pricing_each_distinct_leaf_once_changes_no_figure(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import archlab.model._inspect as inspect_module
+
+    spec = name if name != "REPEATS" else {
+        "input": {"shape": [16]},
+        "model": [{"repeat": 6, "block": [{"linear": 16}, "relu", {"dropout": 0.1}, {"reshape": [4, 4]}, "flatten",
+                                          {"residual": [{"linear": 16}, "layernorm"]}]}]}
+    for batch in (1, 4):
+        cached = inspect(spec, batch=batch).to_dict()
+        monkeypatch.setattr(inspect_module, "_CACHE_LEAVES", False)
+        assert inspect(spec, batch=batch).to_dict() == cached
+        monkeypatch.setattr(inspect_module, "_CACHE_LEAVES", True)
+
+
+def test_a_long_spec_runs_each_distinct_leaf_once_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2,000 identical linear layers: 20,000 used to take 96 s to inspect.
+    calls = []
+    forward = nn.Linear.forward
+    monkeypatch.setattr(nn.Linear, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    r = inspect({"input": {"shape": [16]}, "model": [{"linear": 16}] * 2000})
+    assert r.params == 2000 * 272 and r.flops_per_sample == 2000 * 528
+    assert r.memory.activations_per_sample == 2000 * 16 * 4  # each layer saves its input
+    # per pass: the first layer (its input needs no gradient) and the one shape after it
+    assert len(calls) <= 8
+
+
+@pytest.mark.parametrize("spec", [
+    "zoo:lstm-classifier",
+    {"input": {"shape": [40, 6]}, "model": [{"gru": {"hidden": 5, "layers": 2, "dropout": 0.2, "returns": "sequence"}},
+                                            {"lstm": {"hidden": 3, "bidirectional": True}}, {"linear": 2}]},
+    {"input": {"shape": [30, 4]}, "model": [{"rnn": {"hidden": 7, "returns": "sequence", "bidirectional": True}},
+                                            "flatten", {"linear": 2}]},
+])
+def test_recurrent_layers_priced_on_a_few_steps_match_the_full_run(spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The meta device runs an LSTM one step at a time: lstm-classifier took 27.7 s to inspect.
+    import archlab.model._inspect as inspect_module
+
+    for batch in (1, 3):
+        fast = inspect(spec, batch=batch).to_dict()
+        monkeypatch.setattr(inspect_module, "_CACHE_LEAVES", False)
+        assert inspect(spec, batch=batch).to_dict() == fast
+        monkeypatch.setattr(inspect_module, "_CACHE_LEAVES", True)
+
+
+def test_the_cli_says_how_batch_1_activations_were_found(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from archlab.cli import app
+
+    path = tmp_path / "bn.yaml"
+    path.write_text("input: [1, 8, 8]\nmodel: [flatten, linear: 64, batchnorm, relu, linear: 10]\n")
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "batch norm cannot train on one value per channel" in " ".join(result.output.split())

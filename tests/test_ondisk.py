@@ -215,12 +215,13 @@ def test_truncated_and_pickled_arrays_are_refused(tmp_path):
 
 
 def test_the_memory_budget_decides_the_path(digits_npy, monkeypatch):
-    assert parse_size("512M") == 512 << 20 and parse_size("1.5g") == int(1.5 * (1 << 30))
+    assert parse_size("512Mi") == 512 << 20 and parse_size("1.5g") == int(1.5 * 10**9)  # core's size grammar
     assert parse_size("1000") == 1000 and parse_size("2 GiB") == 2 << 30
+    monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "lots")
     with pytest.raises(DataError, match="ARCHLAB_MEMORY_LIMIT"):
-        parse_size("lots")
+        memory_budget()
     monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "100K")  # digits decodes to ~0.5 MB
-    assert memory_budget() == 100 << 10
+    assert memory_budget() == 100_000
     ds = load_dataset(f"npy:{digits_npy}")
     assert all(isinstance(s, DiskSplit) for s in (ds.train, ds.val, ds.test))
     assert isinstance(load_dataset(f"npy:{digits_npy}", stream=False).train, Split)  # forced
@@ -348,7 +349,7 @@ def test_data_command_describes_and_exports(tmp_path, monkeypatch):
     assert "digits: classify, 10 classes" in result.output and "train 1,258  val 180  test 359" in result.output
     assert "held in memory" in result.output and f"--data npy:{tmp_path / 'd'}" in result.output
     assert np.load(tmp_path / "d" / "train_x.npy").dtype == np.uint8
-    monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "10K")
+    monkeypatch.setenv("ARCHLAB_MEMORY_LIMIT", "10Ki")
     result = runner.invoke(app, ["data", f"npy:{tmp_path / 'd'}"])
     assert result.exit_code == 0, result.output
     assert "streams from disk (more than the in-memory budget of 10 KiB)" in result.output

@@ -347,7 +347,7 @@ def test_unquoted_expression_in_flow_mapping_gets_a_hint() -> None:
 
 
 def test_self_referencing_yaml_alias_is_refused() -> None:
-    with pytest.raises(SpecError, match="nested more than"):
+    with pytest.raises(SpecError, match=r"spec.model\[0\]: a YAML alias contains itself"):
         load_spec("model: &x [*x]\n")
 
 
@@ -421,3 +421,97 @@ def test_built_networks_and_specs_copy_and_pickle() -> None:
     with pytest.raises(TypeError):
         frozen["a"] = 1  # still read-only
     assert frozen | {"c": 2} == {"a": {"b": (1,)}, "c": 2} and {"c": 2} | frozen == frozen | {"c": 2}
+
+
+# ------------------------------------------------------------- untrusted spec data
+
+
+def test_a_5000_digit_integer_in_yaml_is_a_one_line_error() -> None:
+    # PyYAML's int() raised "ValueError: Exceeds the limit (4300 digits)" with a traceback.
+    for literal in ("9" * 5000, "0x" + "f" * 5000, "-" + "1" * 5000):
+        with pytest.raises(SpecError, match=r"^spec: invalid YAML at line 2, column 17: an integer written "
+                                            r"with \d+ digits is too large") as info:
+            load_spec(f"input: [4]\nmodel: [linear: {literal}]\n")
+        assert "\n" not in str(info.value)
+    with pytest.raises(SpecError, match=r"the integer 18446744073709551616 is too large"):
+        load_spec("input: [4]\nmodel: [linear: 18446744073709551616]\n")
+
+
+def test_a_5000_digit_integer_in_an_expression_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match=r"^vars\.w: the 5000-digit number"):
+        Spec.from_dict({"vars": {"w": "${" + "9" * 5000 + "}"}, "model": ["relu"]}).resolved_vars()
+
+
+def test_huge_values_through_the_dict_api_and_set_are_refused() -> None:
+    with pytest.raises(SpecError, match=r"^spec\.vars\.w: the integer <a 5001-digit integer> is too large"):
+        load_spec({"vars": {"w": 10**5000}, "model": ["relu"]})
+    with pytest.raises(SpecError, match=r"^vars\.w: the integer <a 5001-digit integer> is too large"):
+        load_spec(SIMPLE).with_vars({"w": 10**5000}, strict=False)
+    with pytest.raises(SpecError, match=r"^--set w: an integer written with 5000 digits is too large"):
+        parse_assignment("w=" + "9" * 5000)
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ["vars:", "  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        refs = ", ".join([f"*a{i - 1}"] * 10)
+        lines.append(f"  a{i}: &a{i} [{refs}]")
+    return "\n".join([*lines, "model: [relu]", ""])
+
+
+def test_yaml_alias_bombs_are_refused_before_they_expand() -> None:
+    text = _alias_bomb(9)  # about 500 bytes; 10**9 values once expanded
+    assert len(text) < 600
+    with pytest.raises(SpecError, match=r"more than 200,000 values once its YAML aliases are expanded"):
+        load_spec(text)
+    assert load_spec(_alias_bomb(3)).vars["a2"][9][9] == ("x",) * 10  # small ones are fine
+
+
+def test_a_spec_file_over_the_size_limit_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("input: [4]\nmodel:\n" + "  - relu\n" * 200_000)  # 1.8 MB
+    with pytest.raises(SpecError, match=r"huge.yaml: the spec file is 1,800,018 bytes, more than the "
+                                        r"1,048,576 \(1 MiB\) a spec may have"):
+        load_spec(path)
+    with pytest.raises(SpecError, match=r"^spec: the spec text is more than the 1,048,576 bytes"):
+        load_spec(path.read_text())
+
+
+def test_the_layer_count_is_checked_while_parsing() -> None:
+    with pytest.raises(SpecError, match=r"^spec\.model: has more than 20,000 layers"):
+        load_spec({"input": [4], "model": ["relu"] * 20_001})
+    with pytest.raises(SpecError, match=r"more than 20,000 layers"):  # through a shared list, as aliases do
+        block = ["relu"] * 1000
+        load_spec({"input": [4], "model": [block] * 21})
+    assert len(load_spec({"input": [4], "model": ["relu"] * 20_000}).model) == 20_000
+
+
+def test_deep_nesting_is_refused_at_parse_time() -> None:
+    deep: list = ["relu"]
+    for _ in range(150):
+        deep = [deep]
+    with pytest.raises(SpecError, match=r"nested more than 100 levels deep"):
+        load_spec({"model": deep})
+
+
+def test_a_shape_whose_product_overflows_is_refused() -> None:
+    # Each dim is within 2**48, the product is not: PyTorch's storage size would overflow.
+    from archlab.spec import check_shape
+
+    with pytest.raises(SpecError, match=r"input.shape: a sample of shape \[1, 100000000000, 100000000000\] "
+                                        r"holds 1e\+22 values, more than the 2\*\*40"):
+        check_shape([1, 10**11, 10**11], "input.shape")
+
+
+def test_limits_are_listed_in_one_table() -> None:
+    from archlab.spec import LIMITS
+
+    assert LIMITS["MAX_DEPTH"] == 100 and LIMITS["MAX_LAYERS"] == 20_000
+    assert LIMITS["MAX_SPEC_BYTES"] == 1 << 20 and LIMITS["MAX_SPEC_VALUES"] == 200_000
+
+
+def test_one_search_marker_test() -> None:
+    from archlab.spec import is_search_marker
+
+    assert is_search_marker({"int": [1, 4]}) and is_search_marker(FrozenDict({"choice": [1]}))
+    assert not is_search_marker({"linear": 4}) and not is_search_marker([{"int": 1}]) and not is_search_marker("int")

@@ -48,6 +48,8 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
                   f"{nbytes(m.total)} = weights {nbytes(m.weights)} + gradients {nbytes(m.gradients)} "
                   f"+ optimizer {nbytes(m.optimizer)} + activations {nbytes(m.activations)} "
                   f"({nbytes(m.activations_per_sample)}/sample)")
+    if m.note:
+        console.print(f"[yellow]                  {escape(m.note)}[/yellow]")
     if r.device_memory is not None:
         verdict = "[green]fits[/green]" if r.fits else "[red]does not fit[/red]"
         best = r.max_batch
@@ -88,11 +90,10 @@ def _check_train_section(spec: str) -> None:
     """A misspelt or out-of-range `train:` setting is an error now, not when training starts.
     Search-space markers are left to `archlab search`."""
     from ..core import thaw
-    from ..spec import load_spec
+    from ..spec import is_search_marker, load_spec
     from ..train import TrainSettings
 
-    plain = {k: v for k, v in thaw(load_spec(spec).train).items()
-             if not (isinstance(v, dict) and {"int", "float", "choice"} & set(v))}
+    plain = {k: v for k, v in thaw(load_spec(spec).train).items() if not is_search_marker(v)}
     TrainSettings.from_mapping(plain, where="train")
 
 

@@ -11,7 +11,6 @@ recommendation), curves, efficiency (metric vs params / FLOPs), gap, confusion, 
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import math
 import os
@@ -27,9 +26,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..core import ArchlabError, format_metric, thaw
-from ..layers import TensorType
-from ..model import COMPOSITES, build
-from ..spec import Spec, load_spec, substitute
+from ..model import Node, build
+from ..spec import Spec, load_spec
 from ._html import html_chart, html_page, html_section, new_figure, place_labels, svg_of
 from ._results import OVERFIT_GAP, UNDERFIT_TOLERANCE, CandidateSummary, Comparison, pareto_front
 
@@ -353,44 +351,22 @@ def _confusion(confusion: Sequence[Sequence[float]], class_names: Sequence[str] 
 def architecture_html(spec: Spec | Mapping[str, Any] | str) -> str:
     """The model of `spec` as nested HTML boxes: serial stacks, parallel branches side by
     side with their merge, residual groups with their skip, repeats; each leaf with its
-    kind, arguments and output shape (built on the meta device, so no weights).
+    kind, arguments and output shape. Drawn from the node tree the builder records (built
+    on the meta device, so no weights); networks of two sections (seq2seq, VAE, GAN) show
+    them side by side.
 
     >>> "conv2d" in architecture_html("zoo:cnn")
     True
     """
     net = build(spec, device="meta")
-    walker = _Diagram(net.spec, {leaf.path: leaf for leaf in net.layers})
-    env = net.spec.resolved_vars()
     io_box = '<div class="arch-io">{} <span class="shape">{}</span></div>'
-    halves = getattr(net, "halves", None)  # a VAE or GAN (archlab.generative): its halves side by side
-    if halves:
-        boxes = [f'<div class="arch"><div class="arch-title">{section}</div>'
-                 f'{io_box.format("input", x.describe())}'
-                 f'{walker.serial(_as_list(getattr(net.spec, section)), x, section, env)[0]}'
-                 f'{io_box.format("output", out.describe())}</div>' for section, x, out in halves]
-        return f'<div class="arch-pair">{"".join(boxes)}</div>'
-    if getattr(net.spec, "encoder", None) is None:
-        body, _ = walker.serial(_as_list(net.spec.model), net.input_type, "model", env)
-        return (f'<div class="arch">{io_box.format("input", net.input_type.describe())}'
-                f'{body}{io_box.format("output", net.output_type.describe())}</div>')
-    # seq2seq: encoder and decoder side by side; the decoder reads target tokens, whose type
-    # its first layer saw, and attends to the encoder's output (the memory).
-    encoder, memory = walker.serial(_as_list(net.spec.encoder), net.input_type, "encoder", env)
-    first = next((leaf for leaf in net.layers if leaf.path.startswith("decoder[")), None)
-    target = first.input if first else net.input_type
-    decoder, _ = walker.serial(_as_list(net.spec.decoder), target, "decoder", env)
-    return ('<div class="arch-pair">'
-            f'<div class="arch"><div class="arch-title">encoder</div>'
-            f'{io_box.format("source", net.input_type.describe())}{encoder}'
-            f'{io_box.format("memory → decoder", memory.describe())}</div>'
-            f'<div class="arch"><div class="arch-title">decoder</div>'
-            f'{io_box.format("target", target.describe())}{decoder}'
-            f'{io_box.format("output", net.output_type.describe())}</div></div>')
-
-
-def _as_list(nodes: Any) -> Sequence[Any]:
-    # The top level is always serial, so every path starts model[i] (as in build).
-    return nodes if isinstance(nodes, list | tuple) else (nodes,)
+    boxes = []
+    for section in net.sections:
+        title = f'<div class="arch-title">{_esc(section.name)}</div>' if len(net.sections) > 1 else ""
+        boxes.append(f'<div class="arch">{title}{io_box.format(_esc(section.input_label), section.input.describe())}'
+                     f'{_node_html(section.tree)}'
+                     f'{io_box.format(_esc(section.output_label), section.output.describe())}</div>')
+    return boxes[0] if len(boxes) == 1 else f'<div class="arch-pair">{"".join(boxes)}</div>'
 
 
 _KIND_CLASSES = (("conv", "conv"), ("linear", "dense"), ("mlp", "dense"), ("swiglu", "dense"),
@@ -421,129 +397,64 @@ def _group(cls: str, label: str, inner: str) -> str:
     return f'<div class="arch-group arch-{cls}"><div class="arch-label">{label}</div>{inner}</div>'
 
 
-class _Diagram:
-    """Walks the spec tree the way build.py's `_Builder` does (same paths, same long and
-    short forms), rendering HTML instead of modules; shapes come from the built leaves."""
-
-    def __init__(self, spec: Spec, leaves: Mapping[str, Any]):
-        self.spec, self.leaves = spec, leaves
-
-    def node(self, node: Any, x: TensorType, path: str, env: Mapping[str, Any]) -> tuple[str, TensorType]:
-        if isinstance(node, str) and "$" in node:
-            node = substitute(node, env, path)
-        if isinstance(node, list | tuple):
-            return self.serial(node, x, path, env)
-        if isinstance(node, str):
-            return self.named(node, None, x, path, env)
-        composite = [k for k in node if k in COMPOSITES]
-        if composite:
-            return self.composite(composite[0], node, x, path, env)
-        (name, args), = node.items()
-        return self.named(str(name), args, x, path, env)
-
-    def serial(self, nodes: Sequence[Any], x: TensorType, path: str,
-               env: Mapping[str, Any]) -> tuple[str, TensorType]:
-        parts = []
-        for i, child in enumerate(nodes):
-            part, x = self.node(child, x, f"{path}[{i}]", env)
-            parts.append(part)
-        return f'<div class="arch-serial">{"".join(parts)}</div>', x
-
-    def named(self, name: str, args: Any, x: TensorType, path: str,
-              env: Mapping[str, Any]) -> tuple[str, TensorType]:
-        if name in self.spec.blocks:  # a block reference: its body under `path.name`
-            overrides = substitute(args, env, f"{path}.{name}") if args is not None else {}
-            inner, out = self.node(self.spec.blocks[name], x, f"{path}.{name}", {**env, **overrides})
-            label = _esc(name) + (f" ({_esc(_args_text(overrides))})" if overrides else "")
-            return _group("block", f"block {label}", inner), out
-        leaf = self.leaves.get(f"{path}.{name}")
-        out = leaf.output if leaf else x
-        args_text = _args_text(leaf.args if leaf else args)
-        return (f'<div class="arch-leaf k-{_leaf_class(name)}" title="{_esc(path)}.{_esc(name)}">'
-                f'<b>{_esc(name)}</b> <span class="args">{_esc(args_text)}</span>'
-                f'<div class="shape">→ {out.describe() if leaf else "?"}</div></div>'), out
-
-    def composite(self, kind: str, node: Mapping[str, Any], x: TensorType, path: str,
-                  env: Mapping[str, Any]) -> tuple[str, TensorType]:
-        body = node[kind]
-        options = {k: v for k, v in node.items() if k != kind}
-        if isinstance(body, Mapping) and kind != "repeat":  # {residual: {body: ..., projection: ...}}
-            options = {**{k: v for k, v in body.items() if k not in ("body", "branches")}, **options}
-            body = body.get("body", body.get("branches"))
-        elif kind == "repeat" and isinstance(body, Mapping):  # {repeat: {times: 3, block: ...}}
-            options = {**{k: v for k, v in body.items() if k != "times"}, **options}
-            body = body.get("times")
-        options = {k: substitute(v, env, f"{path}.{kind}") if k not in ("block", "projection") else v
-                   for k, v in options.items()}
-        if isinstance(body, str) and "$" in body:
-            body = substitute(body, env, f"{path}.{kind}")
-        return getattr(self, kind)(body, options, x, f"{path}.{kind}", env)
-
-    def parallel(self, branches: Sequence[Any], options: Mapping[str, Any], x: TensorType,
-                 where: str, env: Mapping[str, Any]) -> tuple[str, TensorType]:
-        merge = options.get("merge", "concat")
-        parts, outs = [], []
-        for i, branch in enumerate(branches):
-            part, out = self.node(branch, x, f"{where}[{i}]", env)
-            parts.append(f'<div class="arch-branch"><div class="arch-label">branch {i + 1}</div>{part}</div>')
-            outs.append(out)
-        out = outs[0]
-        if merge == "concat":  # the builder's rule: channels first, else the last dim
-            dim = 0 if out.layout in ("channels", "flat") else out.rank - 1
-            shape = list(out.shape)
-            shape[dim] = sum(o.shape[dim] for o in outs)
-            out = dataclasses.replace(out, shape=tuple(shape))
-        merge_box = f'<div class="arch-merge">{_esc(merge)} <span class="shape">→ {out.describe()}</span></div>'
+def _node_html(node: Node) -> str:
+    """One node of the builder's tree as HTML."""
+    if node.kind == "serial":
+        return f'<div class="arch-serial">{"".join(_node_html(c) for c in node.children)}</div>'
+    if node.kind == "leaf":
+        return (f'<div class="arch-leaf k-{_leaf_class(node.name)}" title="{_esc(node.path)}">'
+                f'<b>{_esc(node.name)}</b> <span class="args">{_esc(_args_text(node.args))}</span>'
+                f'<div class="shape">→ {node.output.describe()}</div></div>')
+    if node.kind == "block":  # a block reference: its body, under the block's name
+        label = _esc(node.name) + (f" ({_esc(_args_text(node.args))})" if node.args else "")
+        return _group("block", f"block {label}", "".join(_node_html(c) for c in node.children))
+    if node.kind == "parallel":
+        parts = [f'<div class="arch-branch"><div class="arch-label">branch {i + 1}</div>{_node_html(c)}</div>'
+                 for i, c in enumerate(node.children)]
+        merge_box = (f'<div class="arch-merge">{_esc(node.name)} '
+                     f'<span class="shape">→ {node.output.describe()}</span></div>')
         inner = f'<div class="arch-branches">{"".join(parts)}</div>{merge_box}'
-        return _group("parallel", f"parallel · {len(parts)} branches", inner), out
-
-    def residual(self, body: Any, options: Mapping[str, Any], x: TensorType, where: str,
-                 env: Mapping[str, Any]) -> tuple[str, TensorType]:
-        inner, out = self.node(body, x, where, env)
-        projection = options.get("projection", "auto")
-        skip, add = "skip: x", "+ x"
-        if out.shape != x.shape or out.dtype != x.dtype:
+        return _group("parallel", f"parallel · {len(parts)} branches", inner)
+    if node.kind == "residual":
+        inner = "".join(_node_html(c) for c in node.children)
+        if node.projection is None:
+            skip, add = '<span class="arch-skip-label">skip: x</span>', "+ x"
+        elif isinstance(node.projection, str):  # an auto projection the builder made
+            skip = (f'<div class="arch-leaf k-conv">projection: {_esc(node.projection)}'
+                    f'<div class="shape">→ {node.output.describe()}</div></div>')
             add = "+ projection(x)"
-            if projection == "auto":  # what build's _auto_projection makes
-                if x.layout == "channels" and x.rank in (2, 3):
-                    strides = [-(-a // b) for a, b in zip(x.shape[1:], out.shape[1:], strict=True)]
-                    stride = f", stride {max(strides)}" if max(strides) > 1 else ""
-                    norm = " + batchnorm" if "batchnorm" in repr(thaw(body)) else ""
-                    skip = f"projection: 1×1 conv{stride}{norm}"
-                else:
-                    skip = "projection: linear"
-                skip = f'<div class="arch-leaf k-conv">{_esc(skip)}<div class="shape">→ {out.describe()}</div></div>'
-            else:
-                skip, _ = self.node(projection, x, f"{where}.projection", env)
-                skip = f'<div class="arch-label">projection</div>{skip}'
         else:
-            skip = f'<span class="arch-skip-label">{skip}</span>'
+            skip = f'<div class="arch-label">projection</div>{_node_html(node.projection)}'
+            add = "+ projection(x)"
         row = (f'<div class="arch-res-row"><div class="arch-res-body">{inner}</div>'
                f'<div class="arch-skip">{skip}</div></div>')
-        add_box = f'<div class="arch-merge">⊕ add {add} <span class="shape">→ {out.describe()}</span></div>'
-        return _group("residual", "residual", row + add_box), out
+        add_box = f'<div class="arch-merge">⊕ add {add} <span class="shape">→ {node.output.describe()}</span></div>'
+        return _group("residual", "residual", row + add_box)
+    if node.kind == "repeat":
+        return _repeat_html(node)
+    raise ValueError(f"unknown node kind {node.kind!r}")
 
-    def repeat(self, times: int, options: Mapping[str, Any], x: TensorType, where: str,
-               env: Mapping[str, Any]) -> tuple[str, TensorType]:
-        var = options.get("var", "i")
-        runs: list[list[Any]] = []  # [html, first copy, count]: identical neighbours collapse
-        for i in range(times):
-            part, x = self.node(options["block"], x, f"{where}[{i}]", {**env, var: i})
-            if runs and _untitled(runs[-1][0]) == _untitled(part):
-                runs[-1][2] += 1
-            else:
-                runs.append([part, i, 1])
-        copies = []
-        for part, first, count in runs:
-            if times == 1:  # a "copy 0" frame inside "repeat × 1" would only add nesting
-                copies.append(part)
-                break
-            label = (f"{var} = {first}" if count == 1 else
-                     f"{var} = {first}…{first + count - 1}: identical, × {count}")
-            copies.append(_group("copy", label, part))
-        label = f"repeat × {times}" + (f" ({_esc(var)} = 0…{times - 1})" if times > 1 else "")
-        inner = f'<div class="arch-serial">{"".join(copies)}</div>' if copies else "(no copies)"
-        return _group("repeat", label, inner), x
+
+def _repeat_html(node: Node) -> str:
+    var, times = node.name, len(node.children)
+    runs: list[list[Any]] = []  # [html, first copy, count]: identical neighbours collapse
+    for i, copy in enumerate(node.children):
+        part = _node_html(copy)
+        if runs and _untitled(runs[-1][0]) == _untitled(part):
+            runs[-1][2] += 1
+        else:
+            runs.append([part, i, 1])
+    copies = []
+    for part, first, count in runs:
+        if times == 1:  # a "copy 0" frame inside "repeat × 1" would only add nesting
+            copies.append(part)
+            break
+        label = (f"{var} = {first}" if count == 1 else
+                 f"{var} = {first}…{first + count - 1}: identical, × {count}")
+        copies.append(_group("copy", label, part))
+    label = f"repeat × {times}" + (f" ({_esc(var)} = 0…{times - 1})" if times > 1 else "")
+    inner = f'<div class="arch-serial">{"".join(copies)}</div>' if copies else "(no copies)"
+    return _group("repeat", label, inner)
 
 
 def _untitled(part: str) -> str:

@@ -1,10 +1,13 @@
-"""The bottom of archlab: errors, the one registry class, frozen records. Standard library only."""
+"""The bottom of archlab: errors, the one registry class, frozen records, the size grammar and
+error-message formatting. Standard library only."""
 
 from ._errors import ArchlabError, DataError, ShapeError, SpecError, StoreError, TrainingError
+from ._format import brief
 from ._frozen import FrozenDict, freeze, thaw
 from ._keys import content_key
 from ._metric import format_metric
 from ._registry import Registry
+from ._sizes import format_size, parse_size
 
 __all__ = [
     "ArchlabError",
@@ -15,8 +18,11 @@ __all__ = [
     "SpecError",
     "StoreError",
     "TrainingError",
+    "brief",
     "content_key",
     "format_metric",
+    "format_size",
     "freeze",
+    "parse_size",
     "thaw",
 ]

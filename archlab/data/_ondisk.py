@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import DataError
+from ..core import DataError, format_size, parse_size
 from ._dataset import (
     MAX_CLASSES,
     SPLIT_SEED,
@@ -238,18 +237,6 @@ def stream_batches(split: DiskSplit, order: Tensor, batch_size: int, start: int,
 # ------------------------------------------------------------------------ the decision
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'512M' -> 536870912; plain numbers are bytes."""
-    m = _SIZE.match(text)
-    if not m:
-        raise DataError(f"ARCHLAB_MEMORY_LIMIT: expected a size like 512M, 8G or 1000000 (bytes). "
-                        f"Received: {text!r}")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
-
-
 def _available_memory() -> int:
     try:
         with open("/proc/meminfo") as f:
@@ -265,15 +252,7 @@ def memory_budget() -> int:
     """How many bytes of decoded data may be held in memory: $ARCHLAB_MEMORY_LIMIT, else half
     of the memory available now (the model, its gradients and the optimizer need the rest)."""
     limit = os.environ.get("ARCHLAB_MEMORY_LIMIT")
-    return parse_size(limit) if limit else _available_memory() // 2
-
-
-def format_size(n: int) -> str:
-    """Binary units, as `archlab data` and ARCHLAB_MEMORY_LIMIT (10K = 10 KiB) count them."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} B"
+    return parse_size(limit, "ARCHLAB_MEMORY_LIMIT", error=DataError) if limit else _available_memory() // 2
 
 
 def serve(dataset: Dataset, stream: bool | None) -> Dataset:

@@ -24,12 +24,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from torch import nn
 
-from ..core import Registry, ShapeError, SpecError
+from ..core import Registry, ShapeError, SpecError, brief, thaw
+from ..spec import MAX_SIZE, MAX_VALUES_PER_SAMPLE
 
 LAYOUTS = ("flat", "channels", "sequence", "tokens")
-# No size, argument or dimension may exceed this: far above any real model, and far enough
-# below 2**63 that PyTorch never sees a number it cannot hold.
-MAX_SIZE = 2**48
 
 
 @dataclass(frozen=True)
@@ -91,6 +89,9 @@ class TensorType:
         if any(d > MAX_SIZE for d in shape):
             raise ShapeError(f"would produce a dimension larger than 2**48 from {self.describe()} "
                              f"(input produced by {self.source})")
+        if math.prod(shape) > MAX_VALUES_PER_SAMPLE:
+            raise ShapeError(f"would produce {math.prod(shape):.3g} values per sample {shape} from "
+                             f"{self.describe()}, more than 2**40 (input produced by {self.source})")
         return TensorType(shape, dtype, layout or self.layout, self.source)
 
 
@@ -269,16 +270,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         out = _coerce_one(value, tp)
     except _NoMatch:
         raise SpecError(f"{where} expected {_describe(tp)}. Received: {_show_value(value)}") from None
-    ints = out if isinstance(out, tuple) else (out,)
-    if any(isinstance(v, int) and abs(v) > MAX_SIZE for v in ints):
+    numbers = out if isinstance(out, tuple) else (out,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+        raise SpecError(f"{where} must be a finite number. Received: {_show_value(value)}")
+    if any(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) > MAX_SIZE for v in numbers):
         raise SpecError(f"{where} is too large (at most 2**48). Received: {_show_value(value)}")
     return out
 
 
 def _show_value(value: Any) -> str:
-    from ..core import thaw
-
-    return repr(thaw(value))
+    return brief(thaw(value))
 
 
 # -------------------------------------------------------------------- small helpers

@@ -1,6 +1,6 @@
 """Spec -> nn.Module: the builder (shape inference), the network kinds, the inspector, KV-cache decoding."""
 
-from ._builder import COMPOSITES, Network, Parallel, Repeat, Residual, Serial, build
+from ._builder import COMPOSITES, Network, Parallel, Repeat, Residual, Serial
 from ._decode import KVCache, generate
 from ._generative import GAN_BETAS, GENERATIVE_TASKS, GANNetwork, VAENetwork, generative_task
 from ._generative import _eval as eval_mode  # the VAE and GAN tasks (archlab.train) use these two
@@ -11,25 +11,32 @@ from ._inspect import (
     count_params,
     group_by_kind,
     inspect,
-    parse_bytes,
 )
+from ._kinds import KINDS, NetworkKind, build, network_kind
+from ._network import BuiltNetwork, LeafInfo, Node, Section
 from ._seq2seq import BOS, EOS, PAD, Seq2SeqNetwork
 
 __all__ = [
     "BOS",
+    "BuiltNetwork",
     "COMPOSITES",
     "EOS",
     "GANNetwork",
     "GAN_BETAS",
     "GENERATIVE_TASKS",
     "Inspection",
+    "KINDS",
     "KVCache",
+    "LeafInfo",
     "Network",
+    "NetworkKind",
+    "Node",
     "OPTIMIZER_STATES",
     "PAD",
     "Parallel",
     "Repeat",
     "Residual",
+    "Section",
     "Seq2SeqNetwork",
     "Serial",
     "VAENetwork",
@@ -40,6 +47,6 @@ __all__ = [
     "generative_task",
     "group_by_kind",
     "inspect",
+    "network_kind",
     "normal_noise",
-    "parse_bytes",
 ]

@@ -11,8 +11,20 @@ Node forms (after `$var` / `${expr}` substitution):
     relu | {linear: 10} | {conv2d: {...}}  a leaf layer from the registry
     name | {name: {var: value}}            a named block from `blocks:` (with var overrides)
     {parallel: [[...], [...]], merge: concat|add|mean}
-    {residual: [...], projection: auto|none|[...]}
+    {residual: [...], projection: auto|none|[...]}   (projection beside the branch, or
+    {residual: {body: [...], projection: ...}}        both under residual, the branch as body)
     {repeat: N, block: ..., var: i}        N copies; the copy index is var `i`
+
+A residual adds its input to its branch's output. Where the branch changes the shape, the
+input goes through a projection first: `auto` (the default) makes a 1x1 convolution (with
+batch norm if the branch has one) or a linear layer; `none` refuses the shape change; a
+list of layers is an explicit projection. In YAML:
+
+    - residual: [conv2d: {out: 64, kernel: 3, padding: same}, batchnorm, relu]
+      projection: auto
+    - residual:
+        body: [linear: 64, relu]
+        projection: [linear: 64]
 
 Module names follow spec paths: `model[3].residual[0].conv2d` is `model.3.residual.0`.
 """
@@ -20,26 +32,81 @@ Module names follow spec paths: `model[3].residual[0].conv2d` is `model.3.residu
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..core import FrozenDict, ShapeError, SpecError, thaw
-from ..layers import LAYERS, BuildContext, TensorType, default_layout
-from ..spec import Spec, check_shape, load_spec, substitute
+from ..layers import LAYERS, BuildContext, TensorType
+from ..spec import (
+    MAX_DEPTH,
+    MAX_LAYERS,
+    MAX_TENSOR_VALUES,
+    Spec,
+    substitute,
+)
+from ._network import BuiltNetwork, LeafInfo, Node, Section, is_meta
 
 COMPOSITES = ("parallel", "residual", "repeat")
 # Each level costs a few Python frames; this stays well inside the default recursion limit
 # even when build is called from deep inside another program (a test runner, a search).
-_MAX_DEPTH = 100
+_MAX_DEPTH = MAX_DEPTH
 # Far beyond any real model, but `repeat: 1e9` (a typo, or a search gone wrong) fails at once
 # instead of building modules until memory runs out.
 _MAX_REPEAT = 10_000
-_MAX_LAYERS = 100_000
+_MAX_LAYERS = MAX_LAYERS
 MERGES = ("concat", "add", "mean")
+
+
+# ----------------------------------------------------------------- the weight guard
+
+_FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn,
+                        torch.empty_strided})
+
+
+def _requested_size(args: tuple, kwargs: Mapping[str, Any]) -> tuple | None:
+    size = kwargs.get("size", args[0] if args else None)
+    if isinstance(size, int) and not isinstance(size, bool):  # torch.empty(3, 4)
+        size = tuple(a for a in args if isinstance(a, int) and not isinstance(a, bool))
+    if isinstance(size, list | tuple | torch.Size) and all(isinstance(d, int) for d in size):
+        return tuple(size)
+    return None
+
+
+# In-place initialisers: on the meta device there are no values to initialise, and PyTorch
+# runs each through Python reference kernels (about 2 ms per weight), so they are skipped.
+_INITIALISERS = frozenset({"uniform_", "normal_", "zero_", "fill_", "copy_", "bernoulli_", "exponential_",
+                           "random_", "clamp_", "mul_", "add_", "erfinv_", "trunc_normal_"})
+
+
+class _WeightGuard(TorchFunctionMode):
+    """Refuses, before PyTorch allocates it (or fails to describe its size), any tensor a
+    layer creates with more than MAX_TENSOR_VALUES values: `linear: 100000000000` is a
+    SpecError on every device, meta included, instead of an allocator's traceback.
+    On the meta device it also skips weight initialisation (there are no values)."""
+
+    def __init__(self, meta: bool = False):
+        super().__init__()
+        self.meta = meta
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if self.meta and (getattr(func, "__module__", "") == "torch.nn.init"
+                          or getattr(func, "__name__", "") in _INITIALISERS):
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor) and target.device.type == "meta":
+                return target
+        if func in _FACTORIES:
+            size = _requested_size(args, kwargs)
+            if size is not None and math.prod(size) > MAX_TENSOR_VALUES:
+                raise SpecError(f"its weights would need a tensor of shape {size}, {math.prod(size):.3g} "
+                                f"values, more than the 2**36 one tensor may hold; reduce its sizes")
+        return func(*args, **kwargs)
 
 
 # ----------------------------------------------------------------- container modules
@@ -94,30 +161,18 @@ class Repeat(nn.Module):
         return self.repeat(x)
 
 
-class ShapedNetwork:
-    """Per-sample input and output shapes of a built network (its `input_type`/`output_type`)."""
-
-    input_type: TensorType
-    output_type: TensorType
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.input_type.shape
-
-    @property
-    def output_shape(self) -> tuple[int, ...]:
-        return self.output_type.shape
-
-
-class Network(ShapedNetwork, nn.Module):
+class Network(BuiltNetwork, nn.Module):
     """The built model: `model` holds the spec's layers. A plain nn.Module.
 
     `layers` lists each leaf (spec path, layer kind, module name, input and output type)
-    for the inspector; `spec` is the concrete spec it was built from.
+    for the inspector; `spec` is the concrete spec it was built from; `tree` the node tree
+    the builder built (see BuiltNetwork for the protocol).
     """
 
+    kind = "plain"
+
     def __init__(self, model: nn.Module, spec: Spec, input_type: TensorType, output_type: TensorType,
-                 layers: list[LeafInfo]):
+                 layers: list[LeafInfo], tree: Node | None = None, section: str = "model"):
         super().__init__()
         self.model = model
         # Plain attributes, not submodules: kept out of state_dict and parameters().
@@ -125,6 +180,8 @@ class Network(ShapedNetwork, nn.Module):
         self.input_type = input_type
         self.output_type = output_type
         self.layers = layers
+        self.tree = tree or Node("serial", section, input_type, output_type)
+        self.sections = (Section(section, input_type, output_type, self.tree),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -136,21 +193,11 @@ class Network(ShapedNetwork, nn.Module):
         if self.input_type.dtype == "long":
             vocab = min((m.num_embeddings for m in self.modules() if isinstance(m, nn.Embedding)),
                         default=2)
-            if torch.device(device or "cpu").type == "meta":
+            if is_meta(device):
                 return torch.empty(shape, dtype=torch.long, device=device)
             return torch.randint(0, vocab, shape, device=device)
-        return torch.randn(shape, device=device, dtype=dtype) if torch.device(device or "cpu").type != "meta" \
+        return torch.randn(shape, device=device, dtype=dtype) if not is_meta(device) \
             else torch.empty(shape, device=device, dtype=dtype)
-
-
-@dataclass(frozen=True)
-class LeafInfo:
-    path: str            # spec path, e.g. model[3].residual[0].conv2d
-    kind: str            # layer name, e.g. conv2d
-    module_name: str     # qualified module name, e.g. model.3.residual.0
-    input: TensorType
-    output: TensorType
-    args: Mapping[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- builder
@@ -163,6 +210,16 @@ class _Builder:
     ctx_built: list[tuple[str, str, nn.Module]] = field(default_factory=list)
     memory: TensorType | None = None  # set while building a seq2seq decoder
     depth: int = 0
+    on_meta: bool | None = None  # whether the build runs on the meta device (found at the first leaf)
+    last: Node | None = None  # the tree of the node built last (each method sets it)
+
+    def section(self, nodes: Any, x: TensorType, path: str, qual: str,
+                env: Mapping[str, Any]) -> tuple[nn.Module, TensorType, Node]:
+        """A spec section (always serial at the top, so every path starts `path[i]`)."""
+        nodes = nodes if isinstance(nodes, list | tuple) else (nodes,)
+        module, out = self.serial(nodes, x, path, qual, env)
+        assert self.last is not None
+        return module, out, self.last
 
     def node(self, node: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         self.depth += 1
@@ -194,10 +251,12 @@ class _Builder:
                         f"Received: {thaw(node)!r}")
 
     def serial(self, nodes: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
-        modules = []
+        modules, children, first = [], [], x
         for i, child in enumerate(nodes):
             module, x = self.node(child, x, f"{path}[{i}]", f"{qual}.{i}", env)
             modules.append(module)
+            children.append(self.last)
+        self.last = Node("serial", path, first, x, children=tuple(children))
         return Serial(*modules), x
 
     def named(self, name: str, args: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
@@ -227,19 +286,27 @@ class _Builder:
         if layer.wants_ctx:
             kwargs["ctx"] = BuildContext(where, self.ctx_built, self.memory)
         try:
-            module, out = layer.fn(x, **kwargs)
+            if self.on_meta is None:
+                self.on_meta = torch.get_default_device().type == "meta"
+            with _WeightGuard(meta=self.on_meta):
+                module, out = layer.fn(x, **kwargs)
         except SpecError as e:  # ShapeError included: prefix the path once
             raise type(e)(f"{where}: {e}") from None
-        except RuntimeError as e:  # weights too large for PyTorch to describe (> 2**63 bytes)
-            if "overflow" not in str(e).lower():
-                raise
-            raise SpecError(f"{where}: its weights are too large for PyTorch "
-                            f"({str(e).splitlines()[0]}); reduce its sizes") from None
+        except RuntimeError as e:  # weights too large for PyTorch to describe, or for memory
+            text = str(e).lower()
+            if "overflow" in text:
+                raise SpecError(f"{where}: its weights are too large for PyTorch "
+                                f"({str(e).splitlines()[0]}); reduce its sizes") from None
+            if isinstance(e, torch.OutOfMemoryError) or "allocate" in text:
+                raise SpecError(f"{where}: its weights do not fit in memory ({str(e).splitlines()[0][:160]}); "
+                                f"`archlab inspect` gives a model's size without allocating it") from None
+            raise
         out = TensorType(out.shape, out.dtype, out.layout, where)
         if freeze:
             module.requires_grad_(False)
         self.leaves.append(LeafInfo(where, name, qual, x, out, FrozenDict(kwargs)))
         self.ctx_built.append((where, name, module))
+        self.last = Node("leaf", where, x, out, name=name, args=self.leaves[-1].args)
         return module, out
 
     def block_ref(self, name: str, args: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
@@ -248,7 +315,10 @@ class _Builder:
             raise SpecError(f"{path}.{name}: a block takes a mapping of var overrides such as "
                             f"{{{name}: {{width: 64}}}}. Received: {thaw(overrides)!r}")
         inner = {**env, **overrides}
-        return self.node(self.spec.blocks[name], x, f"{path}.{name}", qual, FrozenDict(inner))
+        module, out = self.node(self.spec.blocks[name], x, f"{path}.{name}", qual, FrozenDict(inner))
+        self.last = Node("block", f"{path}.{name}", x, out, name=name, args=FrozenDict(overrides),
+                         children=(self.last,) if self.last is not None else ())
+        return module, out
 
     # -- composition
 
@@ -271,6 +341,10 @@ class _Builder:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
+                if where.endswith(".residual"):  # the natural guess: {residual: {layers: [...]}}
+                    hint += (" The branch's layers go under 'body' (residual: {body: [...], projection: "
+                             "none}) or are the residual's own list, with projection beside it "
+                             "(- residual: [...] and, on the next line, projection: none).")
                 raise SpecError(f"{where}: unknown option {key!r}.{hint} Allowed: {', '.join(allowed)}")
 
     def parallel(self, branches: Any, options: Mapping[str, Any], x: TensorType, where: str,
@@ -284,11 +358,12 @@ class _Builder:
         if not isinstance(branches, list | tuple) or len(branches) < 2:
             raise SpecError(f"{where}: expected a list of at least 2 branches, each a list of layers. "
                             f"Received: {thaw(branches)!r}")
-        modules, outs = [], []
+        modules, outs, children = [], [], []
         for i, branch in enumerate(branches):
             module, out = self.node(branch, x, f"{where}[{i}]", f"{qual}.parallel.{i}", env)
             modules.append(module)
             outs.append(out)
+            children.append(self.last)
         dim = 0 if outs[0].layout in ("channels", "flat") else outs[0].rank - 1
         shapes = ", ".join(f"{o.describe()} from {o.source}" for o in outs)
         if len({o.dtype for o in outs}) != 1:
@@ -309,7 +384,9 @@ class _Builder:
                                  f"Use merge: concat or make the branches agree.")
             out = outs[0]
         # +1: the tensor's dim 0 is the batch.
-        return Parallel(modules, merge, dim + 1), TensorType(out.shape, out.dtype, out.layout, where)
+        out = TensorType(out.shape, out.dtype, out.layout, where)
+        self.last = Node("parallel", where, x, out, name=merge, children=tuple(children))
+        return Parallel(modules, merge, dim + 1), out
 
     def residual(self, body: Any, options: Mapping[str, Any], x: TensorType, where: str,
                  qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
@@ -317,25 +394,33 @@ class _Builder:
         if isinstance(body, str) and "$" in body:
             body = substitute(body, env, where)
         if body is None:
-            raise SpecError(f"{where}: expected the layers of the residual branch, e.g. residual: [linear: 64, relu]")
+            raise SpecError(f"{where}: expected the layers of the residual branch, e.g. residual: [linear: 64, relu], "
+                            f"or residual: {{body: [linear: 64, relu], projection: auto}}")
         module, out = self.node(body, x, where, f"{qual}.residual", env)
+        branch = self.last
         projection = options.get("projection", "auto")
         proj = None
+        skip: Node | str | None = None
         if out.shape != x.shape or out.dtype != x.dtype:
             if projection in ("none", False):
                 raise ShapeError(f"{where}: the branch maps {x.describe()} to {out.describe()} but "
                                  f"projection is 'none'; make the shapes agree or allow projection: auto")
             if projection == "auto":
                 proj = self._auto_projection(x, out, where, body)
+                skip = _describe_projection(proj)
             else:
                 proj, pout = self.node(projection, x, f"{where}.projection", f"{qual}.proj", env)
+                skip = self.last
                 if pout.shape != out.shape:
                     raise ShapeError(f"{where}.projection: maps {x.describe()} to {pout.describe()} "
                                      f"but the branch gives {out.describe()}")
         elif projection not in ("auto", "none", False):
             raise SpecError(f"{where}: a projection is given but the branch keeps the shape "
                             f"{x.describe()}; remove 'projection'")
-        return Residual(module, proj), TensorType(out.shape, out.dtype, out.layout, where)
+        out = TensorType(out.shape, out.dtype, out.layout, where)
+        self.last = Node("residual", where, x, out, children=(branch,) if branch is not None else (),
+                         projection=skip)
+        return Residual(module, proj), out
 
     def _auto_projection(self, x: TensorType, out: TensorType, where: str, body: Any) -> nn.Module:
         if x.dtype != "float":
@@ -373,53 +458,31 @@ class _Builder:
         var = options.get("var", "i")
         if not isinstance(var, str) or not var.isidentifier():
             raise SpecError(f"{where}: 'var' must be a name. Received: {var!r}")
-        modules = []
+        modules, copies, first = [], [], x
         for i in range(times):
             inner = FrozenDict({**env, var: i})
             module, x = self.node(options["block"], x, f"{where}[{i}]", f"{qual}.repeat.{i}", inner)
             modules.append(module)
-        return Repeat(modules), TensorType(x.shape, x.dtype, x.layout, x.source)
+            copies.append(self.last)
+        out = TensorType(x.shape, x.dtype, x.layout, x.source)
+        self.last = Node("repeat", where, first, out, name=var, children=tuple(copies))
+        return Repeat(modules), out
 
 
-def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | None = None,
-          seed: int = 0, *, vars: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
-          dtype: str | None = None) -> Network:
-    """Build a spec into a plain `nn.Module` (a `Network`), checking shapes at every node.
+def _describe_projection(proj: nn.Module) -> str:
+    """What an auto projection is, for diagrams: "1×1 conv, stride 2 + batchnorm", "linear"."""
+    if isinstance(proj, nn.Linear):
+        return "linear"
+    conv = proj[0]
+    stride = max(conv.stride)
+    norm = " + batchnorm" if len(proj) > 1 else ""
+    return f"1×1 conv{f', stride {stride}' if stride > 1 else ''}{norm}"
 
-    On `device="meta"` no weights are allocated (used by `inspect`); elsewhere the
-    initialisation is deterministic given `seed`.
 
-    >>> net = build({"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]})
-    >>> net(torch.zeros(3, 4)).shape
-    torch.Size([3, 2])
-    """
-    spec = load_spec(spec)
-    if vars:
-        spec = spec.with_vars(vars, strict=False)
-    if spec.spaces:
-        spec = spec.with_defaults()
-    if input_shape is not None:
-        spec = spec.with_input(tuple(input_shape), dtype)
-    elif dtype is not None:
-        spec = spec.with_input(None, dtype)
-    if spec.input is None or not spec.input.shape:
-        raise SpecError("input: the spec has no input shape; add `input: {shape: [1, 28, 28]}` "
-                        "or pass one (--input 1,28,28, or the data set gives it at train time)")
-    shape = check_shape(spec.input.shape, "input.shape")
-    env = FrozenDict(spec.resolved_vars())
-    x = TensorType(shape, spec.input.dtype, default_layout(shape, spec.input.dtype), "input")
-    if spec.generator is not None or spec.train.get("task") in ("vae", "gan"):
-        from ._generative import build_generative
-
-        return build_generative(spec, x, env, device, seed)  # type: ignore[return-value]
-    if spec.encoder is not None:
-        from ._seq2seq import build_seq2seq
-
-        return build_seq2seq(spec, x, env, device, seed)  # type: ignore[return-value]
+def build_plain(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any, seed: int) -> Network:
+    """A spec with a `model:` section: one serial stack."""
     builder = _Builder(spec)
     with torch.device(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        # The top level is always serial, so every path starts model[i].
-        nodes = spec.model if isinstance(spec.model, list | tuple) else (spec.model,)
-        model, out = builder.serial(nodes, x, "model", "model", env)
-    return Network(model, spec, x, out, builder.leaves)
+        model, out, tree = builder.section(spec.model, x, "model", "model", env)
+    return Network(model, spec, x, out, builder.leaves, tree)

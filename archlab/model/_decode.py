@@ -17,6 +17,7 @@ from torch import nn
 
 from ..core import ArchlabError
 from ..layers import LayerCache, LearnedPositions, SelfAttention, SinusoidalPositions
+from ._network import BuiltNetwork
 
 # Layers that mix information across positions other than through attention cannot be
 # decoded one position at a time.
@@ -59,18 +60,25 @@ class KVCache:
         return out
 
 
+def _built(net: nn.Module) -> BuiltNetwork:
+    if not isinstance(net, BuiltNetwork):
+        raise ArchlabError(f"generate: expects a network built by archlab (archlab.build). "
+                           f"Received: {type(net).__name__}")
+    return net
+
+
 def context_length(net: nn.Module) -> int:
     """The longest sequence the model takes (its input length)."""
-    shape = getattr(net, "input_shape", None)
-    if not shape or len(shape) != 1:
+    shape = _built(net).input_shape
+    if len(shape) != 1:
         raise ArchlabError("generate: the model does not take a sequence of token ids (T,)")
     return int(shape[0])
 
 
 def check_decoder(net: nn.Module) -> None:
-    layers = getattr(net, "layers", [])
-    out = getattr(net, "output_shape", None)
-    if out is None or len(out) != 2:
+    layers = _built(net).layers
+    out = _built(net).output_shape
+    if len(out) != 2:
         raise ArchlabError(f"generate: the model's output {out} is not (T, vocab) next-token logits; "
                            f"only language models (task language_model) generate text")
     mixers = sorted({leaf.kind for leaf in layers if leaf.kind in _POSITION_MIXERS})

@@ -16,7 +16,8 @@ from torch import nn
 from ..core import FrozenDict, SpecError
 from ..layers import TensorType
 from ..spec import InputSpec, Spec, check_shape
-from ._builder import LeafInfo, Network, ShapedNetwork, _Builder
+from ._builder import Network, _Builder
+from ._network import BuiltNetwork, LeafInfo, is_meta
 
 GENERATIVE_TASKS = ("vae", "gan")
 GAN_BETAS = (0.5, 0.999)  # DCGAN's: a short momentum memory keeps up with the moving target
@@ -38,11 +39,13 @@ def generative_task(spec: Spec, task: str | None = None) -> str | None:
 # ------------------------------------------------------------------------ networks
 
 
-class VAENetwork(ShapedNetwork, nn.Module):
+class VAENetwork(BuiltNetwork, nn.Module):
     """encoder(x) -> [mu, logvar]; z = mu + sigma * eps; decoder(z) -> pixels in [0, 1].
 
     `forward` returns (reconstruction, mu, logvar). A plain nn.Module.
     """
+
+    kind = "vae"
 
     def __init__(self, encoder: Network, decoder: Network, spec: Spec, latent: int, layers: list[LeafInfo]):
         super().__init__()
@@ -51,9 +54,7 @@ class VAENetwork(ShapedNetwork, nn.Module):
         # Plain attributes, not submodules (as in Network).
         self.spec, self.latent, self.layers = spec, latent, layers
         self.input_type, self.output_type = encoder.input_type, decoder.output_type
-        # (section, input, output) of each half, for diagrams.
-        self.halves = (("encoder", encoder.input_type, encoder.output_type),
-                       ("decoder", decoder.input_type, decoder.output_type))
+        self.sections = (*encoder.sections, *decoder.sections)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)  # (B, 2L)
@@ -80,17 +81,19 @@ class VAENetwork(ShapedNetwork, nn.Module):
 
     def example_input(self, batch: int = 2, device: Any = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = (batch, *self.input_shape)
-        if torch.device(device or "cpu").type == "meta":
+        if is_meta(device):
             return torch.empty(shape, device=device, dtype=dtype)
         return torch.rand(shape, device=device, dtype=dtype)  # pixels in [0, 1]
 
 
-class GANNetwork(ShapedNetwork, nn.Module):
+class GANNetwork(BuiltNetwork, nn.Module):
     """generator(z) -> image; discriminator(image) -> one logit. A plain nn.Module.
 
     `forward(z)` is the generator step's forward, D(G(z)) logits, so `inspect` prices both
     halves; `sample(n)` draws images.
     """
+
+    kind = "gan"
 
     def __init__(self, generator: Network, discriminator: Network, spec: Spec, latent: int,
                  layers: list[LeafInfo]):
@@ -99,12 +102,16 @@ class GANNetwork(ShapedNetwork, nn.Module):
         self.discriminator = discriminator
         self.spec, self.latent, self.layers = spec, latent, layers
         self.input_type, self.output_type = generator.input_type, discriminator.output_type
-        self.halves = (("generator", generator.input_type, generator.output_type),
-                       ("discriminator", discriminator.input_type, discriminator.output_type))
+        self.sections = (*generator.sections, *discriminator.sections)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
         return self.discriminator.input_type.shape
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """A GAN learns from images; its own input is the latent code."""
+        return self.image_shape
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.discriminator(self.generator(z))  # (B, L) -> (B, C, H, W) -> (B, 1)
@@ -118,7 +125,7 @@ class GANNetwork(ShapedNetwork, nn.Module):
 
     def example_input(self, batch: int = 2, device: Any = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = (batch, self.latent)
-        if torch.device(device or "cpu").type == "meta":
+        if is_meta(device):
             return torch.empty(shape, device=device, dtype=dtype)
         return torch.randn(shape, device=device, dtype=dtype)
 
@@ -147,65 +154,78 @@ class _eval:  # noqa: N801 - used as a context manager, like torch.no_grad
 # ------------------------------------------------------------------------ building
 
 
-def build_generative(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any, seed: int
-                     ) -> VAENetwork | GANNetwork:
-    """Build both halves with shape inference; errors name the section (`decoder: ...`).
-
-    Called by `archlab.build` for specs with `generator:` or `train: {task: vae|gan}`.
-    """
-    task = generative_task(spec)
+def _prelude(spec: Spec, x: TensorType, env: Mapping[str, Any], task: str) -> tuple[TensorType, int]:
+    """Checks both kinds share; returns the latent type and size."""
+    generative_task(spec)  # refuses a GAN spec with another task
     if x.dtype != "float":
-        raise SpecError(f"input: a {task.upper() if task else 'generative model'} learns images (float input). "
-                        f"Received: {x.describe()}")
+        raise SpecError(f"input: a {task.upper()} learns images (float input). Received: {x.describe()}")
     latent = env.get("latent")
     if latent is None:
-        raise SpecError(f"vars.latent: a {(task or 'generative').upper()} spec needs the latent size as a var, "
+        raise SpecError(f"vars.latent: a {task.upper()} spec needs the latent size as a var, "
                         f"e.g. vars: {{latent: 16}}")
     check_shape([latent], "vars.latent")
-    z = TensorType((int(latent),), "float", "flat", "latent")
+    return TensorType((int(latent),), "float", "flat", "latent"), int(latent)
+
+
+def build_vae(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any, seed: int) -> VAENetwork:
+    """Both halves with shape inference; errors name the section (`decoder: ...`).
+
+    The `vae` network kind: a spec with `encoder:`, `decoder:` and `train: {task: vae}`.
+    """
+    z, latent = _prelude(spec, x, env, "vae")
+    if spec.encoder is None or spec.decoder is None:
+        raise SpecError("spec: a VAE (train: {task: vae}) has 'encoder' and 'decoder' sections")
     builder = _Builder(spec)
     env = FrozenDict(dict(env))
     with torch.device(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if task == "vae":
-            if spec.encoder is None or spec.decoder is None:
-                raise SpecError("spec: a VAE (train: {task: vae}) has 'encoder' and 'decoder' sections")
-            encoder = _half(builder, spec, "encoder", x, env)
-            if encoder.output_shape != (2 * latent,):
-                raise SpecError(f"encoder: outputs {encoder.output_shape} but a VAE's encoder must output "
-                                f"(2 * latent,) = ({2 * latent},), the mean and log-variance of z; "
-                                f"end with linear: ${{2 * latent}}")
-            decoder = _half(builder, spec, "decoder", z, env)
-            _check_image(decoder, "decoder", x.shape)
-            last = [leaf.kind for leaf in decoder.layers if leaf.kind not in _SHAPE_ONLY]
-            if not last or last[-1] != "sigmoid":
-                raise SpecError(f"decoder: must end with sigmoid (pixel probabilities in [0, 1] for the "
-                                f"reconstruction loss); its last layer is {last[-1] if last else 'missing'}")
-            return VAENetwork(encoder, decoder, spec, int(latent), builder.leaves)
-        if task == "gan":
-            if spec.generator is None or spec.discriminator is None:
-                raise SpecError("spec: a GAN (train: {task: gan}) has 'generator' and 'discriminator' sections")
-            generator = _half(builder, spec, "generator", z, env)
-            _check_image(generator, "generator", x.shape)
-            discriminator = _half(builder, spec, "discriminator", x, env)
-            if discriminator.output_shape != (1,):
-                raise SpecError(f"discriminator: outputs {discriminator.output_shape} but must output one "
-                                f"logit (1,) per image; end with linear: 1")
-            return GANNetwork(generator, discriminator, spec, int(latent), builder.leaves)
-    raise SpecError(f"train.task: expected vae or gan for a generative spec. Received: {task!r}")
+        encoder = _half(builder, spec, "encoder", x, env)
+        if encoder.output_shape != (2 * latent,):
+            raise SpecError(f"encoder: outputs {encoder.output_shape} but a VAE's encoder must output "
+                            f"(2 * latent,) = ({2 * latent},), the mean and log-variance of z; "
+                            f"end with linear: ${{2 * latent}}")
+        decoder = _half(builder, spec, "decoder", z, env)
+        _check_image(decoder, "decoder", x.shape)
+        last = [leaf.kind for leaf in decoder.layers if leaf.kind not in _SHAPE_ONLY]
+        if not last or last[-1] != "sigmoid":
+            raise SpecError(f"decoder: must end with sigmoid (pixel probabilities in [0, 1] for the "
+                            f"reconstruction loss); its last layer is {last[-1] if last else 'missing'}")
+    return VAENetwork(encoder, decoder, spec, latent, builder.leaves)
+
+
+def build_gan(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any, seed: int) -> GANNetwork:
+    """Both halves with shape inference; errors name the section (`generator: ...`).
+
+    The `gan` network kind: a spec with `generator:` and `discriminator:` (or `task: gan`).
+    """
+    z, latent = _prelude(spec, x, env, "gan")
+    if spec.generator is None or spec.discriminator is None:
+        raise SpecError("spec: a GAN (train: {task: gan}) has 'generator' and 'discriminator' sections")
+    builder = _Builder(spec)
+    env = FrozenDict(dict(env))
+    with torch.device(device), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = _half(builder, spec, "generator", z, env)
+        _check_image(generator, "generator", x.shape)
+        discriminator = _half(builder, spec, "discriminator", x, env)
+        if discriminator.output_shape != (1,):
+            raise SpecError(f"discriminator: outputs {discriminator.output_shape} but must output one "
+                            f"logit (1,) per image; end with linear: 1")
+    return GANNetwork(generator, discriminator, spec, latent, builder.leaves)
 
 
 def _half(builder: _Builder, spec: Spec, section: str, x: TensorType, env: Mapping[str, Any]) -> Network:
     """One section as a Network; its layers' paths start `section[i]`, modules `section.model.i`."""
-    nodes = getattr(spec, section)
+    nodes = {"encoder": spec.encoder, "decoder": spec.decoder, "generator": spec.generator,
+             "discriminator": spec.discriminator}[section]
     nodes = nodes if isinstance(nodes, list | tuple) else (nodes,)
     first = len(builder.leaves)
-    model, out = builder.serial(nodes, x, section, f"{section}.model", env)
+    model, out, tree = builder.section(nodes, x, section, f"{section}.model", env)
     own = [dataclasses.replace(leaf, module_name=leaf.module_name[len(section) + 1:])
            for leaf in builder.leaves[first:]]
     half = Spec(name=f"{spec.name}.{section}", input=InputSpec(x.shape, x.dtype), model=nodes,
                 vars=spec.vars, blocks=spec.blocks)
-    return Network(model, half, x, out, own)
+    return Network(model, half, x, out, own, tree, section)
 
 
 def _check_image(net: Network, section: str, image: tuple[int, ...]) -> None:

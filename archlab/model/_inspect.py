@@ -16,12 +16,18 @@ Memory for one training step, split as PyTorch holds it under mixed precision
 backward, measured from the tensors autograd actually saves (a saved-tensor hook, each
 storage counted once, weights excluded), in the compute dtype. Allocator slack, CUDA
 context and temporary workspace are not included: the figures are a floor, not a ceiling.
+
+The activations are measured in training mode at batches 2 and 3, which give the line
+`fixed + per_sample * batch`, and at the batch asked for. One exception: batch norm cannot
+run a training step on one value per channel (PyTorch refuses it, e.g. batch 1 after a
+`linear`, or a 1x1 feature map), so where batch 1 trips it, the batch-1 activations are read
+off the line and `Memory.note` says so. Training at batch 1 fails the same way; that is the
+spec's limit, not the inspector's.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -31,9 +37,11 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..core import SpecError, thaw
+from ..core import SpecError, parse_size, thaw
+from ..layers import LAYERS, MemoryUser
 from ..spec import Spec, load_spec
-from ._builder import Network, build
+from ._builder import Network
+from ._kinds import build
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 copies of each trainable weight
@@ -210,6 +218,7 @@ class Memory:
     activations: int
     activations_per_sample: float
     activations_fixed: float
+    note: str = ""                  # how the activations were found, where not measured directly
 
     @property
     def total(self) -> int:
@@ -269,22 +278,6 @@ class Inspection:
 # ------------------------------------------------------------------------ measuring
 
 
-def parse_bytes(text: str | int | float) -> int:
-    """'80GB' (10^9), '80GiB' (2^30), '512MB', '16G' (=GiB), or a number of bytes."""
-    if isinstance(text, int | float):
-        return int(text)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
-    if not m:
-        raise SpecError(f"--device-memory: expected a size such as 80GB or 24GiB. Received: {text!r}")
-    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
-    if not unit and not text.strip().upper().endswith("B"):
-        raise SpecError(f"--device-memory: {text!r} has no unit; write e.g. 80GB (10^9 bytes) or 80GiB (2^30)")
-    power = " KMGT".index(unit or " ")
-    bare_unit = unit and not binary and not text.strip().upper().endswith("B")
-    base = 1024 if (binary or bare_unit) else 1000
-    return int(value * base**power)
-
-
 def _unique_params(module: nn.Module, seen: set[int]) -> int:
     total = 0
     for p in module.parameters():
@@ -294,38 +287,260 @@ def _unique_params(module: nn.Module, seen: set[int]) -> int:
     return total
 
 
-def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = True) -> tuple[_CostMode, int]:
+# Leaves of one kind, arguments and input are priced once per inspect (see _forward_cost).
+_CACHE_LEAVES = True
+# Recurrent leaves cost the same at every step: priced on a few steps, extended to all.
+_RECURRENT = ("rnn", "lstm", "gru")
+
+
+def _dense_strides(shape: tuple[int, ...], order: list[int]) -> tuple[int, ...]:
+    """Strides of a dense tensor of `shape` whose dims lie in memory in `order` (outermost first)."""
+    strides, step = [0] * len(shape), 1
+    for d in reversed(order):
+        strides[d] = step
+        step *= shape[d]
+    return tuple(strides)
+
+
+@dataclass
+class _LeafCost:
+    """What one leaf's forward cost, for the next leaf of the same kind, arguments and input."""
+
+    flops: int
+    macs: int
+    uncounted: dict[str, int]
+    saves_input: bool               # its input's storage is saved for backward
+    saves_output: bool              # its output's storage is saved for backward
+    internal_bytes: int             # storages it made and saved, its output's aside
+    out_view_of_input: bool
+    out_meta: tuple                 # shape, stride, storage offset, storage values, dtype, requires_grad
+
+
+def _leaf_key(leaf: Any, module: nn.Module) -> tuple | None:
+    """What a leaf's cost depends on besides its input; None where a leaf reads more than
+    its input (the encoder's memory, a tied weight), so it is always run."""
+    if isinstance(module, MemoryUser) or any(isinstance(m, MemoryUser) for m in module.modules()):
+        return None
+    if leaf.kind not in LAYERS or LAYERS.get(leaf.kind).wants_ctx:
+        return None
+    try:
+        args = repr(sorted((k, thaw(v)) for k, v in leaf.args.items()))
+    except Exception:  # noqa: BLE001 - an argument without a stable repr: never cached
+        return None
+    return (leaf.kind, args, type(module),
+            tuple((p.dtype, p.requires_grad, tuple(p.shape)) for p in module.parameters()),
+            tuple((b.dtype, tuple(b.shape)) for b in module.buffers()))
+
+
+def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = True,
+                  cache: dict | None = None) -> tuple[_CostMode, int]:
     """One meta forward; returns the op costs and the bytes autograd saved for backward.
 
     FLOPs are taken in eval mode (inference: dropout off, batch norm on running statistics),
-    the memory saved for backward in training mode."""
+    the memory saved for backward in training mode.
+
+    `cache` makes a large spec cost time in proportion to its distinct leaves: a leaf of the
+    same kind, arguments and input type as one already run is not run again; its FLOPs and
+    saved bytes are those of the first, and its output an empty tensor of the same layout.
+    A recurrent leaf (rnn, lstm, gru), which PyTorch's meta device runs one step at a time,
+    is run on 2, 3 and 4 steps; where the three costs lie on a line (they do: every step
+    costs the same), the line gives the cost at the real length; else it runs in full.
+    """
     leaf_modules = dict(net.named_modules())
     mode = _CostMode()
     handles = []
-    for leaf in net.layers:
-        module = leaf_modules[leaf.module_name]
-        handles.append(module.register_forward_pre_hook(
-            lambda _m, _a, p=leaf.path: mode.stack.append(p)))
-        handles.append(module.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
+    patched = []
     exclude = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
     saved: dict[int, int] = {}
+    recording: list[list[tuple[int, int]]] = []
+    extra = [0]  # bytes saved inside leaves that were not run again
+    keep: list[torch.Tensor] = []  # what replayed leaves "saved": alive, so no storage id is reused
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage._cdata not in exclude:
             saved[storage._cdata] = storage.nbytes()
+            if recording:
+                recording[-1].append((storage._cdata, storage.nbytes()))
         return t
+
+    def leaf_forward(module: nn.Module, path: str, static: tuple | None) -> Any:
+        """The leaf's forward, charging its ops to `path` (and, with a cache, priced once)."""
+        real = module.forward
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            mode.stack.append(path)
+            try:
+                return priced(*args, **kwargs)
+            finally:
+                mode.stack.pop()
+
+        def priced(*args: Any, **kwargs: Any) -> Any:
+            x = args[0] if len(args) == 1 and not kwargs else None
+            if static is None or not isinstance(x, torch.Tensor):
+                return real(*args, **kwargs)
+            key = (static, tuple(x.shape), x.stride(), x.dtype, x.requires_grad, module.training)
+            hit = cache.get(key)
+            if hit is None and static[0] in _RECURRENT and x.dim() == 3 and x.shape[1] > 8:
+                hit = cache[key] = extrapolate(x, real, path) or record_only(x, real, path)
+            if hit is None:
+                return record(key, x, real, path)
+            return replay(hit, x, path)
+
+        return forward
+
+    def record(key: tuple, x: torch.Tensor, real: Any, path: str) -> Any:
+        flops0, macs0, unc0 = mode.flops[path], mode.macs, {k: v[0] for k, v in mode.uncounted.items()}
+        recording.append([])
+        try:
+            y = real(x)
+        finally:
+            stored = recording.pop()
+        if not isinstance(y, torch.Tensor) or y.device.type != "meta":
+            return y
+        xin, yout = x.untyped_storage()._cdata, y.untyped_storage()._cdata
+        cache[key] = _LeafCost(
+            flops=mode.flops[path] - flops0, macs=mode.macs - macs0,
+            uncounted={k: v[0] - unc0.get(k, 0) for k, v in mode.uncounted.items() if v[0] > unc0.get(k, 0)},
+            saves_input=any(c == xin for c, _ in stored), saves_output=any(c == yout for c, _ in stored),
+            internal_bytes=sum(n for c, n in dict(stored).items() if c not in (xin, yout)),
+            out_view_of_input=xin == yout,
+            out_meta=(tuple(y.shape), y.stride(), y.storage_offset(), y.untyped_storage().nbytes() // y.element_size(),
+                      y.dtype, y.requires_grad))
+        return y
+
+    def measure(x: torch.Tensor, real: Any, path: str) -> tuple[_LeafCost, torch.Tensor] | None:
+        """Run the leaf on `x` and return its cost; leave no trace in this pass's figures."""
+        flops0, macs0, unc0 = mode.flops[path], mode.macs, {k: v[0] for k, v in mode.uncounted.items()}
+        recording.append([])
+        try:
+            y = real(x)
+        finally:
+            stored = recording.pop()
+        cost = None
+        if isinstance(y, torch.Tensor):
+            xin, yout = x.untyped_storage()._cdata, y.untyped_storage()._cdata
+            cost = _LeafCost(
+                flops=mode.flops[path] - flops0, macs=mode.macs - macs0,
+                uncounted={k: v[0] - unc0.get(k, 0) for k, v in mode.uncounted.items() if v[0] > unc0.get(k, 0)},
+                saves_input=any(c == xin for c, _ in stored), saves_output=any(c == yout for c, _ in stored),
+                internal_bytes=sum(n for c, n in dict(stored).items() if c not in (xin, yout)),
+                out_view_of_input=xin == yout,
+                out_meta=(tuple(y.shape), y.stride(), y.storage_offset(),
+                          y.untyped_storage().nbytes() // y.element_size(), y.dtype, y.requires_grad))
+        mode.flops[path], mode.macs = flops0, macs0
+        for k in list(mode.uncounted):
+            if k in unc0:
+                mode.uncounted[k][0] = unc0[k]
+            else:
+                del mode.uncounted[k]
+        for c, _ in stored:
+            saved.pop(c, None)
+        return (cost, y) if cost is not None else None
+
+    def record_only(x: torch.Tensor, real: Any, path: str) -> _LeafCost | None:
+        got = measure(x, real, path)
+        return got[0] if got else None
+
+    def extrapolate(x: torch.Tensor, real: Any, path: str) -> _LeafCost | None:
+        """A recurrent leaf costs the same at every step: run it on 2, 3 and 4 steps and
+        extend the line to the real length, where the three points lie on one line (else
+        None, and it runs at full length)."""
+        b, t, f = x.shape
+        costs = []
+        for steps in (2, 3, 4):
+            with torch._C.DisableTorchFunction():
+                part = torch.empty((b, steps, f), dtype=x.dtype, device="meta", requires_grad=x.requires_grad)
+            got = measure(part, real, path)
+            if got is None:
+                return None
+            costs.append(got[0])
+        c2, c3, c4 = costs
+        if (c2.saves_input, c2.saves_output, c2.out_view_of_input, c2.uncounted.keys()) != \
+                (c4.saves_input, c4.saves_output, c4.out_view_of_input, c4.uncounted.keys()) or c4.out_view_of_input:
+            return None
+
+        def line(a: int, b_: int, c: int) -> int | None:
+            return a + (b_ - a) * (t - 2) if b_ - a == c - b_ else None
+
+        flops, macs = line(c2.flops, c3.flops, c4.flops), line(c2.macs, c3.macs, c4.macs)
+        internal = line(c2.internal_bytes, c3.internal_bytes, c4.internal_bytes)
+        calls = {op: line(c2.uncounted[op], c3.uncounted.get(op, -1), c4.uncounted[op]) for op in c4.uncounted}
+        shapes = [c.out_meta[0] for c in costs]
+        if None in (flops, macs, internal, *calls.values()) or any(len(sh) != len(shapes[0]) for sh in shapes):
+            return None
+        shape = []
+        for d2, d3, d4 in zip(*shapes, strict=True):
+            if (d2, d3, d4) == (2, 3, 4):
+                shape.append(t)
+            elif d2 == d3 == d4:
+                shape.append(d2)
+            else:
+                return None
+        # The output is dense in some order of its dims (a bidirectional LSTM's is time-major).
+        # Strides of size-1 dims say nothing (PyTorch ignores them): they are kept as they were.
+        order = sorted(range(len(shape)), key=lambda d: -c4.out_meta[1][d])
+
+        def same(got: tuple, want: tuple, dims: tuple) -> bool:
+            return all(g == w for g, w, n in zip(got, want, dims, strict=True) if n > 1)
+
+        dense = all(same(c.out_meta[1], _dense_strides(c.out_meta[0], order), c.out_meta[0]) and c.out_meta[2] == 0
+                    and c.out_meta[3] == math.prod(c.out_meta[0]) for c in costs)
+        if not dense:
+            return None
+        strides = tuple(s_ if n > 1 else old for s_, n, old in
+                        zip(_dense_strides(tuple(shape), order), shape, c4.out_meta[1], strict=True))
+        return _LeafCost(flops, macs, calls, c4.saves_input, c4.saves_output, internal, False,
+                         (tuple(shape), strides, 0, math.prod(shape), c4.out_meta[4], c4.out_meta[5]))
+
+    def replay(hit: _LeafCost, x: torch.Tensor, path: str) -> torch.Tensor:
+        mode.flops[path] += hit.flops
+        mode.macs += hit.macs
+        for op, calls in hit.uncounted.items():
+            mode.uncounted.setdefault(op, [0, path])[0] += calls
+        shape, stride, offset, elems, out_dtype, grad = hit.out_meta
+        with torch._C.DisableTorchFunction():  # plain tensors, outside the pricing
+            if hit.out_view_of_input:
+                y = x.as_strided(shape, stride, offset)
+            else:
+                base = torch.empty(elems, dtype=out_dtype, device="meta", requires_grad=grad)
+                y = base.as_strided(shape, stride, offset)
+        if hit.saves_input:
+            saved[x.untyped_storage()._cdata] = x.untyped_storage().nbytes()
+        if hit.saves_output:
+            saved[y.untyped_storage()._cdata] = y.untyped_storage().nbytes()
+        keep.extend((x, y))
+        extra[0] += hit.internal_bytes
+        return y
+
+    for leaf in net.layers:
+        module = leaf_modules[leaf.module_name]
+        if "forward" in module.__dict__:  # patched by someone else: hooks mark where its ops belong
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, _a, p=leaf.path: mode.stack.append(p)))
+            handles.append(module.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
+            continue
+        static = None
+        if cache is not None:  # what the cost depends on besides the input: found once per inspect
+            if ("static", leaf.module_name) not in cache:
+                cache["static", leaf.module_name] = _leaf_key(leaf, module)
+            static = cache["static", leaf.module_name]
+        module.__dict__["forward"] = leaf_forward(module, leaf.path, static)
+        patched.append(module)
 
     x = net.example_input(batch, device="meta", dtype=dtype)
     net.train(train)
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
             y = net(x)
-        activation_bytes = sum(saved.values())
+        activation_bytes = sum(saved.values()) + extra[0]
         del y  # the graph (and every saved storage) lived until the sum above
+        keep.clear()
     finally:
         for h in handles:
             h.remove()
+        for module in patched:
+            del module.__dict__["forward"]
     return mode, activation_bytes
 
 
@@ -352,13 +567,23 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     if torch_dtype != torch.float32:
         net = net.to(torch_dtype)
 
-    mode1, _ = _forward_cost(net, 1, torch_dtype, train=False)
+    cache: dict | None = {} if _CACHE_LEAVES else None
+    mode1, _ = _forward_cost(net, 1, torch_dtype, train=False, cache=cache)
     # The line through batches 2 and 3, not 1 and 2: at batch 1 PyTorch often skips a copy
     # (a transpose across a size-1 dim is already contiguous), so batch 1 may save less.
-    measured = {2: _forward_cost(net, 2, torch_dtype)[1], 3: _forward_cost(net, 3, torch_dtype)[1]}
+    measured = {2: _forward_cost(net, 2, torch_dtype, cache=cache)[1],
+                3: _forward_cost(net, 3, torch_dtype, cache=cache)[1]}
     per_sample = measured[3] - measured[2]
     fixed = measured[2] - 2 * per_sample
-    act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype)[1]
+    memory_note = ""
+    try:
+        act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype, cache=cache)[1]
+    except ValueError as e:  # batch norm over one value per channel, in training mode
+        if "value per channel" not in str(e):
+            raise
+        act_b = int(fixed + per_sample * batch)
+        memory_note = (f"activations at batch {batch} read off the line through batches 2 and 3: batch norm "
+                f"cannot train on one value per channel (nor can this model at batch {batch})")
 
     seen: set[int] = set()
     rows = []
@@ -379,13 +604,14 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     memory = Memory(batch=batch, weights=4 * params + sum(b.numel() * 4 for b in net.buffers()),
                     gradients=4 * trainable, optimizer=4 * trainable * OPTIMIZER_STATES[optimizer],
                     activations=act_b, activations_per_sample=float(per_sample),
-                    activations_fixed=float(fixed))
+                    activations_fixed=float(fixed), note=memory_note)
     uncounted = tuple(Uncounted(op, c, w) for op, (c, w) in sorted(mode1.uncounted.items()))
     return Inspection(
         name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,
         optimizer=optimizer, layers=tuple(rows), params=params, trainable=trainable,
         flops_per_sample=sum(mode1.flops.values()), macs_per_sample=mode1.macs, uncounted=uncounted, memory=memory,
-        device_memory=None if device_memory is None else parse_bytes(device_memory),
+        device_memory=None if device_memory is None else parse_size(device_memory, "--device-memory",
+                                                                       require_unit=True),
         vars=thaw(net.spec.resolved_vars()),  # plain data: to_dict() must deep-copy it
     )
 

@@ -21,21 +21,30 @@ from torch import nn
 from ..core import FrozenDict, SpecError
 from ..layers import MemoryUser, TensorType
 from ..spec import Spec, check_shape
-from ._builder import LeafInfo, Serial, ShapedNetwork, _Builder
+from ._builder import Serial, _Builder
+from ._network import BuiltNetwork, LeafInfo, Node, Section, is_meta
 
 PAD, BOS, EOS = 0, 1, 2
 
 
-class Seq2SeqNetwork(ShapedNetwork, nn.Module):
+class Seq2SeqNetwork(BuiltNetwork, nn.Module):
     """encoder(src) -> memory; decoder(tgt_in) attends to memory. A plain nn.Module."""
 
+    kind = "seq2seq"
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module, spec: Spec, input_type: TensorType,
-                 target_type: TensorType, output_type: TensorType, layers: list[LeafInfo]):
+                 target_type: TensorType, output_type: TensorType, layers: list[LeafInfo],
+                 trees: tuple[Node, Node] | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.spec, self.input_type, self.target_type = spec, input_type, target_type
         self.output_type, self.layers = output_type, layers
+        enc, dec = trees or (Node("serial", "encoder", input_type, input_type),
+                             Node("serial", "decoder", target_type, output_type))
+        # The decoder reads target tokens and attends to the encoder's output (the memory).
+        self.sections = (Section("encoder", input_type, enc.output, enc, "source", "memory → decoder"),
+                         Section("decoder", target_type, output_type, dec, "target", "output"))
         self._users = tuple(m for m in decoder.modules() if isinstance(m, MemoryUser))
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -61,7 +70,7 @@ class Seq2SeqNetwork(ShapedNetwork, nn.Module):
 
     def example_input(self, batch: int = 2, device: Any = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         shape = (batch, *self.input_shape)
-        if torch.device(device or "cpu").type == "meta":
+        if is_meta(device):
             return torch.empty(shape, dtype=torch.long, device=device)
         vocab = min((m.num_embeddings for m in self.encoder.modules() if isinstance(m, nn.Embedding)), default=4)
         return torch.randint(3, max(vocab, 4), shape, device=device)
@@ -128,19 +137,17 @@ def build_seq2seq(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any
     builder = _Builder(spec)
     with torch.device(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        enc_nodes = spec.encoder if isinstance(spec.encoder, list | tuple) else (spec.encoder,)
-        encoder, memory = builder.serial(enc_nodes, x, "encoder", "encoder", FrozenDict(dict(env)))
+        encoder, memory, enc_tree = builder.section(spec.encoder, x, "encoder", "encoder", FrozenDict(dict(env)))
         if memory.rank != 2:
             raise SpecError(f"encoder: must output a sequence (S, D) for the decoder to attend to; it gives "
                             f"{memory.describe()} from {memory.source} (use returns: sequence on recurrent layers)")
         builder.memory = memory
         target = TensorType((int(target_len),), "long", "tokens", "target")
-        dec_nodes = spec.decoder if isinstance(spec.decoder, list | tuple) else (spec.decoder,)
-        decoder, out = builder.serial(dec_nodes, target, "decoder", "decoder", FrozenDict(dict(env)))
+        decoder, out, dec_tree = builder.section(spec.decoder, target, "decoder", "decoder", FrozenDict(dict(env)))
     if out.rank != 2:
         raise SpecError(f"decoder: must output (T, vocab) logits per target position; it gives {out.describe()}")
     if not any(isinstance(m, MemoryUser) for m in decoder.modules()):
         raise SpecError("decoder: no layer reads the encoder (cross_attention, cross_decoder_block or "
                         "additive_decoder), so the output cannot depend on the source")
     return Seq2SeqNetwork(encoder, decoder if isinstance(decoder, Serial) else Serial(decoder), spec, x, target,
-                          out, builder.leaves)
+                          out, builder.leaves, (enc_tree, dec_tree))

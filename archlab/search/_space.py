@@ -10,12 +10,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core import FrozenDict, SpecError, thaw
-from ..spec import ChoiceSpace, FloatSpace, IntSpace, SearchSpace, Spec, parse_space
+from ..spec import (
+    ChoiceSpace,
+    FloatSpace,
+    IntSpace,
+    SearchSpace,
+    Spec,
+    is_search_marker,
+    parse_space,
+)
 
 # Cost objectives: name -> the key in a trial's `costs` attribute. All but latency come
 # from the meta-device inspector; latency is a timed CPU forward pass at batch 1.
 COSTS = {"params": "params", "flops": "flops", "memory": "memory", "latency": "latency_ms"}
-_MARKERS = ("int", "float", "choice")
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -115,10 +122,6 @@ def parse_objectives(items: str | Sequence[str]) -> tuple[Objective, ...]:
 # ------------------------------------------------------------------------------ spaces
 
 
-def _is_marker(value: Any) -> bool:
-    return isinstance(value, Mapping) and any(k in value for k in _MARKERS)
-
-
 @dataclass(frozen=True)
 class SearchSpaces:
     """What a trial chooses: search-space vars, and searchable training settings."""
@@ -143,7 +146,7 @@ def search_spaces(spec: Spec, fixed: Mapping[str, Any] | None = None) -> SearchS
     fixed = fixed or {}
     train: dict[str, SearchSpace] = {}
     for name, value in spec.train.items():
-        if not _is_marker(value) or fixed.get(name) is not None:
+        if not is_search_marker(value) or fixed.get(name) is not None:
             continue
         try:
             train[name] = parse_space(name, thaw(value))
@@ -217,8 +220,8 @@ def concrete_spec(spec: Spec, vars: Mapping[str, Any], train: Mapping[str, Any],
     if out.spaces:
         out = out.with_defaults()
     fixed = {k: v for k, v in (settings or {}).items() if v is not None}
-    merged = {**{k: v for k, v in thaw(spec.train).items() if not _is_marker(v)}, **dict(train), **fixed}
-    leftover = [k for k, v in spec.train.items() if _is_marker(v) and k not in merged]
+    merged = {**{k: v for k, v in thaw(spec.train).items() if not is_search_marker(v)}, **dict(train), **fixed}
+    leftover = [k for k, v in spec.train.items() if is_search_marker(v) and k not in merged]
     if leftover:
         raise SpecError(f"train.{leftover[0]}: is a search space; search it or set it")
     return Spec.from_dict({**out.to_dict(), "train": merged})

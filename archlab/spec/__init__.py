@@ -1,6 +1,14 @@
 """Specs: YAML or dicts -> frozen `Spec` records; vars, `${...}` expressions, search markers, the zoo."""
 
 from ._expr import evaluate
+from ._limits import (
+    LIMITS,
+    MAX_DEPTH,
+    MAX_LAYERS,
+    MAX_SIZE,
+    MAX_TENSOR_VALUES,
+    MAX_VALUES_PER_SAMPLE,
+)
 from ._spec import (
     ChoiceSpace,
     FloatSpace,
@@ -8,7 +16,9 @@ from ._spec import (
     IntSpace,
     SearchSpace,
     Spec,
+    check_data,
     check_shape,
+    is_search_marker,
     load_spec,
     parse_assignment,
     parse_shape,
@@ -19,13 +29,21 @@ from ._spec import (
 )
 
 __all__ = [
+    "LIMITS",
+    "MAX_DEPTH",
+    "MAX_LAYERS",
+    "MAX_SIZE",
+    "MAX_TENSOR_VALUES",
+    "MAX_VALUES_PER_SAMPLE",
     "ChoiceSpace",
     "FloatSpace",
     "InputSpec",
     "IntSpace",
     "SearchSpace",
     "Spec",
+    "check_data",
     "check_shape",
+    "is_search_marker",
     "evaluate",
     "load_spec",
     "parse_assignment",

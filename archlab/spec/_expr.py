@@ -10,6 +10,11 @@ and parses a small grammar itself:
     atom  := NUMBER | NAME | NAME '(' expr (',' expr)* ')' | '(' expr ')'
 
 Names are looked up in the vars; the only functions are min, max, int, round and abs.
+
+Every operation's cost is bounded, because a spec is untrusted data: integers (literals,
+vars, operands and results) have at most MAX_EXPR_BITS (4,096) bits, so no `**`, `*` or
+`round(5, -10**9)` can run for long, and a result is always printable; nesting is bounded
+too (the parser is recursive descent).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core import SpecError
+from ..core import SpecError, brief
+from ._limits import MAX_EXPR_BITS
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
@@ -45,7 +51,11 @@ _BINARY: dict[str, Callable[[Any, Any], Any]] = {
 
 # A `**` whose result would need more bits than this is refused: specs are untrusted data,
 # and `2 ** 10 ** 10` must not hang the process.
-_MAX_POW_BITS = 4096
+_MAX_POW_BITS = MAX_EXPR_BITS
+# The most decimal digits an integer of MAX_EXPR_BITS bits has.
+_MAX_DIGITS = int(MAX_EXPR_BITS * 0.30103) + 1
+# round(x, n) with |n| beyond this would compute 10 ** |n|: refused.
+_MAX_NDIGITS = _MAX_DIGITS
 # Parentheses and unary signs nested deeper than this are refused rather than exhausting
 # Python's recursion limit (the parser is recursive descent).
 _MAX_NESTING = 50
@@ -57,7 +67,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise SpecError(f"cannot read {text[pos:].strip()!r} in expression {text!r}")
+            raise SpecError(f"cannot read {brief(text[pos:].strip())} in expression {brief(text)}")
         kind = m.lastgroup
         assert kind is not None
         tokens.append((kind, m.group(kind)))
@@ -74,7 +84,7 @@ class _Parser:
         self.nesting = 0
 
     def fail(self, why: str) -> SpecError:
-        return SpecError(f"{why} in expression {self.text!r}")
+        return SpecError(f"{why} in expression {brief(self.text)}")
 
     def peek(self) -> str | None:
         return self.tokens[self.i][1] if self.i < len(self.tokens) else None
@@ -135,7 +145,10 @@ class _Parser:
         kind, text = self.take()
         if kind == "num":
             if not any(c in text for c in ".eE"):
-                return int(text)
+                if len(text.lstrip("0")) > _MAX_DIGITS:  # int() itself refuses 4,300 digits
+                    raise self.fail(f"the {len(text)}-digit number {brief(text)} is too large "
+                                    f"(integers have at most {MAX_EXPR_BITS} bits)")
+                return self.bounded(int(text), "number")
             if not math.isfinite(value := float(text)):
                 raise self.fail(f"number {text} is too large")
             return value
@@ -144,7 +157,7 @@ class _Parser:
                 return self.call(text)
             if text not in self.names:
                 raise self.fail(f"unknown var {text!r} (known: {', '.join(sorted(self.names)) or 'none'})")
-            return self.names[text]
+            return self.bounded(self.names[text], f"var {text!r}")
         if text == "(":
             value = self.expr()
             self.take(")")
@@ -162,14 +175,24 @@ class _Parser:
         self.take(")")
         for a in args:
             self.check_number(a, name)
+        if name == "round" and len(args) == 2 and isinstance(args[1], int) and abs(args[1]) > _MAX_NDIGITS:
+            raise self.fail(f"round(): ndigits {_show(args[1])} is out of range "
+                            f"(-{_MAX_NDIGITS} to {_MAX_NDIGITS})")
         try:
-            return FUNCTIONS[name](*args)
+            return self.bounded(FUNCTIONS[name](*args), f"{name}()")
         except (TypeError, ValueError, OverflowError) as e:
             raise self.fail(f"{name}() failed: {e}") from None
 
     def check_number(self, value: Any, op: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(f"{op!r} needs numbers, got {value!r}")
+            raise self.fail(f"{op!r} needs numbers, got {brief(value)}")
+
+    def bounded(self, value: Any, what: str) -> Any:
+        """`value`, unless it is an integer of more than MAX_EXPR_BITS bits."""
+        if isinstance(value, int) and value.bit_length() > MAX_EXPR_BITS:
+            raise self.fail(f"{what} is too large ({_show(value)}; integers have at most "
+                            f"{MAX_EXPR_BITS} bits)")
+        return value
 
     def apply(self, op: str, a: Any, b: Any) -> Any:
         self.check_number(a, op)
@@ -179,12 +202,12 @@ class _Parser:
         if op == "**":
             if isinstance(a, int) and isinstance(b, int) and b > 0:
                 if max(a.bit_length(), 1) * b > _MAX_POW_BITS:
-                    raise self.fail(f"{a} ** {b} is too large")
+                    raise self.fail(f"{_show(a)} ** {_show(b)} is too large")
             elif abs(b) > 1024:
-                raise self.fail(f"exponent {b} is too large")
+                raise self.fail(f"exponent {_show(b)} is too large")
         if op == "*" and isinstance(a, int) and isinstance(b, int):
             if a.bit_length() + b.bit_length() > _MAX_POW_BITS:
-                raise self.fail(f"{a} * {b} is too large")
+                raise self.fail(f"{_show(a)} * {_show(b)} is too large")
         try:
             result = a**b if op == "**" else _BINARY[op](a, b)
         except (OverflowError, ZeroDivisionError) as e:  # 10 ** 400 * 1.0, 0 ** -1
@@ -193,14 +216,14 @@ class _Parser:
             raise self.fail(f"{_show(a)} {op} {_show(b)} is not a real number")
         if isinstance(result, float) and not math.isfinite(result):
             raise self.fail(f"{_show(a)} {op} {_show(b)} is not finite")
-        return result
+        return self.bounded(result, f"{_show(a)} {op} {_show(b)}")
 
 
 def _show(v: Any) -> str:
     """An operand for an error message: negative ones in parentheses, huge ones abridged."""
-    text = str(v)
+    text = brief(v)
     if len(text) > 30:
-        text = f"<a {len(text)}-digit number>"
+        text = f"<a {len(text)}-digit number>" if text.lstrip("-").isdigit() else text[:27] + "..."
     return f"({text})" if text.startswith("-") else text
 
 

@@ -27,8 +27,17 @@ from typing import Any
 
 import yaml
 
-from ..core import FrozenDict, SpecError, freeze, thaw
+from ..core import FrozenDict, SpecError, brief, freeze, thaw
 from ._expr import evaluate
+from ._limits import (
+    MAX_DEPTH,
+    MAX_INT,
+    MAX_LAYERS,
+    MAX_SIZE,
+    MAX_SPEC_BYTES,
+    MAX_SPEC_VALUES,
+    MAX_VALUES_PER_SAMPLE,
+)
 
 SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "encoder", "decoder", "generator",
             "discriminator", "train")
@@ -41,11 +50,31 @@ _EXPR = re.compile(r"\$\{([^{}]*)\}")
 _BARE_ARITHMETIC = re.compile(r"^\$[A-Za-z_]\w*\s*(?:[-+*/%]|//|\*\*)\s*[\w(.]")  # `$w*2`, `$depth - 1`
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser where PyYAML has it (about ten times faster); the constructor, which
+# decides what each node becomes, is PyYAML's safe one either way.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):  # type: ignore[misc, valid-type]
     """yaml.safe_load's loader, but `1e-3` is a float (as in YAML 1.2 and JSON), not the
-    string YAML 1.1 makes of an exponent without a dot."""
+    string YAML 1.1 makes of an exponent without a dot; and an integer too large for a spec
+    (or for Python to read: 4,300 digits) is an error at its line."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = sum(c.isalnum() for c in str(node.value))
+        if digits > 70:  # more than any 64-bit number needs, in any base; int() may refuse
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer written with {digits} digits is too large (at most 2**64 in magnitude)",
+                node.start_mark)
+        value = super().construct_yaml_int(node)
+        if abs(value) >= MAX_INT:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the integer {value} is too large (at most 2**64 in magnitude)",
+                node.start_mark)
+        return value
 
 
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
@@ -174,7 +203,13 @@ def parse_space(name: str, value: Mapping) -> SearchSpace:
     return space
 
 
-def _is_marker(value: Any) -> bool:
+def is_search_marker(value: Any) -> bool:
+    """Whether a spec value is a search-space marker: a mapping with an `int`, `float` or
+    `choice` key, as in `vars` and `train`.
+
+    >>> is_search_marker({"int": [1, 4]}), is_search_marker({"linear": 4})
+    (True, False)
+    """
     return isinstance(value, Mapping) and any(k in value for k in _MARKERS)
 
 
@@ -248,6 +283,7 @@ class Spec:
         """
         new_vars = dict(self.vars)
         spaces = dict(self.spaces)
+        check_data({str(k): v for k, v in values.items()}, "vars")
         for name, value in values.items():
             if name in spaces:
                 if not spaces[name].contains(value):
@@ -375,11 +411,78 @@ def _format(v: Any) -> str:
 
 # --------------------------------------------------------------------------- parsing
 
+# Sections whose lists are layers, counted against MAX_LAYERS while parsing.
+_LAYER_SECTIONS = ("model", "encoder", "decoder", "generator", "discriminator", "blocks")
+
+
+def check_data(data: Any, where: str) -> None:
+    """Refuse spec data that no spec needs and that would cost without bound downstream:
+    more than MAX_SPEC_VALUES values once YAML aliases are expanded (an alias bomb of a few
+    hundred bytes expands to gigabytes), more than MAX_LAYERS list items in the layer
+    sections, nesting deeper than MAX_DEPTH (or an alias that contains itself), and integers
+    of MAX_INT or more. Shared values (aliases) are sized once, so this costs time in
+    proportion to the data as written, not as expanded."""
+    sizes: dict[int, tuple[int, int]] = {}
+    active: set[int] = set()
+    path: list[str] = []
+
+    def fail(why: str) -> SpecError:
+        here = where + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path)
+        return SpecError(f"{here}: {why}")
+
+    def walk(value: Any) -> tuple[int, int]:  # (values, layers) of `value` expanded
+        if isinstance(value, bool) or value is None or isinstance(value, float | str):
+            return 1, 0
+        if isinstance(value, int):
+            if abs(value) >= MAX_INT:
+                raise fail(f"the integer {brief(value)} is too large (at most 2**64 in magnitude)")
+            return 1, 0
+        if not isinstance(value, Mapping | list | tuple):
+            return 1, 0
+        key = id(value)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise fail("a YAML alias contains itself (an anchor used inside its own value)")
+        if len(path) >= MAX_DEPTH:
+            raise fail(f"spec data is nested more than {MAX_DEPTH} levels deep")
+        active.add(key)
+        values, layers = 1, 0
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for k, v in items:
+            path.append(str(k))
+            n, m = walk(v)
+            path.pop()
+            values += n
+            layers += m + (isinstance(value, list | tuple) and not isinstance(v, list | tuple))
+            if values > MAX_SPEC_VALUES:
+                raise fail(f"the spec holds more than {MAX_SPEC_VALUES:,} values once its YAML "
+                           f"aliases are expanded (is it an alias bomb?); no spec needs that many")
+        active.discard(key)
+        sizes[key] = values, layers
+        return values, layers
+
+    if not isinstance(data, Mapping):
+        return
+    total = 1
+    for section, value in data.items():
+        path.append(str(section))
+        values, layers = walk(value)
+        path.pop()
+        total += values
+        if section in _LAYER_SECTIONS and layers > MAX_LAYERS:
+            raise SpecError(f"{where}.{section}: has more than {MAX_LAYERS:,} layers, the most a spec "
+                            f"may have ({layers:,} list items)")
+        if total > MAX_SPEC_VALUES:
+            raise SpecError(f"{where}: the spec holds more than {MAX_SPEC_VALUES:,} values once its "
+                            f"YAML aliases are expanded (is it an alias bomb?); no spec needs that many")
+
 
 def _parse(data: Any, where: str) -> Spec:
     if not isinstance(data, Mapping):
         raise SpecError(f"{where}: a spec must be a mapping with at least 'model'. "
                         f"Received: {type(data).__name__}")
+    check_data(data, where)
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), SECTIONS, n=1)
@@ -410,7 +513,7 @@ def _parse(data: Any, where: str) -> Spec:
     for k, v in raw_vars.items():
         if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_]\w*", k):
             raise SpecError(f"{where}.vars: {k!r} is not a valid var name (letters, digits, _)")
-        if _is_marker(v):
+        if is_search_marker(v):
             spaces[k] = parse_space(k, v)
         else:
             plain[k] = freeze(v)
@@ -465,11 +568,15 @@ def _parse_input(raw: Any, where: str) -> InputSpec | None:
 
 
 def check_shape(shape: Any, where: str) -> tuple[int, ...]:
-    """A per-sample shape must be a non-empty tuple of positive integers."""
+    """A per-sample shape must be a non-empty tuple of positive integers, each at most
+    MAX_SIZE, with at most MAX_VALUES_PER_SAMPLE values in all."""
     if (not isinstance(shape, list | tuple) or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 2**48 for d in shape)):
-        raise SpecError(f"{where}: expected a per-sample shape of positive integers such as "
-                        f"[1, 28, 28]. Received: {thaw(shape)!r}")
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= MAX_SIZE for d in shape)):
+        raise SpecError(f"{where}: expected a per-sample shape of positive integers (each at most 2**48) "
+                        f"such as [1, 28, 28]. Received: {brief(thaw(shape))}")
+    if math.prod(shape) > MAX_VALUES_PER_SAMPLE:
+        raise SpecError(f"{where}: a sample of shape {list(shape)} holds {math.prod(shape):.3g} values, "
+                        f"more than the 2**40 a spec may have")
     return tuple(shape)
 
 
@@ -491,6 +598,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     name, raw = text.split("=", 1)
     try:
         value = _yaml_load(raw)
+    except yaml.constructor.ConstructorError as e:  # a number too large
+        raise SpecError(f"--set {name.strip()}: {e.problem}") from None
     except yaml.YAMLError:
         value = raw
     return name.strip(), value
@@ -520,7 +629,16 @@ def _read_text(source: str) -> tuple[str, str]:
         raise SpecError(f"{source}: spec file not found. Pass a YAML file path or zoo:NAME "
                         f"(see `archlab zoo`).")
     try:
-        return path.read_text(encoding="utf-8"), source
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{source}: the spec file is {size:,} bytes, more than the {MAX_SPEC_BYTES:,} "
+                            f"(1 MiB) a spec may have; use repeat: and blocks: for repeated layers")
+        with path.open(encoding="utf-8") as f:
+            text = f.read(MAX_SPEC_BYTES + 1)  # the file may have grown since stat()
+        if len(text.encode("utf-8")) > MAX_SPEC_BYTES:
+            raise SpecError(f"{source}: the spec file is more than the {MAX_SPEC_BYTES:,} bytes "
+                            f"(1 MiB) a spec may have; use repeat: and blocks: for repeated layers")
+        return text, source
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{source}: cannot read spec file: {e}") from None
 
@@ -536,6 +654,9 @@ def load_spec(source: str | Path | Mapping[str, Any] | Spec) -> Spec:
     if isinstance(source, Mapping):
         return _parse(source, "spec")
     text, where = (source, "spec") if _looks_like_yaml(source) else _read_text(str(source))
+    if len(text) > MAX_SPEC_BYTES or len(text.encode("utf-8")) > MAX_SPEC_BYTES:
+        raise SpecError(f"{where}: the spec text is more than the {MAX_SPEC_BYTES:,} bytes (1 MiB) a spec "
+                        f"may have; use repeat: and blocks: for repeated layers")
     try:
         data = _yaml_load(text)
     except RecursionError:
@@ -545,7 +666,7 @@ def load_spec(source: str | Path | Mapping[str, Any] | Spec) -> Spec:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         hint = ""
-        if "${" in text and "{" in problem + "}":
+        if "${" in text and ("{" in problem or "}" in problem):
             hint = ' (inside {...} an expression must be quoted: out: "${width // 2}")'
         raise SpecError(f"{where}: invalid YAML{at}: {problem}{hint}") from None
     spec = _parse(data, where)

@@ -140,7 +140,7 @@ def evaluate(run_id: str, data: str | None = None, *, store: SQLiteRunStorage | 
     dataset = load_dataset(uri, seed=settings.seed, root=data_root, target=settings.target if is_csv else None,
                            stream=settings.stream)
     # A GAN's own input is its latent code; the data must fit the images it makes.
-    expected = tuple(getattr(net, "image_shape", net.input_shape))
+    expected = tuple(net.data_shape)
     if tuple(dataset.info.input_shape) != expected:
         raise ArchlabError(f"--data {uri}: samples of shape {tuple(dataset.info.input_shape)} do not fit the "
                            f"model's input {expected}; evaluate on data shaped like the run's own ({record.data})")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..core import SpecError, thaw
-from ..spec import Spec
+from ..spec import Spec, is_search_marker
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -142,7 +142,7 @@ def resolve_settings(spec: Spec, overrides: Mapping[str, Any]) -> TrainSettings:
     given = {k: v for k, v in overrides.items() if v is not None}
     section = {}
     for key, value in thaw(spec.train).items():
-        if isinstance(value, Mapping) and any(m in value for m in ("int", "float", "choice")) and key not in given:
+        if is_search_marker(value) and key not in given:
             if value.get("default") is None:
                 raise SpecError(f"train.{key}: is a search space {value} with no default; give it one, "
                                 f"or pass --{key.replace('_', '-')} VALUE")

@@ -1,0 +1,95 @@
+"""Network kinds, looked up in a registry: which sections a spec has (or which task it
+trains for) decides how it is built.
+
+    plain    model:                          Network
+    seq2seq  encoder: + decoder:             Seq2SeqNetwork
+    vae      encoder: + decoder:, task: vae  VAENetwork
+    gan      generator: + discriminator:     GANNetwork
+
+A kind is chosen by the spec's `train.task` where a kind claims that task (vae, gan), else
+by the sections the spec has (parsing already refuses specs whose sections mix kinds).
+Adding a kind is one `KINDS.register(...)` with its sections and a build function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..core import FrozenDict, Registry, SpecError
+from ..layers import TensorType, default_layout
+from ..spec import Spec, check_shape, load_spec
+from ._builder import Network, build_plain
+from ._generative import GANNetwork, VAENetwork, build_gan, build_vae
+from ._network import BuiltNetwork
+from ._seq2seq import Seq2SeqNetwork, build_seq2seq
+
+
+@dataclass(frozen=True)
+class NetworkKind:
+    name: str
+    sections: tuple[str, ...]       # spec sections that make a spec this kind
+    build: Callable[[Spec, TensorType, Mapping[str, Any], Any, int], BuiltNetwork]
+    network: type                   # the class it builds
+    tasks: tuple[str, ...] = ()     # train tasks that choose this kind whatever the sections
+
+
+KINDS: Registry[NetworkKind] = Registry("network kind", SpecError)
+KINDS.register("plain")(NetworkKind("plain", ("model",), build_plain, Network))
+KINDS.register("seq2seq")(NetworkKind("seq2seq", ("encoder", "decoder"), build_seq2seq, Seq2SeqNetwork))
+KINDS.register("vae")(NetworkKind("vae", (), build_vae, VAENetwork, tasks=("vae",)))
+KINDS.register("gan")(NetworkKind("gan", ("generator", "discriminator"), build_gan, GANNetwork, tasks=("gan",)))
+
+
+def network_kind(spec: Spec, task: str | None = None) -> str:
+    """The name of the kind `spec` builds as (with an optional `--task` override).
+
+    >>> network_kind(load_spec("zoo:gan")), network_kind(load_spec("zoo:mlp"))
+    ('gan', 'plain')
+    """
+    task = task or spec.train.get("task")
+    kinds = [KINDS.get(name) for name in KINDS.names()]
+    for kind in kinds:
+        if task in kind.tasks:
+            return kind.name
+    present = {name for name in ("model", "encoder", "decoder", "generator", "discriminator")
+               if getattr(spec, name) is not None}
+    for kind in kinds:
+        if kind.sections and set(kind.sections) <= present:
+            return kind.name
+    raise SpecError("spec: it has none of the sections of a network kind "
+                    f"({'; '.join(f'{k.name}: ' + ' + '.join(k.sections) for k in kinds if k.sections)})")
+
+
+def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | None = None,
+          seed: int = 0, *, vars: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
+          dtype: str | None = None) -> Any:
+    """Build a spec into a plain `nn.Module` of its kind (a `Network` for a `model:` spec),
+    checking shapes at every node; every kind follows the `BuiltNetwork` protocol.
+
+    On `device="meta"` no weights are allocated (used by `inspect`); elsewhere the
+    initialisation is deterministic given `seed`.
+
+    >>> net = build({"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]})
+    >>> net(torch.zeros(3, 4)).shape
+    torch.Size([3, 2])
+    """
+    spec = load_spec(spec)
+    if vars:
+        spec = spec.with_vars(vars, strict=False)
+    if spec.spaces:
+        spec = spec.with_defaults()
+    if input_shape is not None:
+        spec = spec.with_input(tuple(input_shape), dtype)
+    elif dtype is not None:
+        spec = spec.with_input(None, dtype)
+    if spec.input is None or not spec.input.shape:
+        raise SpecError("input: the spec has no input shape; add `input: {shape: [1, 28, 28]}` "
+                        "or pass one (--input 1,28,28, or the data set gives it at train time)")
+    shape = check_shape(spec.input.shape, "input.shape")
+    env = FrozenDict(spec.resolved_vars())
+    x = TensorType(shape, spec.input.dtype, default_layout(shape, spec.input.dtype), "input")
+    return KINDS.get(network_kind(spec)).build(spec, x, env, device, seed)
