@@ -38,6 +38,7 @@ from archlab.train import (
     make_schedule,
     resolve_settings,
     resume,
+    save_checkpoint,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,6 +283,43 @@ def test_optimizers_get_their_hyperparameters():
         p.requires_grad_(False)
     with pytest.raises(TrainingError, match="no trainable parameters"):
         make_optimizer(model, TrainSettings())
+
+
+def test_optimizers_take_the_fused_implementation_with_the_same_update():
+    for name in ("sgd", "adam", "adamw"):
+        settings = TrainSettings(optimizer=name, lr=0.01, momentum=0.9, weight_decay=0.01)
+        nets = []
+        for fused in (True, False):
+            torch.manual_seed(0)
+            net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+            opt = make_optimizer(net, settings)
+            assert opt.defaults["fused"] is True
+            if not fused:  # the default implementation, what a plain hand-written loop gets
+                opt.param_groups[0]["fused"] = None
+            g = torch.Generator().manual_seed(1)
+            for _ in range(20):
+                loss = net(torch.randn(8, 6, generator=g)).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            nets.append(net)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # one kernel, another rounding
+    # parameters the fused kernels do not take get the default implementation
+    complex_net = torch.nn.Linear(2, 2).to(torch.complex64)
+    assert make_optimizer(complex_net, TrainSettings(optimizer="adam")).defaults["fused"] is None
+
+
+def test_a_run_saved_with_the_default_optimizer_resumes_with_it(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    old = torch.optim.AdamW(net.parameters(), lr=0.01)  # as make_optimizer built it before fused
+    net(torch.randn(3, 4)).sum().backward()
+    old.step()
+    save_checkpoint(tmp_path, model=net, optimizer=old, state={})
+    new = make_optimizer(net, TrainSettings(optimizer="adamw", lr=0.01))
+    load_checkpoint(tmp_path, model=net, optimizer=new)
+    assert new.param_groups[0]["fused"] is None  # the saved implementation, so resume is bit-exact
 
 
 def _one_step_dataset(n: int = 16) -> Dataset:
@@ -639,6 +677,58 @@ def test_sigint_mid_epoch_exits_130_and_resumes_identically(killed_and_resumed):
     assert rc == 0, err
     assert k["results"]["sigint"]["status"] == "finished"
     _assert_same_stored(k["results"]["reference"], k["results"]["sigint"])
+
+
+# Trains TINY in a child process whose second checkpoint write (end of epoch 2, on the
+# writer's background thread) stops just before its commit, while training goes on.
+_HELD_WRITE = """
+import json, os, sys, threading, time
+import torch
+torch.set_num_threads(1)
+import archlab.train._checkpoint as ckpt
+from archlab.train import fit
+held, commits, real_replace = sys.argv[1], [], os.replace
+
+def replace(src, dst):
+    if str(dst).endswith("checkpoint.json"):
+        commits.append(threading.current_thread() is threading.main_thread())
+        if len(commits) == 2:
+            open(held, "w").write(json.dumps(commits))
+            time.sleep(600)  # killed here: staged files written, not committed
+    return real_replace(src, dst)
+
+ckpt.os.replace = replace
+fit(json.loads(sys.argv[2]), data="digits", epochs=4, batch_size=64, seed=5, store=sys.argv[3], quiet=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_background_checkpoint_write_resumes_from_the_previous_one(store, tmp_path):
+    reference = fit(TINY, data="digits", epochs=4, batch_size=64, seed=5, store=store, quiet=True)
+    held, home = tmp_path / "held", tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", _HELD_WRITE, str(held), json.dumps(TINY), str(home)],
+                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not held.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert held.exists(), child.communicate()[1][-2000:]
+        child.kill()
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert json.loads(held.read_text()) == [False, False]  # both commits on the writer thread
+    killed = open_store(home)
+    [record] = killed.list_runs()
+    folder = killed.run_dir(record.run_id)
+    assert record.status == "running" and list(folder.glob("*.tmp"))  # the held write's files
+    state = load_checkpoint(folder, model=build(load_spec(str(folder / "spec.yaml"))), restore_rng=False)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)  # the previous complete checkpoint
+    resumed = resume(record.run_id, store=killed, quiet=True)
+    _assert_same_run(reference, resumed)
+    assert not list(folder.glob("*.tmp"))
 
 
 # ------------------------------------------------------------------------- evaluate

@@ -43,7 +43,7 @@ from ..data import (
 from ..model import Network, build
 from ..runs import SQLiteRunStorage, open_store
 from ..spec import Spec, load_spec
-from ._checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointWriter, has_checkpoint, load_checkpoint
 
 # The settings live in archlab.train_settings; the names that were defined here are
 # re-exported so that `from archlab.train import TrainSettings` (etc.) keeps working.
@@ -122,13 +122,28 @@ def batches(split: Split | DiskSplit, order: torch.Tensor, batch_size: int, star
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """SGD, Adam or AdamW over the trainable parameters, in PyTorch's fused implementation.
+
+    ``fused=True`` updates every parameter in one kernel instead of a Python loop of small
+    ops per tensor (the default on CPU): the same update up to float rounding, and on CPU
+    2-2.7x faster per step (zoo:cnn on digits: AdamW 1.23 -> 0.46 ms, SGD 0.47 -> 0.30 ms).
+    Parameters it does not take (complex, sparse, on a device other than CPU or CUDA) get
+    the default implementation. A resumed run keeps the implementation it was saved with
+    (the optimizer's checkpoint state names it), so runs saved before this default resume
+    bit-exactly.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters (every layer is frozen)")
     if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    cls = torch.optim.Adam if s.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=s.lr, weight_decay=s.weight_decay)
+        cls: type[torch.optim.Optimizer] = torch.optim.SGD
+        options: dict[str, Any] = {"momentum": s.momentum}
+    else:
+        cls, options = (torch.optim.Adam if s.optimizer == "adam" else torch.optim.AdamW), {}
+    # What the fused kernels take (torch checks it only at the first step, by raising).
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") and p.layout == torch.strided
+                for p in params) or None
+    return cls(params, lr=s.lr, weight_decay=s.weight_decay, fused=fused, **options)
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, s: TrainSettings, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -261,6 +276,8 @@ class Trainer:
                 (store.run_dir(run_id) / "tokenizer.json").write_text(json.dumps(thaw(tokenizer)))
         self.run_id = run_id
         self.dir = store.run_dir(run_id)
+        # Snapshots at each save; a background thread writes them while the next epoch runs.
+        self.checkpoints = CheckpointWriter(self.dir)
         self.data_uri = data_uri
         # Cross-validation folds never look at the test split; their train metric is
         # measured in eval mode after training, for the train-validation gap.
@@ -278,8 +295,8 @@ class Trainer:
                 "generator": self.generator.get_state() if self.step_in_epoch and self.generator else None}
 
     def save(self) -> None:
-        save_checkpoint(self.dir, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler,
-                        state=self._state())
+        self.checkpoints.save(model=self.net, optimizer=self.optimizer, scheduler=self.scheduler,
+                              state=self._state())
         self.saved_at = self._position()
 
     def _position(self) -> str:
@@ -288,6 +305,7 @@ class Trainer:
         return f"end of epoch {self.epoch}"
 
     def restore(self) -> None:
+        self.checkpoints.wait()
         state = load_checkpoint(self.dir, model=self.net, optimizer=self.optimizer, scheduler=self.scheduler)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], list(state["history"])
@@ -340,6 +358,7 @@ class Trainer:
                     if self.out_of_time:
                         progress.note(f"time budget of {s.max_minutes:g} min spent after epoch {self.epoch}; "
                                       f"keeping the best epoch so far")
+                self.checkpoints.wait()  # the last epoch's checkpoint is on disk (or its error raised)
         except KeyboardInterrupt:
             self.interrupt_acted = True
             status, message = "interrupted", "interrupted by the user; resume with `archlab train --resume " + self.run_id + "`"
@@ -359,6 +378,7 @@ class Trainer:
                                   duration_s=time.perf_counter() - started)
             raise
         finally:
+            self.checkpoints.wait(reraise=False)  # a write in flight completes before anything else
             restore_handler()
         duration = time.perf_counter() - started
         if status != "finished":
