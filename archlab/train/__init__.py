@@ -1,6 +1,6 @@
 """Training: settings, tasks, the loop, checkpoints and progress."""
 
-from ._checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointWriter, has_checkpoint, load_checkpoint, save_checkpoint
 from ._generative import (
     evaluate_vae,
     fit_generative,
@@ -34,6 +34,7 @@ from ._trainer import (
 )
 
 __all__ = [
+    "CheckpointWriter",
     "EpochProgress",
     "LanguageModel",
     "Run",
