@@ -162,10 +162,8 @@ def _hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tensor_bytes(tensors: dict[str, torch.Tensor], file: str, role: str) -> bytes:
-    """The safetensors file of ``tensors`` as bytes: a copy, taken now."""
-    from safetensors.torch import save
-
+def _cpu_tensors(tensors: dict[str, torch.Tensor], file: str, copy: bool) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors for safetensors; with ``copy``, copies taken now."""
     seen: set[tuple[str, int]] = set()
     out = {}
     for name, t in tensors.items():
@@ -175,14 +173,25 @@ def _tensor_bytes(tensors: dict[str, torch.Tensor], file: str, role: str) -> byt
                 f"{file}: tensor {name!r} is on the meta device and has no data; "
                 f"materialise the model (e.g. model.to_empty(device='cpu')) before saving"
             )
-        t = t.to("cpu").contiguous()
         key = (str(t.device), t.untyped_storage().data_ptr())
         # safetensors refuses tensors that share memory: copy every later sharer
-        if t.numel() and key in seen:
-            t = t.clone()
+        shared = bool(t.numel()) and key in seen
         seen.add(key)
+        t = t.to("cpu", copy=copy or shared).contiguous()
         out[name] = t
-    return save(out, metadata={"format": FORMAT, "role": role})
+    return out
+
+
+def _hash_and_sync(path: Path) -> tuple[int, str]:
+    """fsync a freshly written file; return its size and SHA-256 (read from page cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        f.seek(0)
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)  # releases the GIL
+        size = f.tell()
+    return size, digest.hexdigest()
 
 
 def _model_tensors(model: torch.nn.Module) -> tuple[dict, dict[str, str], dict]:
@@ -234,11 +243,12 @@ def _finish_pending(directory: Path) -> None:
 
 @dataclass
 class _Snapshot:
-    """A checkpoint taken but not yet written: the tensor files as bytes (copies, so training
-    may go on changing the tensors) and the JSON metadata without its ``files`` entry."""
+    """A checkpoint taken but not yet written: the tensors of each file (copies when it is
+    written later, so training may go on changing them) and the JSON metadata without its
+    ``files`` entry."""
 
     meta: dict[str, Any]
-    blobs: list[tuple[str, str, bytes]]  # (role, final file name, safetensors bytes)
+    files: list[tuple[str, str, dict[str, torch.Tensor]]]  # (role, final file name, tensors)
 
 
 def _snapshot(
@@ -247,6 +257,7 @@ def _snapshot(
     scheduler: Any,
     state: Mapping[str, Any],
     rng: bool,
+    copy: bool,
 ) -> _Snapshot:
     weights, aliases, model_extra = _model_tensors(model)
     extra: dict[str, torch.Tensor] = {}
@@ -271,32 +282,35 @@ def _snapshot(
     if rng:
         meta["rng"] = _encode(_rng_state(), extra, "rng")
     meta["state"] = _encode(dict(state), extra, "state")
-    # The encoded values are fresh containers of immutable leaves; the tensors are copied
-    # into the bytes below, so nothing in the snapshot changes when training goes on.
-    blobs = [
-        ("weights", WEIGHTS_FILE, _tensor_bytes(weights, WEIGHTS_FILE, "weights")),
-        ("extra", OPTIMIZER_FILE, _tensor_bytes(extra, OPTIMIZER_FILE, "extra")),
+    # The encoded values are fresh containers of immutable leaves and, with ``copy``, the
+    # tensors are copied: nothing in the snapshot changes when training goes on.
+    files = [
+        ("weights", WEIGHTS_FILE, _cpu_tensors(weights, WEIGHTS_FILE, copy)),
+        ("extra", OPTIMIZER_FILE, _cpu_tensors(extra, OPTIMIZER_FILE, copy)),
     ]
-    return _Snapshot(meta, blobs)
+    return _Snapshot(meta, files)
 
 
 def _write(directory: Path, snap: _Snapshot) -> None:
     """Write a snapshot into ``directory`` by the commit protocol of the module docstring."""
+    from safetensors.torch import save_file
+
     _finish_pending(directory)
     token = f"{os.getpid()}-{os.urandom(4).hex()}"
     meta = {**snap.meta, "files": {}}
     written: list[Path] = []
     renames: list[tuple[Path, Path]] = []
     try:
-        for role, final, data in snap.blobs:
+        for role, final, tensors in snap.files:
             staged = directory / _temp_name(final, token)
             written.append(staged)
-            _write_synced(staged, data)
+            save_file(tensors, str(staged), metadata={"format": FORMAT, "role": role})
+            size, sha = _hash_and_sync(staged)
             meta["files"][role] = {
                 "file": final,  # where the bytes end up
                 "staged": staged.name,  # where they are until the renames after the commit
-                "size": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),  # releases the GIL
+                "size": size,
+                "sha256": sha,
             }
             renames.append((staged, directory / final))
         # Compact JSON: the C encoder (indent= would fall back to the pure-Python one).
@@ -348,7 +362,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _write(directory, _snapshot(model, optimizer, scheduler, state, rng))
+    _write(directory, _snapshot(model, optimizer, scheduler, state, rng, copy=False))
     return directory
 
 
@@ -398,7 +412,7 @@ class CheckpointWriter:
     ) -> None:
         """Snapshot now; write in the background (after the write in flight, if any)."""
         self.wait()
-        snap = _snapshot(model, optimizer, scheduler, state, rng)
+        snap = _snapshot(model, optimizer, scheduler, state, rng, copy=self.background)
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self.background:
             _write(self.directory, snap)
