@@ -382,6 +382,8 @@ def test_background_writer_saves_the_state_at_the_call(tmp_path, monkeypatch):
     gate.set()
     writer.wait()
     assert not writer.writing and threads[0] is not threading.main_thread()
+    writer.close()
+    assert not threads[0].is_alive()  # close ends the worker thread
     fresh, fopt, fsched = _fresh()
     state = load_checkpoint(tmp_path, model=fresh, optimizer=fopt, scheduler=fsched)
     assert state == {"history": [{"epoch": 1, "val_acc": 0.5}]}
@@ -398,9 +400,13 @@ def test_background_writer_joins_the_write_in_flight_before_the_next(tmp_path, m
     threading.Timer(0.2, gate.set).start()
     writer.save(model=model, optimizer=opt, state={"epoch": 2})  # waits for epoch 1's write
     assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 1}
-    writer.wait()
+    writer.close()
     assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 2}
     assert len(threads) == 2 and [p.name for p in tmp_path.glob("*.tmp")] == []
+    writer.save(model=model, optimizer=opt, state={"epoch": 3})  # after close: a new worker
+    writer.close()
+    assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 3}
+    assert threads[2] is not threads[0] and not threads[2].is_alive()
 
 
 def test_background_write_errors_surface_on_wait_and_keep_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -427,7 +433,7 @@ def test_background_write_errors_surface_on_wait_and_keep_the_previous_checkpoin
     writer.save(model=model, optimizer=opt, state={"epoch": 3})
     monkeypatch.setattr(ckpt.os, "replace", crash_on_json)
     gate.set()
-    writer.wait(reraise=False)
+    writer.close(reraise=False)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 1}
 

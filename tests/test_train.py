@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -729,6 +730,7 @@ def test_sigkill_during_a_background_checkpoint_write_resumes_from_the_previous_
     resumed = resume(record.run_id, store=killed, quiet=True)
     _assert_same_run(reference, resumed)
     assert not list(folder.glob("*.tmp"))
+    assert not [t for t in threading.enumerate() if t.name.startswith("archlab-checkpoint")]  # closed
 
 
 # ------------------------------------------------------------------------- evaluate

@@ -32,9 +32,9 @@ import json
 import math
 import os
 import random
-import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -374,7 +374,9 @@ class CheckpointWriter:
     encoded, so what is saved is the state at the call, whatever training does next. The
     writing (files, fsyncs, hashes, the atomic commit) runs on a thread, overlapping the
     next epoch; most of it is I/O that holds no lock, so training barely notices it. At most
-    one write is in flight: the next `save`, and `wait`, join it first. A crash or SIGKILL
+    one write is in flight: the next `save`, and `wait`, join it first; `close` also ends
+    the worker thread (kept between saves: starting a thread waits for the OS to schedule
+    it). A crash or SIGKILL
     while a write is in flight leaves the previous checkpoint whole (the commit protocol of
     the module docstring); a write that failed raises its error from the next `save` or
     `wait`. While a write is in flight the process holds one more copy of the model and
@@ -387,7 +389,7 @@ class CheckpointWriter:
     >>> writer.save(model=model, optimizer=None, state={"epoch": 1})
     >>> with torch.no_grad():
     ...     _ = model.weight.add_(1.0)  # training goes on; the checkpoint keeps the old weights
-    >>> writer.wait()
+    >>> writer.close()
     >>> saved = torch.nn.Linear(2, 1)
     >>> load_checkpoint(writer.directory, model=saved)["epoch"]
     1
@@ -398,8 +400,8 @@ class CheckpointWriter:
     def __init__(self, directory: str | Path, *, background: bool = True):
         self.directory = Path(directory)
         self.background = background
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._pool: ThreadPoolExecutor | None = None  # one worker thread, kept between saves
+        self._pending: Future | None = None
 
     def save(
         self,
@@ -417,33 +419,33 @@ class CheckpointWriter:
         if not self.background:
             _write(self.directory, snap)
             return
-        self._thread = threading.Thread(
-            target=self._write, args=(snap,), name="archlab-checkpoint", daemon=True
-        )
-        self._thread.start()
-
-    def _write(self, snap: _Snapshot) -> None:
-        try:
-            _write(self.directory, snap)
-        except BaseException as exc:  # raised again on the training thread by wait()
-            self._error = exc
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archlab-checkpoint")
+        self._pending = self._pool.submit(_write, self.directory, snap)
 
     @property
     def writing(self) -> bool:
         """True while a background write is in flight."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._pending is not None and not self._pending.done()
 
     def wait(self, *, reraise: bool = True) -> None:
         """Block until the write in flight (if any) is on disk; raise the error it met.
 
         With ``reraise=False`` the error is dropped (for clean-up while another error is
         already on its way)."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
-        error, self._error = self._error, None
+        pending, self._pending = self._pending, None
+        error = pending.exception() if pending is not None else None
         if error is not None and reraise:
             raise error
+
+    def close(self, *, reraise: bool = True) -> None:
+        """`wait`, then end the worker thread (a later `save` starts another)."""
+        try:
+            self.wait(reraise=reraise)
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=True)
 
 
 def _rng_state() -> dict[str, Any]:

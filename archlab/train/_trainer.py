@@ -378,7 +378,7 @@ class Trainer:
                                   duration_s=time.perf_counter() - started)
             raise
         finally:
-            self.checkpoints.wait(reraise=False)  # a write in flight completes before anything else
+            self.checkpoints.close(reraise=False)  # a write in flight completes before anything else
             restore_handler()
         duration = time.perf_counter() - started
         if status != "finished":
