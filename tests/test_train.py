@@ -574,16 +574,26 @@ def _checkpoint_position(home: Path) -> tuple[int, int] | None:
     return None
 
 
-def _stop_after_first_epoch(proc: subprocess.Popen, home: Path, sig: int) -> None:
+def _stop_after_first_epoch(stops: dict[str, tuple[subprocess.Popen, Path, int]]) -> None:
+    """Signal each process as soon as its first epoch's checkpoint is on disk (polled side by
+    side: on a loaded machine one process may run epochs ahead of another)."""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        position = _checkpoint_position(home)
-        if position and position[0] >= 1:
-            proc.send_signal(sig)
-            return
-        time.sleep(0.01)
-    out, err = proc.communicate()
-    raise AssertionError(f"the run ended (rc {proc.returncode}) before it could be stopped: {err[-2000:]}")
+    pending = dict(stops)
+    while pending and time.monotonic() < deadline:
+        for name, (proc, home, sig) in list(pending.items()):
+            if proc.poll() is not None:
+                break
+            position = _checkpoint_position(home)
+            if position and position[0] >= 1:
+                proc.send_signal(sig)
+                del pending[name]
+        else:
+            time.sleep(0.01)
+            continue
+        break
+    for proc, _home, _sig in pending.values():
+        out, err = proc.communicate()
+        raise AssertionError(f"the run ended (rc {proc.returncode}) before it could be stopped: {err[-2000:]}")
 
 
 def _stored_result(home: Path) -> dict:
@@ -613,8 +623,8 @@ def killed_and_resumed(tmp_path_factory):
     resumes: dict[str, subprocess.Popen] = {}
     stopped: dict[str, dict] = {}
     try:
-        for name, sig in (("sigkill", signal.SIGKILL), ("sigint", signal.SIGINT)):
-            _stop_after_first_epoch(procs[name], homes[name], sig)
+        _stop_after_first_epoch({name: (procs[name], homes[name], sig)
+                                 for name, sig in (("sigkill", signal.SIGKILL), ("sigint", signal.SIGINT))})
         for name in ("sigkill", "sigint"):
             out, err = procs[name].communicate(timeout=300)
             [record] = open_store(homes[name]).list_runs()
