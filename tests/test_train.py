@@ -307,7 +307,8 @@ def test_optimizers_take_the_fused_implementation_with_the_same_update():
         for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # one kernel, another rounding
     # parameters the fused kernels do not take get the default implementation
-    complex_net = torch.nn.Linear(2, 2).to(torch.complex64)
+    complex_net = torch.nn.Module()
+    complex_net.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))
     assert make_optimizer(complex_net, TrainSettings(optimizer="adam")).defaults["fused"] is None
 
 
