@@ -32,6 +32,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/inspect_large.py
 	$(BIN)/python bench/fit_overhead.py --quick
+	$(BIN)/python bench/peers.py --quick   # skips Lightning / Keras unless: pip install -e ".[peers]"
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/stream.py --n 20000 --repeats 1
 

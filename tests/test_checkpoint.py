@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -459,3 +461,115 @@ def test_state_like_accepts_what_the_trainer_saves(tmp_path):
     like.pop("extra_only_in_saved")
     loaded = load_checkpoint(tmp_path, model=_fresh()[0], state_like=like)
     assert loaded["epoch"] == 3 and torch.equal(loaded["partial_sums"], torch.ones(3))
+
+
+# --------------------------------------------------------------- background writes
+
+
+def _gated_writes(monkeypatch):
+    """Hold every background write until the returned event is set; record its thread."""
+    gate, threads = threading.Event(), []
+    real_write = ckpt._write
+
+    def write(directory, snap):
+        threads.append(threading.current_thread())
+        assert gate.wait(30)
+        real_write(directory, snap)
+
+    monkeypatch.setattr(ckpt, "_write", write)
+    return gate, threads
+
+
+def test_background_writer_saves_the_state_at_the_call(tmp_path, monkeypatch):
+    model, opt, sched = _trained(steps=3)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_opt = copy.deepcopy(opt.state_dict())
+    torch.manual_seed(7)
+    draw = torch.rand(3)
+    torch.manual_seed(7)
+    gate, threads = _gated_writes(monkeypatch)
+    writer = ckpt.CheckpointWriter(tmp_path)
+    history = [{"epoch": 1, "val_acc": 0.5}]
+    writer.save(model=model, optimizer=opt, scheduler=sched, state={"history": history})
+    assert writer.writing and not has_checkpoint(tmp_path)  # the write is on another thread
+    # Training goes on while the write is held: weights, optimizer state, RNG and state change.
+    for _ in range(2):
+        loss = model(torch.randn(16, 4)).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    history.append({"epoch": 2, "val_acc": 0.6})
+    gate.set()
+    writer.wait()
+    assert not writer.writing and threads[0] is not threading.main_thread()
+    writer.close()
+    assert not threads[0].is_alive()  # close ends the worker thread
+    fresh, fopt, fsched = _fresh()
+    state = load_checkpoint(tmp_path, model=fresh, optimizer=fopt, scheduler=fsched)
+    assert state == {"history": [{"epoch": 1, "val_acc": 0.5}]}
+    _same_tensors(saved, fresh.state_dict())
+    _same_tensors(saved_opt["state"], fopt.state_dict()["state"])
+    assert torch.equal(torch.rand(3), draw)  # the RNG state of the call
+
+
+def test_background_writer_joins_the_write_in_flight_before_the_next(tmp_path, monkeypatch):
+    model, opt, _ = _trained(steps=1)
+    gate, threads = _gated_writes(monkeypatch)
+    writer = ckpt.CheckpointWriter(tmp_path)
+    writer.save(model=model, optimizer=opt, state={"epoch": 1})
+    threading.Timer(0.2, gate.set).start()
+    writer.save(model=model, optimizer=opt, state={"epoch": 2})  # waits for epoch 1's write
+    assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 1}
+    writer.close()
+    assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 2}
+    assert len(threads) == 2 and [p.name for p in tmp_path.glob("*.tmp")] == []
+    writer.save(model=model, optimizer=opt, state={"epoch": 3})  # after close: a new worker
+    writer.close()
+    assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 3}
+    assert threads[2] is not threads[0] and not threads[2].is_alive()
+
+
+def test_background_write_errors_surface_on_wait_and_keep_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt, _ = _trained(steps=1)
+    writer = ckpt.CheckpointWriter(tmp_path)
+    writer.save(model=model, optimizer=opt, state={"epoch": 1})
+    writer.wait()
+    real_replace = os.replace
+
+    def crash_on_json(src, dst):
+        if str(dst).endswith("checkpoint.json"):
+            raise OSError("disk full (simulated)")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", crash_on_json)
+    writer.save(model=model, optimizer=opt, state={"epoch": 2})
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+    writer.wait()  # reported once
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 1}
+    # Clean-up while another error is on its way drops the write's error.
+    gate, _ = _gated_writes(monkeypatch)
+    writer.save(model=model, optimizer=opt, state={"epoch": 3})
+    monkeypatch.setattr(ckpt.os, "replace", crash_on_json)
+    gate.set()
+    writer.close(reraise=False)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path, model=Net(), optimizer=None, restore_rng=False) == {"epoch": 1}
+
+
+def test_synchronous_writer_writes_inside_save(tmp_path):
+    writer = ckpt.CheckpointWriter(tmp_path, background=False)
+    writer.save(model=Net(), optimizer=None, state={"epoch": 4})
+    assert not writer.writing
+    assert load_checkpoint(tmp_path, model=Net(), restore_rng=False) == {"epoch": 4}
+
+
+def test_checkpoint_json_is_compact_and_rng_states_stay_plain_lists(tmp_path):
+    save_checkpoint(tmp_path, model=Net(), optimizer=None, state={"seq": (1, 2, True)})
+    text = (tmp_path / "checkpoint.json").read_text()
+    assert "\n" not in text
+    meta = json.loads(text)
+    assert meta["state"]["seq"] == {"$tuple": [1, 2, True]}
+    version, keys, gauss = meta["rng"]["python"]["$tuple"]
+    assert isinstance(keys, dict) and len(keys["$tuple"]) == 625 and all(isinstance(k, int) for k in keys["$tuple"])

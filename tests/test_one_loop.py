@@ -460,11 +460,24 @@ def test_a_memory_cap_refuses_a_450m_parameter_model(archlab_home, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["tiny-vae", "tiny-gan"])
-def test_runs_interrupted_by_the_code_before_the_one_loop_resume_to_an_uninterrupted_run(tmp_path, name):
+def test_runs_interrupted_by_the_code_before_the_one_loop_resume_to_an_uninterrupted_run(tmp_path, monkeypatch,
+                                                                                          name):
     """tests/fixtures/loop-v0: a VAE and a GAN run stopped after epoch 1 of 2 by archlab at
     b0ebc7d (its own generative loop; make_fixture.py there made them). Today's loop resumes
-    them to exactly the weights and history of an uninterrupted run of today's code."""
+    them to exactly the weights and history of an uninterrupted run of today's code with the
+    optimizer implementation they were saved with (PyTorch's default: a resumed run keeps it,
+    new runs take the fused kernels, which round differently)."""
     import shutil
+
+    import archlab.train._generative as generative
+    import archlab.train._optim as optim
+    import archlab.train._tasks as tasks
+
+    def default_implementation(*args, **kwargs):
+        opt = optim.make_optimizer(*args, **kwargs)
+        for group in opt.param_groups:
+            group["fused"] = None
+        return opt
 
     shutil.copytree(REPO / "tests" / "fixtures" / "loop-v0", tmp_path / "store", ignore=shutil.ignore_patterns("*.py"))
     store = open_store(tmp_path / "store")
@@ -472,6 +485,8 @@ def test_runs_interrupted_by_the_code_before_the_one_loop_resume_to_an_uninterru
     assert record.status == "interrupted" and len(record.history) == 1
     resumed = resume(record.run_id, store=store, quiet=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
+    for module in (generative, tasks):
+        monkeypatch.setattr(module, "make_optimizer", default_implementation)
     straight = fit(SPECS[name.split("-")[1]], data="digits", store=tmp_path / "new", quiet=True, epochs=2, seed=4)
     assert _strip(resumed.history) == _strip(straight.history)
     assert resumed.test_metrics == straight.test_metrics

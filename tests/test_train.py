@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from archlab.train import (
     make_schedule,
     resolve_settings,
     resume,
+    save_checkpoint,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,6 +284,44 @@ def test_optimizers_get_their_hyperparameters():
         p.requires_grad_(False)
     with pytest.raises(TrainingError, match="no trainable parameters"):
         make_optimizer(model, TrainSettings())
+
+
+def test_optimizers_take_the_fused_implementation_with_the_same_update():
+    for name in ("sgd", "adam", "adamw"):
+        settings = TrainSettings(optimizer=name, lr=0.01, momentum=0.9, weight_decay=0.01)
+        nets = []
+        for fused in (True, False):
+            torch.manual_seed(0)
+            net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+            opt = make_optimizer(net, settings)
+            assert opt.defaults["fused"] is True
+            if not fused:  # the default implementation, what a plain hand-written loop gets
+                opt.param_groups[0]["fused"] = None
+            g = torch.Generator().manual_seed(1)
+            for _ in range(20):
+                loss = net(torch.randn(8, 6, generator=g)).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            nets.append(net)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # one kernel, another rounding
+    # parameters the fused kernels do not take get the default implementation
+    complex_net = torch.nn.Module()
+    complex_net.w = torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    assert make_optimizer(complex_net, TrainSettings(optimizer="adam")).defaults["fused"] is None
+
+
+def test_a_run_saved_with_the_default_optimizer_resumes_with_it(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    old = torch.optim.AdamW(net.parameters(), lr=0.01)  # as make_optimizer built it before fused
+    net(torch.randn(3, 4)).sum().backward()
+    old.step()
+    save_checkpoint(tmp_path, model=net, optimizer=old, state={})
+    new = make_optimizer(net, TrainSettings(optimizer="adamw", lr=0.01))
+    load_checkpoint(tmp_path, model=net, optimizer=new)
+    assert new.param_groups[0]["fused"] is None  # the saved implementation, so resume is bit-exact
 
 
 def _one_step_dataset(n: int = 16) -> Dataset:
@@ -536,16 +576,26 @@ def _checkpoint_position(home: Path) -> tuple[int, int] | None:
     return None
 
 
-def _stop_after_first_epoch(proc: subprocess.Popen, home: Path, sig: int) -> None:
+def _stop_after_first_epoch(stops: dict[str, tuple[subprocess.Popen, Path, int]]) -> None:
+    """Signal each process as soon as its first epoch's checkpoint is on disk (polled side by
+    side: on a loaded machine one process may run epochs ahead of another)."""
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        position = _checkpoint_position(home)
-        if position and position[0] >= 1:
-            proc.send_signal(sig)
-            return
-        time.sleep(0.01)
-    out, err = proc.communicate()
-    raise AssertionError(f"the run ended (rc {proc.returncode}) before it could be stopped: {err[-2000:]}")
+    pending = dict(stops)
+    while pending and time.monotonic() < deadline:
+        for name, (proc, home, sig) in list(pending.items()):
+            if proc.poll() is not None:
+                break
+            position = _checkpoint_position(home)
+            if position and position[0] >= 1:
+                proc.send_signal(sig)
+                del pending[name]
+        else:
+            time.sleep(0.01)
+            continue
+        break
+    for proc, _home, _sig in pending.values():
+        out, err = proc.communicate()
+        raise AssertionError(f"the run ended (rc {proc.returncode}) before it could be stopped: {err[-2000:]}")
 
 
 def _stored_result(home: Path) -> dict:
@@ -575,8 +625,8 @@ def killed_and_resumed(tmp_path_factory):
     resumes: dict[str, subprocess.Popen] = {}
     stopped: dict[str, dict] = {}
     try:
-        for name, sig in (("sigkill", signal.SIGKILL), ("sigint", signal.SIGINT)):
-            _stop_after_first_epoch(procs[name], homes[name], sig)
+        _stop_after_first_epoch({name: (procs[name], homes[name], sig)
+                                 for name, sig in (("sigkill", signal.SIGKILL), ("sigint", signal.SIGINT))})
         for name in ("sigkill", "sigint"):
             out, err = procs[name].communicate(timeout=300)
             [record] = open_store(homes[name]).list_runs()
@@ -640,6 +690,59 @@ def test_sigint_mid_epoch_exits_130_and_resumes_identically(killed_and_resumed):
     assert rc == 0, err
     assert k["results"]["sigint"]["status"] == "finished"
     _assert_same_stored(k["results"]["reference"], k["results"]["sigint"])
+
+
+# Trains TINY in a child process whose second checkpoint write (end of epoch 2, on the
+# writer's background thread) stops just before its commit, while training goes on.
+_HELD_WRITE = """
+import json, os, sys, threading, time
+import torch
+torch.set_num_threads(1)
+import archlab.train._checkpoint as ckpt
+from archlab.train import fit
+held, commits, real_replace = sys.argv[1], [], os.replace
+
+def replace(src, dst):
+    if str(dst).endswith("checkpoint.json"):
+        commits.append(threading.current_thread() is threading.main_thread())
+        if len(commits) == 2:
+            open(held, "w").write(json.dumps(commits))
+            time.sleep(600)  # killed here: staged files written, not committed
+    return real_replace(src, dst)
+
+ckpt.os.replace = replace
+fit(json.loads(sys.argv[2]), data="digits", epochs=4, batch_size=64, seed=5, store=sys.argv[3], quiet=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_background_checkpoint_write_resumes_from_the_previous_one(store, tmp_path):
+    reference = fit(TINY, data="digits", epochs=4, batch_size=64, seed=5, store=store, quiet=True)
+    held, home = tmp_path / "held", tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", _HELD_WRITE, str(held), json.dumps(TINY), str(home)],
+                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not held.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert held.exists(), child.communicate()[1][-2000:]
+        child.kill()
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert json.loads(held.read_text()) == [False, False]  # both commits on the writer thread
+    killed = open_store(home)
+    [record] = killed.list_runs()
+    folder = killed.run_dir(record.run_id)
+    assert record.status == "running" and list(folder.glob("*.tmp"))  # the held write's files
+    state = load_checkpoint(folder, model=build(load_spec(str(folder / "spec.yaml"))), restore_rng=False)
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)  # the previous complete checkpoint
+    resumed = resume(record.run_id, store=killed, quiet=True)
+    _assert_same_run(reference, resumed)
+    assert not list(folder.glob("*.tmp"))
+    assert not [t for t in threading.enumerate() if t.name.startswith("archlab-checkpoint")]  # closed
 
 
 # ------------------------------------------------------------------------- evaluate

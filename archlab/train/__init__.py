@@ -2,7 +2,7 @@
 record, optimizers and schedules, checkpoints and progress."""
 
 from ._api import evaluate, fit, fit_generative, load_run_model, resume, sample_run
-from ._checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointWriter, has_checkpoint, load_checkpoint, save_checkpoint
 from ._generative import (
     GANTask,
     GenerativeTask,
@@ -44,6 +44,7 @@ from ._trainer import (
 )
 
 __all__ = [
+    "CheckpointWriter",
     "DIVERGED_FACTOR",
     "EpochProgress",
     "GANTask",

@@ -35,6 +35,8 @@ import random
 import stat
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ __all__ = [
     "CHECKPOINT_JSON",
     "OPTIMIZER_FILE",
     "WEIGHTS_FILE",
+    "CheckpointWriter",
     "has_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
@@ -83,10 +86,12 @@ def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
             return _encode(obj.item(), tensors, path)
     if isinstance(obj, bytes):
         return {"$bytes": base64.b64encode(obj).decode("ascii")}
-    if isinstance(obj, tuple):
-        return {"$tuple": [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple | list):
+        if all(type(v) is int for v in obj):  # fast path: RNG states are 1,250 ints
+            items = list(obj)
+        else:
+            items = [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+        return {"$tuple": items} if isinstance(obj, tuple) else items
     if isinstance(obj, Mapping):
         if all(isinstance(k, str) for k in obj) and not (
             len(obj) == 1 and next(iter(obj)) in _TAGS
@@ -173,18 +178,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _hash_and_sync(path: Path) -> tuple[int, str]:
-    """fsync a freshly written file; return its size and SHA-256 (read from page cache)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-        f.seek(0)
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-        size = f.tell()
-    return size, digest.hexdigest()
-
-
 def _hash(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -193,26 +186,36 @@ def _hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
+def _cpu_tensors(tensors: dict[str, torch.Tensor], file: str, copy: bool) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors for safetensors; with ``copy``, copies taken now."""
     seen: set[tuple[str, int]] = set()
     out = {}
     for name, t in tensors.items():
         t = t.detach()
         if t.device.type == "meta":
             raise StoreError(
-                f"{path}: tensor {name!r} is on the meta device and has no data; "
+                f"{file}: tensor {name!r} is on the meta device and has no data; "
                 f"materialise the model (e.g. model.to_empty(device='cpu')) before saving"
             )
-        t = t.to("cpu").contiguous()
         key = (str(t.device), t.untyped_storage().data_ptr())
         # safetensors refuses tensors that share memory: copy every later sharer
-        if t.numel() and key in seen:
-            t = t.clone()
+        shared = bool(t.numel()) and key in seen
         seen.add(key)
+        t = t.to("cpu", copy=copy or shared).contiguous()
         out[name] = t
-    save_file(out, str(path), metadata=metadata)
+    return out
+
+
+def _hash_and_sync(path: Path) -> tuple[int, str]:
+    """fsync a freshly written file; return its size and SHA-256 (read from page cache)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        f.seek(0)
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)  # releases the GIL
+        size = f.tell()
+    return size, digest.hexdigest()
 
 
 def _model_tensors(model: torch.nn.Module) -> tuple[dict, dict[str, str], dict]:
@@ -262,29 +265,24 @@ def _finish_pending(directory: Path) -> None:
 # ----------------------------------------------------------------------------- save
 
 
-def save_checkpoint(
-    directory: str | Path,
-    *,
+@dataclass
+class _Snapshot:
+    """A checkpoint taken but not yet written: the tensors of each file (copies when it is
+    written later, so training may go on changing them) and the JSON metadata without its
+    ``files`` entry."""
+
+    meta: dict[str, Any]
+    files: list[tuple[str, str, dict[str, torch.Tensor]]]  # (role, final file name, tensors)
+
+
+def _snapshot(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
-    scheduler: Any = None,
+    scheduler: Any,
     state: Mapping[str, Any],
-    rng: bool = True,
-) -> Path:
-    """Save model, optimizer, scheduler, RNG states and trainer ``state`` atomically.
-
-    ``state`` holds JSON-able values (tuples, bytes, tensors and numpy arrays are kept as
-    such). Returns ``directory``. One writer per folder at a time.
-
-    >>> import tempfile, torch
-    >>> d = save_checkpoint(tempfile.mkdtemp(), model=torch.nn.Linear(2, 2), optimizer=None, state={})
-    >>> has_checkpoint(d)
-    True
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _finish_pending(directory)
-
+    rng: bool,
+    copy: bool,
+) -> _Snapshot:
     weights, aliases, model_extra = _model_tensors(model)
     extra: dict[str, torch.Tensor] = {}
     meta: dict[str, Any] = {
@@ -308,19 +306,29 @@ def save_checkpoint(
     if rng:
         meta["rng"] = _encode(_rng_state(), extra, "rng")
     meta["state"] = _encode(dict(state), extra, "state")
+    # The encoded values are fresh containers of immutable leaves and, with ``copy``, the
+    # tensors are copied: nothing in the snapshot changes when training goes on.
+    files = [
+        ("weights", WEIGHTS_FILE, _cpu_tensors(weights, WEIGHTS_FILE, copy)),
+        ("extra", OPTIMIZER_FILE, _cpu_tensors(extra, OPTIMIZER_FILE, copy)),
+    ]
+    return _Snapshot(meta, files)
 
+
+def _write(directory: Path, snap: _Snapshot) -> None:
+    """Write a snapshot into ``directory`` by the commit protocol of the module docstring."""
+    from safetensors.torch import save_file
+
+    _finish_pending(directory)
     token = f"{os.getpid()}-{os.urandom(4).hex()}"
+    meta = {**snap.meta, "files": {}}
     written: list[Path] = []
     renames: list[tuple[Path, Path]] = []
     try:
-        meta["files"] = {}
-        for role, final, tensors in [
-            ("weights", WEIGHTS_FILE, weights),
-            ("extra", OPTIMIZER_FILE, extra),
-        ]:
+        for role, final, tensors in snap.files:
             staged = directory / _temp_name(final, token)
             written.append(staged)
-            _save_tensors(tensors, staged, {"format": FORMAT, "role": role})
+            save_file(tensors, str(staged), metadata={"format": FORMAT, "role": role})
             size, sha = _hash_and_sync(staged)
             meta["files"][role] = {
                 "file": final,  # where the bytes end up
@@ -329,25 +337,139 @@ def save_checkpoint(
                 "sha256": sha,
             }
             renames.append((staged, directory / final))
-        text = json.dumps(meta, indent=1, allow_nan=False)
+        # Compact JSON: the C encoder (indent= would fall back to the pure-Python one).
+        text = json.dumps(meta, separators=(",", ":"), allow_nan=False)
         staged_json = directory / _temp_name(CHECKPOINT_JSON, token)
         written.append(staged_json)
-        with open(staged_json, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(staged_json, text.encode("utf-8"))
         _fsync_dir(directory)  # the staged tensor files exist before the JSON names them
         os.replace(staged_json, directory / CHECKPOINT_JSON)  # <- the commit point
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
         raise
+    # The commit is on disk before any final name is replaced: otherwise a crash could keep
+    # the old JSON next to renamed (new) tensor files.
     _fsync_dir(directory)
-    # After the commit, a failure here is harmless: the JSON names the staged files too.
+    # After the commit, a failure here is harmless: the JSON names the staged files too, and
+    # the next save (or load) finds them. So the renames need no fsync of their own.
     for staged, final in renames:
         os.replace(staged, final)
-    _fsync_dir(directory)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any = None,
+    state: Mapping[str, Any],
+    rng: bool = True,
+) -> Path:
+    """Save model, optimizer, scheduler, RNG states and trainer ``state`` atomically.
+
+    ``state`` holds JSON-able values (tuples, bytes, tensors and numpy arrays are kept as
+    such). Returns ``directory`` once the checkpoint is on disk. One writer per folder at a
+    time; `CheckpointWriter` writes from a background thread instead.
+
+    >>> import tempfile, torch
+    >>> d = save_checkpoint(tempfile.mkdtemp(), model=torch.nn.Linear(2, 2), optimizer=None, state={})
+    >>> has_checkpoint(d)
+    True
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write(directory, _snapshot(model, optimizer, scheduler, state, rng, copy=False))
     return directory
+
+
+class CheckpointWriter:
+    """Checkpoints of one folder, written by a background thread while training goes on.
+
+    `save` takes the snapshot at once, on the calling thread: the tensors (weights,
+    optimizer state, RNG states, tensors in ``state``) are copied into memory and the rest is
+    encoded, so what is saved is the state at the call, whatever training does next. The
+    writing (files, fsyncs, hashes, the atomic commit) runs on a thread, overlapping the
+    next epoch; most of it is I/O that holds no lock, so training barely notices it. At most
+    one write is in flight: the next `save`, and `wait`, join it first; `close` also ends
+    the worker thread (kept between saves: starting a thread waits for the OS to schedule
+    it). A crash or SIGKILL
+    while a write is in flight leaves the previous checkpoint whole (the commit protocol of
+    the module docstring); a write that failed raises its error from the next `save` or
+    `wait`. While a write is in flight the process holds one more copy of the model and
+    optimizer state in memory. ``background=False`` writes inside `save`, as
+    `save_checkpoint` does.
+
+    >>> import tempfile, torch
+    >>> model = torch.nn.Linear(2, 1)
+    >>> writer = CheckpointWriter(tempfile.mkdtemp())
+    >>> writer.save(model=model, optimizer=None, state={"epoch": 1})
+    >>> with torch.no_grad():
+    ...     _ = model.weight.add_(1.0)  # training goes on; the checkpoint keeps the old weights
+    >>> writer.close()
+    >>> saved = torch.nn.Linear(2, 1)
+    >>> load_checkpoint(writer.directory, model=saved)["epoch"]
+    1
+    >>> bool(torch.equal(saved.weight + 1.0, model.weight))
+    True
+    """
+
+    def __init__(self, directory: str | Path, *, background: bool = True):
+        self.directory = Path(directory)
+        self.background = background
+        self._pool: ThreadPoolExecutor | None = None  # one worker thread, kept between saves
+        self._pending: Future | None = None
+
+    def save(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: Any = None,
+        state: Mapping[str, Any],
+        rng: bool = True,
+    ) -> None:
+        """Snapshot now; write in the background (after the write in flight, if any)."""
+        self.wait()
+        snap = _snapshot(model, optimizer, scheduler, state, rng, copy=self.background)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.background:
+            _write(self.directory, snap)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archlab-checkpoint")
+        self._pending = self._pool.submit(_write, self.directory, snap)
+
+    @property
+    def writing(self) -> bool:
+        """True while a background write is in flight."""
+        return self._pending is not None and not self._pending.done()
+
+    def wait(self, *, reraise: bool = True) -> None:
+        """Block until the write in flight (if any) is on disk; raise the error it met.
+
+        With ``reraise=False`` the error is dropped (for clean-up while another error is
+        already on its way)."""
+        pending, self._pending = self._pending, None
+        error = pending.exception() if pending is not None else None
+        if error is not None and reraise:
+            raise error
+
+    def close(self, *, reraise: bool = True) -> None:
+        """`wait`, then end the worker thread (a later `save` starts another)."""
+        try:
+            self.wait(reraise=reraise)
+        finally:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.shutdown(wait=True)
 
 
 def _rng_state() -> dict[str, Any]:

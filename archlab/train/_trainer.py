@@ -67,7 +67,7 @@ from ..runs import (
     write_text,
 )
 from ..spec import Spec
-from ._checkpoint import load_checkpoint, save_checkpoint
+from ._checkpoint import CheckpointWriter, load_checkpoint
 from ._memory import check_memory
 from ._optim import StepContext, autocast, make_schedule
 from ._settings import TrainSettings
@@ -249,6 +249,8 @@ class Trainer:
                 on_start(run_id)
         self.run_id = run_id
         self.dir = store.run_dir(run_id)
+        # Snapshots at each save; a background thread writes them while the next epoch runs.
+        self.checkpoints = CheckpointWriter(self.dir)
         try:
             self._allocate(dataset)
         except KeyboardInterrupt:
@@ -339,11 +341,12 @@ class Trainer:
         st = self.state
         # Mid-epoch only: where the epoch's generator (order, augmentation, noise) had got to.
         st.generator = self.generator.get_state() if st.step_in_epoch and self.generator is not None else None
-        save_checkpoint(self.dir, model=self.net, optimizer=self.optimizers[0], scheduler=self.schedulers[0],
-                        state=self.state_dict())
+        self.checkpoints.save(model=self.net, optimizer=self.optimizers[0], scheduler=self.schedulers[0],
+                              state=self.state_dict())
         self.saved_at = self._position()
 
     def restore(self) -> None:
+        self.checkpoints.wait()
         state = load_checkpoint(self.dir, model=self.net, optimizer=self.optimizers[0], scheduler=self.schedulers[0])
         self.load_state_dict(state)
         self.saved_at = self._position()
@@ -399,6 +402,7 @@ class Trainer:
                     if self.out_of_time:
                         progress.note(f"time budget of {s.max_minutes:g} min spent after epoch {st.epoch}; "
                                       f"keeping the best epoch so far")
+                self.checkpoints.wait()  # the last epoch's checkpoint is on disk (or its error raised)
         except KeyboardInterrupt:
             self._signals.acted = True
             status, message = "interrupted", "interrupted by the user; resume with `archlab train --resume " + self.run_id + "`"
@@ -418,6 +422,7 @@ class Trainer:
                                   duration_s=time.perf_counter() - started)
             raise
         finally:
+            self.checkpoints.close(reraise=False)  # a write in flight completes before anything else
             restore_handler()
         duration = time.perf_counter() - started
         if status != "finished":
