@@ -434,8 +434,8 @@ def test_a_last_batch_of_one_sample_is_dropped_when_the_model_has_batch_norm(arc
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(spec={"name": "huge", "model": ["flatten", {"linear": 100000000000}, {"linear": "$num_classes"}]}),
-    dict(spec="zoo:mlp", vars={"hidden": 100_000_000}),
+    # one 60,000 x 60,000 weight (within the spec limits): 14.4 GB, four copies with AdamW's state
+    dict(spec={"name": "wide", "model": ["flatten", {"linear": 60000}, {"linear": 60000}, {"linear": "$num_classes"}]}),
     dict(spec="zoo:cnn", crop_padding=100000),
 ])
 def test_a_step_that_cannot_fit_is_refused_with_the_figures_and_nothing_recorded(archlab_home, kwargs):
@@ -446,6 +446,19 @@ def test_a_step_that_cannot_fit_is_refused_with_the_figures_and_nothing_recorded
     text = str(info.value)
     assert "a training step needs at least" in text and "GB" in text and "is available" in text
     assert "Nothing was recorded" in text and "\n" not in text
+    assert open_store().list_runs() == []
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(spec={"name": "huge", "model": ["flatten", {"linear": 100000000000}, {"linear": "$num_classes"}]}),
+    dict(spec="zoo:mlp", vars={"hidden": 100_000_000}),
+])
+def test_a_weight_beyond_the_spec_limits_is_refused_before_anything_is_recorded(archlab_home, kwargs):
+    kwargs = dict(kwargs)
+    spec = kwargs.pop("spec")
+    with pytest.raises(SpecError, match=r"more than the 2\*\*36 one tensor may hold") as info:
+        fit(spec, data="digits", quiet=True, epochs=1, **kwargs)
+    assert "\n" not in str(info.value)
     assert open_store().list_runs() == []
 
 
