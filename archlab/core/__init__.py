@@ -1,6 +1,8 @@
-"""The bottom of archlab: errors, the one registry class, frozen records, the size grammar and
-error-message formatting. Standard library only."""
+"""The bottom of archlab: errors, the one registry class, frozen records, one JSON codec, the size
+grammar and error-message formatting. Standard library only."""
 
+from ._codec import TAGS as JSON_TAGS
+from ._codec import CodecError, decode, dumps, encode, loads
 from ._errors import ArchlabError, DataError, ShapeError, SpecError, StoreError, TrainingError
 from ._format import brief
 from ._frozen import FrozenDict, freeze, thaw
@@ -11,8 +13,10 @@ from ._sizes import format_size, parse_size
 
 __all__ = [
     "ArchlabError",
+    "CodecError",
     "DataError",
     "FrozenDict",
+    "JSON_TAGS",
     "Registry",
     "ShapeError",
     "SpecError",
@@ -20,9 +24,13 @@ __all__ = [
     "TrainingError",
     "brief",
     "content_key",
+    "decode",
+    "dumps",
+    "encode",
     "format_metric",
     "format_size",
     "freeze",
+    "loads",
     "parse_size",
     "thaw",
 ]

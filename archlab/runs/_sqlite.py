@@ -18,7 +18,6 @@ timeout and backoff.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -30,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..core import StoreError
+from ..core import StoreError, decode, dumps, encode
 from ._artifacts import DB_FILE, RUNS_FOLDER
 from ._base import RunStorage
 from ._records import STATUSES, EpochRecord, RunRecord, StoreWarning, check_run_id, is_run_id
@@ -56,41 +55,22 @@ def default_root() -> Path:
 
 # Strict JSON (no bare NaN tokens, so SQLite's JSON functions accept every column): a
 # non-finite float is written as {"$float": "nan" | "inf" | "-inf"}.
-_FLOAT_TAG = "$float"
-
-
-def _to_jsonable(obj: Any, where: str) -> Any:
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else {_FLOAT_TAG: repr(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): _to_jsonable(v, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+def _store_other(obj: Any, where: str) -> Any:
+    """What the one JSON codec (archlab.core) does not know: paths as text, else refused."""
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     item = getattr(obj, "item", None)  # numpy scalars, 0-d tensors
     if callable(item) and getattr(obj, "ndim", 0) == 0:
-        return _to_jsonable(item(), where)
+        return encode(item(), where, other=_store_other)
     raise StoreError(
         f"{where}: cannot store a value of type {type(obj).__name__} "
         f"(expected JSON types: dict, list, str, int, float, bool, None). Received: {obj!r:.80}"
     )
 
 
-def _from_jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        if len(obj) == 1 and _FLOAT_TAG in obj:
-            return float(obj[_FLOAT_TAG])
-        return {k: _from_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_from_jsonable(v) for v in obj]
-    return obj
-
-
 def _dumps(obj: Any, where: str) -> str:
-    return json.dumps(_to_jsonable(obj, where), allow_nan=False, separators=(",", ":"))
+    # Plain JSON (tuples as lists, keys as text), so any JSON reader sees the records.
+    return dumps(obj, where, other=_store_other)
 
 
 def _metrics(metrics: Mapping[str, float] | None, where: str) -> dict[str, float]:
@@ -545,7 +525,7 @@ def _json_field(text: Any, name: str) -> dict[str, Any]:
     if not isinstance(text, str):
         raise _Damaged(f"{name}: expected JSON text. Received: {type(text).__name__}")
     try:
-        value = _from_jsonable(json.loads(text)) if text else {}
+        value = decode(json.loads(text)) if text else {}
     except (ValueError, TypeError, RecursionError) as exc:
         raise _Damaged(f"{name}: {type(exc).__name__}: {exc}") from None
     if not isinstance(value, dict):

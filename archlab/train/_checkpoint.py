@@ -26,10 +26,8 @@ afterwards (truncated, edited, swapped) fails the hash check and loading raises 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import math
 import os
 import random
 import stat
@@ -42,7 +40,7 @@ from typing import Any
 
 import torch
 
-from ..core import StoreError
+from ..core import JSON_TAGS, CodecError, StoreError, decode, encode
 from ..runs import CHECKPOINT_FILES, CHECKPOINT_JSON, MAX_JSON_BYTES, open_regular, read_text
 from ..runs import CHECKPOINT_OPTIMIZER as OPTIMIZER_FILE  # optimizer state, all other tensors
 from ..runs import CHECKPOINT_WEIGHTS as WEIGHTS_FILE
@@ -67,45 +65,28 @@ _TMP = ".tmp"  # suffix of every temporary file a save writes
 # name; tuples, non-str dict keys, non-finite floats, bytes and numpy arrays are tagged so
 # they come back as they went in (optimizer state uses int keys, Adam's betas a tuple).
 
-_TAGS = ("$tensor", "$ndarray", "$tuple", "$items", "$float", "$bytes")
+# The one JSON codec (archlab.core) with two tags of the checkpoint's own: tensors and numpy
+# arrays live in the safetensors files and are referenced by name.
+_TAGS = JSON_TAGS | {"$tensor", "$ndarray"}
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
-    if obj is None or isinstance(obj, bool | int | str):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else {"$float": repr(obj)}
-    if isinstance(obj, torch.Tensor):
-        return {"$tensor": _add_tensor(tensors, path, obj)}
-    if type(obj).__module__ == "numpy":
-        import numpy as np
+    def other(value: Any, where: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            return {"$tensor": _add_tensor(tensors, where, value)}
+        if type(value).__module__ == "numpy":
+            import numpy as np
 
-        if isinstance(obj, np.ndarray) and obj.dtype != object:
-            return {"$ndarray": _add_tensor(tensors, path, torch.from_numpy(obj.copy()))}
-        if isinstance(obj, np.generic):
-            return _encode(obj.item(), tensors, path)
-    if isinstance(obj, bytes):
-        return {"$bytes": base64.b64encode(obj).decode("ascii")}
-    if isinstance(obj, tuple | list):
-        if all(type(v) is int for v in obj):  # fast path: RNG states are 1,250 ints
-            items = list(obj)
-        else:
-            items = [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
-        return {"$tuple": items} if isinstance(obj, tuple) else items
-    if isinstance(obj, Mapping):
-        if all(isinstance(k, str) for k in obj) and not (
-            len(obj) == 1 and next(iter(obj)) in _TAGS
-        ):
-            return {k: _encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
-        items = [
-            [_encode(k, tensors, f"{path}.key{i}"), _encode(v, tensors, f"{path}.{k}")]
-            for i, (k, v) in enumerate(obj.items())
-        ]
-        return {"$items": items}
-    raise StoreError(
-        f"checkpoint {path}: cannot save a value of type {type(obj).__name__} (expected "
-        f"JSON types, tuples, bytes, tensors or numpy arrays). Received: {obj!r:.80}"
-    )
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                return {"$ndarray": _add_tensor(tensors, where, torch.from_numpy(value.copy()))}
+            if isinstance(value, np.generic):
+                return encode(value.item(), where, exact=True, other=other, reserved=_TAGS)
+        raise StoreError(
+            f"checkpoint {where}: cannot save a value of type {type(value).__name__} (expected "
+            f"JSON types, tuples, bytes, tensors or numpy arrays). Received: {value!r:.80}"
+        )
+
+    return encode(obj, path, exact=True, other=other, reserved=_TAGS)
 
 
 def _add_tensor(tensors: dict[str, torch.Tensor], path: str, t: torch.Tensor) -> str:
@@ -123,43 +104,17 @@ class _Damaged(ValueError):
 
 def _decode(obj: Any, tensors: Mapping[str, torch.Tensor], where: str = "") -> Any:
     """Inverse of :func:`_encode`; a value that cannot have come from it raises _Damaged."""
-    if isinstance(obj, list):
-        return [_decode(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if not isinstance(obj, dict):
-        return obj
-    if len(obj) == 1:
-        [(tag, value)] = obj.items()
-        if tag in ("$tensor", "$ndarray"):
-            if not isinstance(value, str) or value not in tensors:
-                raise _Damaged(f"{where}: refers to tensor {value!r:.60}, which is not in the "
-                               f"tensor files")
-            return tensors[value] if tag == "$tensor" else tensors[value].cpu().numpy()
-        if tag in ("$tuple", "$items") and not isinstance(value, list):
-            raise _Damaged(f"{where}: {tag} must hold a list. Received: {type(value).__name__}")
-        if tag == "$tuple":
-            return tuple(_decode(v, tensors, f"{where}[{i}]") for i, v in enumerate(value))
-        if tag == "$items":
-            out = {}
-            for i, pair in enumerate(value):
-                if not (isinstance(pair, list) and len(pair) == 2):
-                    raise _Damaged(f"{where}: item {i} must be a [key, value] pair")
-                key = _decode(pair[0], tensors, f"{where}.key{i}")
-                try:
-                    out[key] = _decode(pair[1], tensors, f"{where}.{key}")
-                except TypeError:  # an unhashable key
-                    raise _Damaged(f"{where}: key {i} is not a valid key") from None
-            return out
-        if tag == "$float":
-            if value not in ("nan", "inf", "-inf"):
-                raise _Damaged(f"{where}: $float must be 'nan', 'inf' or '-inf'. Received: "
-                               f"{value!r:.40}")
-            return float(value)
-        if tag == "$bytes":
-            try:
-                return base64.b64decode(value, validate=True)
-            except (TypeError, ValueError):
-                raise _Damaged(f"{where}: $bytes is not base64") from None
-    return {k: _decode(v, tensors, f"{where}.{k}") for k, v in obj.items()}
+    def tensor(name: str, value: Any, at: str) -> Any:
+        if name not in ("$tensor", "$ndarray"):
+            return NotImplemented
+        if not isinstance(value, str) or value not in tensors:
+            raise _Damaged(f"{at}: refers to tensor {value!r:.60}, which is not in the tensor files")
+        return tensors[value] if name == "$tensor" else tensors[value].cpu().numpy()
+
+    try:
+        return decode(obj, where, tag=tensor)
+    except CodecError as exc:
+        raise _Damaged(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- files
