@@ -1,0 +1,138 @@
+"""SIGKILL a small training run at random moments, resume it, compare with an uninterrupted run.
+
+The run is `archlab train zoo:mlp --data digits` (a few epochs, small batches, fixed seed,
+one thread). Each kill lands at a moment drawn uniformly over the reference run's wall time,
+so some fall in the start-up, before anything is recorded. After the kill:
+
+  - no run recorded: the user runs the same command again (counted as "nothing recorded");
+  - a run recorded: `archlab train --resume RUN_ID` must finish it (a refusal is a failure);
+
+and either way the final weights (checkpoint.safetensors and best.safetensors) must equal the
+uninterrupted run's bit for bit, with the same history and test metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cli_checks import cli, env
+
+ARGS = ("zoo:mlp", "--data", "digits", "--epochs", "3", "--batch-size", "16", "--seed", "5", "--quiet")
+
+
+@dataclass
+class Outcome:
+    delay: float
+    recorded: bool
+    passed: bool
+    example: str
+    checkpoint: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _result(home: Path) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    from archlab.runs import open_store
+
+    store = open_store(home)
+    [record] = store.list_runs()
+    folder = store.run_dir(record.run_id)
+    torch.set_num_threads(1)
+    out = {"status": record.status, "test": dict(record.test_metrics),
+           "history": [(e.epoch, {k: v for k, v in e.metrics.items() if "time" not in k and "per_s" not in k
+                                  and not k.endswith("_s")}) for e in record.history],
+           "weights": {name: load_file(folder / name) for name in ("checkpoint.safetensors", "best.safetensors")}}
+    store.close()
+    return out
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    import torch
+
+    diffs = []
+    if a["status"] != b["status"]:
+        diffs.append(f"status {b['status']} != {a['status']}")
+    if a["test"] != b["test"]:
+        diffs.append("test metrics differ")
+    if a["history"] != b["history"]:
+        diffs.append("history differs")
+    for name, tensors in a["weights"].items():
+        other = b["weights"].get(name, {})
+        if tensors.keys() != other.keys():
+            diffs.append(f"{name}: other tensors")
+            continue
+        bad = [k for k in tensors if not torch.equal(tensors[k], other[k])]
+        if bad:
+            diffs.append(f"{name}: {len(bad)} tensors differ ({bad[0]})")
+    return diffs
+
+
+def _train(home: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "archlab", "train", *ARGS], env=env(home), cwd=home.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def reference(root: Path) -> tuple[dict, float]:
+    home = root / "reference"
+    home.mkdir(parents=True)
+    start = time.monotonic()
+    proc = _train(home)
+    _, err = proc.communicate(timeout=600)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"the reference run failed: {err[-500:]}")
+    return _result(home), seconds
+
+
+def one_kill(root: Path, i: int, delay: float, ref: dict) -> Outcome:
+    from archlab.runs import open_store
+
+    home = root / f"kill-{i:02d}"
+    home.mkdir(parents=True)
+    proc = _train(home)
+    time.sleep(delay)
+    finished_first = proc.poll() is not None
+    if not finished_first:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    store = open_store(home)
+    runs = store.list_runs() if (home / "archlab.db").exists() else []
+    store.close()
+    if not runs:
+        r = cli(home, "train", *ARGS, timeout=600)
+        how = "nothing recorded; ran again"
+        recorded = checkpoint = False
+    else:
+        checkpoint = (store.run_dir(runs[0].run_id) / "checkpoint.json").exists()
+        recorded = True
+        if finished_first:
+            how = "finished before the kill"
+            r = None
+        else:
+            r = cli(home, "train", "--resume", runs[0].run_id, "--quiet", timeout=600)
+            how = f"resumed ({'with' if checkpoint else 'without'} a checkpoint)"
+    if r is not None and r.rc != 0:
+        return Outcome(delay, recorded, False, f"kill at {delay:.2f} s, {how}: {r.summary()}", checkpoint)
+    diffs = _differences(ref, _result(home))
+    if diffs:
+        return Outcome(delay, recorded, False, f"kill at {delay:.2f} s, {how}: {'; '.join(diffs)}", checkpoint)
+    return Outcome(delay, recorded, True, f"kill at {delay:.2f} s, {how}: bit-exact", checkpoint)
+
+
+def campaign(root: Path, kills: int, seed: int, workers: int = 2) -> tuple[list[Outcome], float]:
+    ref, seconds = reference(root)
+    rng = random.Random(seed)
+    delays = [rng.uniform(0.2, seconds) for _ in range(kills)]
+    with ThreadPoolExecutor(workers) as pool:
+        outcomes = list(pool.map(lambda a: one_kill(root, a[0], a[1], ref), enumerate(delays)))
+    return outcomes, seconds
