@@ -204,6 +204,27 @@ def _bn_resnet(tmp: Path):
     return inspect("zoo:resnet18", input_shape=(3, 32, 32))
 
 
+# ------------------------------------------------------------------ large specs in time
+
+
+@attack("inspect-20000-linear", "large", "inspect a list of 20,000 `linear: 16` layers (one distinct block)",
+        passes=("ok", "archlab"))
+def _many_linear(tmp: Path):
+    return _spec("input: {shape: [16]}\nmodel:\n" + "  - linear: 16\n" * 20000)
+
+
+@attack("inspect-repeat-20000", "large", "inspect `repeat: 20000` of `linear: 16`", passes=("ok", "archlab"))
+def _repeat_linear(tmp: Path):
+    return _spec("input: {shape: [16]}\nmodel: [{repeat: 20000, block: [linear: 16]}]\n")
+
+
+@attack("inspect-lstm-classifier", "large", "inspect zoo:lstm-classifier (sequence 200)", passes=("ok",))
+def _lstm(tmp: Path):
+    from archlab.model import inspect
+
+    return inspect("zoo:lstm-classifier")
+
+
 # ------------------------------------------------------------------ CIFAR-10 pickles
 
 
@@ -395,7 +416,9 @@ def run_attack(task: tuple[str, str]) -> dict:
     from archlab.core import ArchlabError
 
     name = task[1]
-    tmp = Path(tempfile.mkdtemp(prefix=f"stress-{name}-"))
+    # The parent may name the folder (and remove it after a hang, which kills this process).
+    tmp = Path(task[2]) if len(task) > 2 else Path(tempfile.mkdtemp(prefix=f"stress-{name}-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
         try:
             _FUNCTIONS[name](tmp)

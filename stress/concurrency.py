@@ -98,17 +98,20 @@ train: {epochs: 1, batch_size: 128, lr: {float: [1.0e-3, 3.0e-2], log: true, def
 """
 
 
-def search_workers(root: Path, trials: int = 8) -> tuple[int, int, str]:
+def search_workers(root: Path, trials: int = 8, jobs: bool = False) -> tuple[int, int, str]:
+    """Two workers on one study: `archlab search --jobs 2` (jobs=True), or the same `archlab
+    search` command started twice at once."""
     from archlab.runs import open_store
 
     root.mkdir(parents=True)
-    spec = root.parent / "search-spec.yaml"
+    spec = root / "search-spec.yaml"
     spec.write_text(SEARCH_SPEC)
     args = ["search", str(spec), "--trials", str(trials), "--epochs", "1", "--sampler", "random", "--pruner",
             "none", "--study", "stress", "--quiet"]
-    procs = [subprocess.Popen([sys.executable, "-m", "archlab", *args, "--seed", str(s)], env=env(root),
-                              cwd=root.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for s in (0, 1)]
+    commands = [[*args, "--jobs", "2"]] if jobs else [args, args]
+    procs = [subprocess.Popen([sys.executable, "-m", "archlab", *c], env=env(root),
+                              cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in commands]
     errs = []
     for p in procs:
         _, err = p.communicate(timeout=900)

@@ -29,8 +29,8 @@ import yaml
 ZOO = Path(__file__).resolve().parent.parent / "archlab" / "spec" / "zoo"
 
 # Recurrent specs inspect in seconds each (a meta-device step per position): fewer of them.
-BASE_WEIGHTS = {"lstm-classifier": 0.05, "rnn-imdb": 0.05, "seq2seq-additive": 0.05, "llama-7b": 0.2, "resnet18": 0.5,
-                "gpt2": 0.5}
+BASE_WEIGHTS = {"lstm-classifier": 0.03, "rnn-imdb": 0.03, "seq2seq-additive": 0.03, "llama-7b": 0.2, "resnet18": 0.3,
+                "gpt2": 0.3, "inception-mini": 0.4, "seq2seq-transformer": 0.5}
 
 SIZE_CHOICES = (0, -1, 1, 2, 3, 7, 10**3, 10**5, 10**8, 100000000109, 10**11, 10**15, 2**31, 2**63, 0.5,
                 1.0e30, 1.0e-30, "abc", None, True, [], {})

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -214,7 +215,11 @@ def stage_attacks(table: Table, args) -> None:
 
     names = [n for n in attacks.ATTACKS if not (args.quick and n in ("file-100MB",))]
     groups: dict[str, list] = defaultdict(list)
-    for (_, name), r in pool.Pool(attacks.run_attack, args.workers, args.timeout).map(("attack", n) for n in names):
+    scratch = Path(tempfile.mkdtemp(prefix="archlab-stress-attacks-"))
+    tasks = [("attack", n, str(scratch / n)) for n in names]
+    results = list(pool.Pool(attacks.run_attack, args.workers, args.timeout).map(tasks))
+    shutil.rmtree(scratch, ignore_errors=True)
+    for (_, name, _), r in results:
         group, description, _ = attacks.ATTACKS[name]
         passed = bool(r.get("passed"))
         groups[group].append((name, passed, r["outcome"], r.get("error", ""), r.get("seconds", 0), description))
@@ -223,7 +228,8 @@ def stage_attacks(table: Table, args) -> None:
                                          "seconds": round(r.get("seconds", 0), 2)})
     labels = {"yaml": "YAML attacks (aliases, !!python, big files)", "expression": "expressions ${...}",
               "integers": "integers past 4,300 digits", "overflow": "sizes that overflow",
-              "batchnorm": "batch norm at one value per channel", "pickle": "malicious CIFAR-10 pickles",
+              "batchnorm": "batch norm at one value per channel",
+              "large": "large specs inspected in 10 s of CPU", "pickle": "malicious CIFAR-10 pickles",
               "data": "bad npy labels and csv numbers"}
     for group, label in labels.items():
         items = groups.get(group, [])
@@ -277,11 +283,13 @@ def stage_store(table: Table, args, root: Path) -> None:
 def stage_kills(table: Table, args, root: Path) -> None:
     import kills
 
-    outcomes, seconds = kills.campaign(root / "kills", args.kills, args.seed, args.workers)
+    outcomes, times = kills.campaign(root / "kills", args.kills, args.seed, args.workers)
+    seconds = times["end"]
     bad = [o for o in outcomes if not o.passed]
     nothing = sorted(o.delay for o in outcomes if not o.recorded)
     no_ckpt = sorted(o.delay for o in outcomes if o.recorded and not o.checkpoint)
-    table.notes.append(f"kills: the uninterrupted run took {seconds:.1f} s; {len(nothing)} of {len(outcomes)} kills "
+    marks = ", ".join(f"{k} at {v:.1f} s" for k, v in times.items() if k != "end")
+    table.notes.append(f"kills: the uninterrupted run took {seconds:.1f} s ({marks}); {len(nothing)} of {len(outcomes)} kills "
                        f"found nothing recorded" + (f" (latest at {nothing[-1]:.2f} s)" if nothing else "") +
                        f"; {len(no_ckpt)} found a run without a checkpoint")
     for o in outcomes:
@@ -299,8 +307,11 @@ def stage_concurrency(table: Table, args, root: Path) -> None:
     if not args.quick:
         tried, failed, example = concurrency.trainings(root / "trainings", 4)
         table.add("4 concurrent trainings: runs finished", tried, failed, example)
-    tried, failed, example = concurrency.search_workers(root / "search", 4 if args.quick else 8)
-    table.add("2 search workers: trials lost/duplicated", tried, failed, example)
+    trials = 4 if args.quick else 8
+    tried, failed, example = concurrency.search_workers(root / "search-jobs", trials, jobs=True)
+    table.add("search --jobs 2: trials lost/extra", tried, failed, example)
+    tried, failed, example = concurrency.search_workers(root / "search-twice", trials)
+    table.add("2 search commands, 1 study: trials lost/extra", tried, failed, example)
 
 
 # ------------------------------------------------------------------ main
@@ -311,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small counts (about a minute)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--specs", type=int, help="fuzzed specs (default 10,000; --quick 300)")
-    ap.add_argument("--huge", type=int, help="huge lists and deep nestings, each (default 15; --quick 2)")
+    ap.add_argument("--huge", type=int, help="huge lists and deep nestings, each (default 10; --quick 2)")
     ap.add_argument("--kills", type=int, help="SIGKILLs (default 20; --quick 3)")
     ap.add_argument("--only", help=f"comma-separated stages of {','.join(STAGES)}")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (at most 2)")
@@ -320,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.workers = max(1, min(args.workers, 2))
     args.specs = args.specs if args.specs is not None else (300 if args.quick else 10_000)
-    args.huge = args.huge if args.huge is not None else (2 if args.quick else 15)
+    args.huge = args.huge if args.huge is not None else (2 if args.quick else 10)
     args.kills = args.kills if args.kills is not None else (3 if args.quick else 20)
     stages = args.only.split(",") if args.only else list(STAGES)
     unknown = [s for s in stages if s not in STAGES]
