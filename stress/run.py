@@ -86,8 +86,17 @@ def stage_fuzz(table: Table, args) -> None:
     slowest = (0.0, None)
     start = time.monotonic()
     done = 0
-    for (_, kind, seed), r in pool.Pool(fuzz.run_case, args.workers, args.timeout).map(
-            ("spec", k, s) for k, s in cases):
+    deadline = start + args.fuzz_minutes * 60 if args.fuzz_minutes else float("inf")
+
+    def tasks():
+        for k, s in cases:
+            if time.monotonic() > deadline:
+                table.notes.append(f"fuzz: stopped at --fuzz-minutes {args.fuzz_minutes:g} after {done} of "
+                                   f"{len(cases)} specs")
+                return
+            yield ("spec", k, s)
+
+    for (_, kind, seed), r in pool.Pool(fuzz.run_case, args.workers, args.timeout).map(tasks()):
         done += 1
         o = r["outcome"]
         outcomes[o] += 1
@@ -100,7 +109,7 @@ def stage_fuzz(table: Table, args) -> None:
             multiline.append((len(fuzz.case_text(kind, seed)), kind, seed, r["error"]))
         if done % 1000 == 0:
             print(f"    {done} specs, {time.monotonic() - start:.0f} s", flush=True)
-    n = len(cases)
+    n = done
     table.notes.append(f"fuzz: {n} specs in {time.monotonic() - start:.0f} s: " +
                        ", ".join(f"{k} {v}" for k, v in outcomes.most_common()) +
                        f"; slowest answer {slowest[0]:.1f} s of CPU ({slowest[1][0] if slowest[1] else '-'})")
@@ -323,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--specs", type=int, help="fuzzed specs (default 10,000; --quick 300)")
     ap.add_argument("--huge", type=int, help="huge lists and deep nestings, each (default 10; --quick 2)")
+    ap.add_argument("--fuzz-minutes", type=float, help="start no new fuzzed spec after this long (tried shows how many ran)")
     ap.add_argument("--kills", type=int, help="SIGKILLs (default 20; --quick 3)")
     ap.add_argument("--only", help=f"comma-separated stages of {','.join(STAGES)}")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (at most 2)")
