@@ -116,7 +116,7 @@ def stage_fuzz(table: Table, args) -> None:
     labels = {"foreign": "specs: exceptions not archlab's", "hang": f"specs: hangs over {args.timeout:g} s (CPU)",
               "memory": "specs: memory blow-ups / crashes", "harness": "specs: harness errors"}
     failures["memory"] += failures.pop("crash", [])
-    minimized = _minimize(failures.get("foreign", []), args) if failures.get("foreign") else {}
+    minimized = _minimize(failures.get("foreign", []), args) if failures.get("foreign") and args.minimize else {}
     for cls, label in labels.items():
         items = sorted(failures.get(cls, []))
         if cls == "harness" and not items:
@@ -168,7 +168,7 @@ def _minimize(items: list, args) -> dict[str, str]:
     out = {}
     for sig, (_, kind, seed, _, _) in work:
         tree = yaml.load(fuzz.case_text(kind, seed), Loader=fuzz._Loader)
-        deadline = time.monotonic() + (15 if args.quick else 30)
+        deadline = time.monotonic() + args.minimize
         changed = True
         while changed and time.monotonic() < deadline:
             changed = False
@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help=f"comma-separated stages of {','.join(STAGES)}")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (at most 2)")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a spec or attack counts as a hang")
+    ap.add_argument("--minimize", type=float, default=30.0,
+                    help="seconds to shrink the smallest spec of each kind of exception (0: off)")
     ap.add_argument("--save", help="write every failure, with its reproducer, to this JSON file")
     args = ap.parse_args(argv)
     args.workers = max(1, min(args.workers, 2))
