@@ -124,8 +124,10 @@ def one_kill(root: Path, i: int, delay: float, ref: dict) -> Outcome:
     else:
         checkpoint = (store.run_dir(runs[0].run_id) / "checkpoint.json").exists()
         recorded = True
-        if finished_first:
-            how = "finished before the kill"
+        if finished_first or runs[0].status == "finished":
+            # Killed after the run was marked finished (or it ended first): nothing to resume,
+            # but what it left must still be the uninterrupted run's.
+            how = "finished before the kill" if finished_first else "killed after it finished"
             r = None
         else:
             r = cli(home, "train", "--resume", runs[0].run_id, "--quiet", timeout=600)
