@@ -1,8 +1,10 @@
 """SIGKILL a small training run at random moments, resume it, compare with an uninterrupted run.
 
-The run is `archlab train zoo:mlp --data digits` (a few epochs, small batches, fixed seed,
-one thread). Each kill lands at a moment drawn uniformly over the reference run's wall time,
-so some fall in the start-up, before anything is recorded. After the kill:
+The run is `archlab train zoo:mlp --data digits` (4 epochs of batch 4, fixed seed, one
+thread). Half the kills land at moments drawn uniformly over the reference run's wall time,
+so some fall in the start-up, before anything is recorded; the other half once the run is in
+the store, after a delay drawn uniformly over the time the reference run took from that
+moment to its end. After the kill:
 
   - no run recorded: the user runs the same command again (counted as "nothing recorded");
   - a run recorded: `archlab train --resume RUN_ID` must finish it (a refusal is a failure);
@@ -26,7 +28,7 @@ from pathlib import Path
 from cli_checks import cli, env
 
 TIMINGS = ("seconds", "samples_per_s")  # per-epoch figures that differ from run to run
-ARGS = ("zoo:mlp", "--data", "digits", "--epochs", "3", "--batch-size", "16", "--seed", "5", "--quiet")
+ARGS = ("zoo:mlp", "--data", "digits", "--epochs", "4", "--batch-size", "4", "--seed", "5", "--quiet")
 
 
 @dataclass
@@ -103,13 +105,19 @@ def reference(root: Path) -> tuple[dict, dict[str, float]]:
     return _result(home), times
 
 
-def one_kill(root: Path, i: int, delay: float, ref: dict) -> Outcome:
+def one_kill(root: Path, i: int, delay: float, ref: dict, after_record: bool = False) -> Outcome:
+    """Kill `delay` s after the start, or (after_record) `delay` s after the run appears in the store."""
     from archlab.runs import open_store
 
     home = root / f"kill-{i:02d}"
     home.mkdir(parents=True)
+    start = time.monotonic()
     proc = _train(home)
+    if after_record:
+        while proc.poll() is None and not list((home / "runs").glob("*")):
+            time.sleep(0.01)
     time.sleep(delay)
+    delay = time.monotonic() - start
     finished_first = proc.poll() is not None
     if not finished_first:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -143,7 +151,11 @@ def one_kill(root: Path, i: int, delay: float, ref: dict) -> Outcome:
 def campaign(root: Path, kills: int, seed: int, workers: int = 2) -> tuple[list[Outcome], dict[str, float]]:
     ref, times = reference(root)
     rng = random.Random(seed)
-    delays = [rng.uniform(0.2, times["end"]) for _ in range(kills)]
+    # Half over the whole run (start-up included); half after the run appears in the store,
+    # over the time the reference run took from then to its end, so most find a run to resume.
+    training = times["end"] - times.get("recorded", 0.0)
+    plan = [(i, rng.uniform(0.2, times["end"]), False) if i % 2 else (i, rng.uniform(0.0, training), True)
+            for i in range(kills)]
     with ThreadPoolExecutor(workers) as pool:
-        outcomes = list(pool.map(lambda a: one_kill(root, a[0], a[1], ref), enumerate(delays)))
+        outcomes = list(pool.map(lambda a: one_kill(root, a[0], a[1], ref, a[2]), plan))
     return outcomes, times
