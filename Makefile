@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench stress clean
 
 $(BIN)/archlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: setup
 	$(BIN)/python bench/peers.py --quick   # skips Lightning / Keras unless: pip install -e ".[peers]"
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/stream.py --n 20000 --repeats 1
+
+# The stress campaign (RELIABILITY.md): hostile specs, files, stores and kills; one table,
+# exit 1 if anything failed. About 10 minutes on 2 idle cores; STRESS_ARGS=--quick for a
+# short run, --save FILE for every failure with its reproducer.
+stress: setup
+	$(BIN)/python stress/run.py $(STRESS_ARGS)
 
 clean:
 	rm -rf $(VENV) archlab-runs archlab-report.html .pytest_cache
