@@ -45,19 +45,15 @@ def _run(store, history=(), status=None, task="classify", **kw):
     return rid
 
 
-def test_a_killed_run_without_checkpoint_is_not_listed_as_resumable(archlab_home):
+def test_a_killed_run_without_checkpoint_is_listed_as_starting_over(archlab_home):
     store = open_store(archlab_home)
     rid = _run(store, [{"val_acc": 0.5}])  # recorded, then killed before its first checkpoint
     state = run_state(store, store.get_run(rid))
-    assert (state.status, state.resumable, state.hint) == ("stopped", False, "no checkpoint; train it again")
-    with pytest.raises(TrainingError, match="has no checkpoint") as err:
-        resume(rid)
-    assert str(err.value) == state.problem  # listing and resume apply the same rule
+    assert (state.status, state.resumable) == ("stopped", True)
+    assert state.hint == "resume with --resume: starts over"
     out, _ = _cli("runs", "--status", "stopped")
     line = next(x for x in out.splitlines() if rid in x)
-    assert "stopped (no checkpoint; train it again)" in line and "resume with" not in line
-    out, _ = _cli("show", rid)
-    assert "status stopped (no checkpoint; train it again)" in out and "has no checkpoint" in out
+    assert "stopped (resume with --resume: starts over)" in line
 
 
 def test_a_run_being_trained_is_running_and_not_resumable(archlab_home):

@@ -390,21 +390,21 @@ def test_set_num_classes_that_the_data_set_overrides_is_refused(archlab_home):
 TINY_SPEC = {"name": "tiny", "model": ["flatten", {"linear": "$num_classes"}]}
 
 
-def test_resume_of_a_run_without_a_checkpoint_says_so_and_gives_the_command(archlab_home):
-    def stop(record):
-        raise KeyboardInterrupt
+def test_resume_of_a_run_without_a_checkpoint_trains_it_from_the_start(archlab_home):
+    # A run stopped before its first checkpoint (killed in its first epoch): nothing was saved,
+    # so --resume trains it again under the same id, to the result of an uninterrupted run.
+    import archlab
 
-    # A run stopped before its first checkpoint: as if killed in its first epoch.
     store = open_store()
-    run_id = store.create_run(name="mlp", data="digits", spec=__import__("archlab").load_spec("zoo:mlp").to_dict(),
-                              settings={**__import__("archlab").train.TrainSettings(lr=0.01, epochs=3).to_dict()},
+    spec = archlab.build(TINY_SPEC, input_shape=(1, 8, 8), vars={"num_classes": 10}).spec
+    settings = archlab.train.TrainSettings(lr=0.01, epochs=2, seed=3)
+    run_id = store.create_run(name="tiny", data="digits", spec=spec.to_dict(), settings=settings.to_dict(),
                               env={}, params=1, tags={"task": "classify"})
-    with pytest.raises(TrainingError) as info:
-        resume(run_id, quiet=True)
-    text = str(info.value)
-    assert "has no checkpoint yet" in text and "nothing to resume" in text and "\n" not in text
-    assert f"archlab train {store.run_dir(run_id) / 'spec.yaml'} --data digits" in text
-    assert "--lr 0.01" in text and "--epochs 3" in text
+    resumed = resume(run_id, quiet=True)
+    straight = fit(TINY_SPEC, data="digits", quiet=True, lr=0.01, epochs=2, seed=3)
+    assert resumed.run_id == run_id and store.get_run(run_id).status == "finished"
+    assert _strip(resumed.history) == _strip(straight.history)
+    assert resumed.test_metrics == straight.test_metrics
 
 
 def test_math_of_the_divergence_rule():

@@ -23,7 +23,6 @@ from ._runinfo import (
     kept_epoch,
     primary_metric,
     read_test_report,
-    rerun_command,
     run_state,
 )
 from ._settings import TrainSettings, resolve_settings
@@ -85,7 +84,6 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_task",
-    "rerun_command",
     "primary_metric",
     "read_test_report",
     "resolve_settings",

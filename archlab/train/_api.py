@@ -85,6 +85,8 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
            data_root: str | Path | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
            **io: Any) -> Run:
     """Continue a stopped run from its last checkpoint; the result equals an uninterrupted run.
+    A run stopped before its first checkpoint trains again from the start (same id and seed,
+    so the same result).
 
     `io` may override `stream` and `workers` (both paths give the same batches)."""
     if unknown := sorted(set(io) - set(IO_SETTINGS)):
@@ -100,8 +102,11 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
     dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target, stream=s.stream)
     trainer = Trainer(spec, dataset, s, st, data_uri=record.data, quiet=quiet, run_id=record.run_id,
                       on_epoch=on_epoch)
-    trainer.restore()  # a damaged checkpoint raises StoreError here, saying so
-    st.set_status(record.run_id, "running", message="resumed")
+    if has_checkpoint(directory):
+        trainer.restore()  # a damaged checkpoint raises StoreError here, saying so
+        st.set_status(record.run_id, "running", message="resumed")
+    else:  # stopped before its first checkpoint: nothing saved, so it starts over, same id and seed
+        st.set_status(record.run_id, "running", message="started over (no checkpoint yet)")
     return trainer.run()
 
 

@@ -7,18 +7,14 @@ run listed as resumable is one that ``archlab train --resume`` accepts.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ..core import ArchlabError, SpecError, StoreError, TrainingError, thaw
-from ..model import generative_task
+from ..core import ArchlabError, StoreError, TrainingError
 from ..runs import (
     CHECKPOINT_JSON,
     MAX_JSON_BYTES,
-    SPEC_FILE,
     TEST_REPORT,
     RunRecord,
     RunStorage,
@@ -27,9 +23,7 @@ from ..runs import (
     is_alive,
     read_json,
 )
-from ..spec import Spec
 from ._checkpoint import has_checkpoint
-from ._settings import TrainSettings, resolve_settings
 from ._tasks import TASKS
 
 __all__ = [
@@ -38,7 +32,6 @@ __all__ = [
     "kept_epoch",
     "primary_metric",
     "read_test_report",
-    "rerun_command",
     "run_state",
 ]
 
@@ -109,7 +102,7 @@ def kept_epoch(record: RunRecord, directory: str | Path | None = None) -> int | 
 # Why a run cannot be resumed, in a few words for a listing (the full reason is one line).
 _HINTS = {
     None: "resume with --resume",
-    "no checkpoint": "no checkpoint; train it again",
+    "no checkpoint": "resume with --resume: starts over",
     "damaged": "checkpoint damaged; see archlab show",
     "unsafe": "cannot resume; see archlab show",
 }
@@ -119,8 +112,9 @@ _HINTS = {
 class RunState:
     """How a run stands now: ``status`` as a person sees it (``"stopped"`` for a killed
     run), whether ``resume`` would accept it, and if not, why: ``reason`` (``"finished"``,
-    ``"running"``, ``"no checkpoint"``, ``"damaged"``, ``"unsafe"``) and ``problem`` (the
-    one-line error ``resume`` gives)."""
+    ``"running"``, ``"damaged"``, ``"unsafe"``) and ``problem`` (the one-line error ``resume``
+    gives). A resumable run without a checkpoint yet has reason ``"no checkpoint"``: resume
+    trains it again from the start under the same id (nothing was saved, nothing is lost)."""
 
     status: str
     resumable: bool
@@ -147,45 +141,10 @@ def _problem(record: RunRecord, directory: Path) -> tuple[str, ArchlabError] | N
         return "running", TrainingError(f"run {record.run_id} is being trained by another process right "
                                         f"now; wait for it or stop it first")
     try:
-        if not has_checkpoint(directory):
-            return "no checkpoint", TrainingError(
-                f"run {record.run_id} has no checkpoint yet in {directory}: it stopped before its "
-                f"first epoch ended, so there is nothing to resume; train it again from the start "
-                f"with {_rerun_hint(record, directory)}")
+        has_checkpoint(directory)  # a damaged one raises; none at all is fine: resume starts over
     except StoreError as exc:
         return "damaged", StoreError(f"run {record.run_id} cannot be resumed: {exc}")
     return None
-
-
-def _rerun_hint(record: RunRecord, directory: Path) -> str:
-    try:
-        return f"`{rerun_command(record, directory)}`"
-    except ArchlabError:  # a record whose spec no longer parses: the generic advice
-        return "`archlab train`"
-
-
-def rerun_command(record: Any, directory: Path) -> str:
-    """The `archlab train` command that starts a recorded run again: its spec file, its data, and
-    a flag for each setting that differs from what the spec's own `train:` gives."""
-    spec = Spec.from_dict(thaw(record.spec))
-    recorded = TrainSettings.from_mapping(thaw(record.settings))
-    try:
-        default = resolve_settings(spec, {})
-    except SpecError:
-        default = TrainSettings()
-    flags = []
-    for f in dataclasses.fields(TrainSettings):
-        value = getattr(recorded, f.name)
-        if value == getattr(default, f.name) or (f.name == "task" and value == default.task):
-            continue
-        if f.name == "task" and generative_task(spec) == value:
-            continue  # the spec's own
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else f"--no-{f.name.replace('_', '-')}")
-        elif value is not None:
-            flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
-    return " ".join(["archlab train", str(directory / SPEC_FILE), "--data", record.data, *flags])
 
 
 def check_resumable(record: RunRecord, directory: str | Path) -> None:
@@ -207,7 +166,8 @@ def run_state(store: RunStorage, record: RunRecord) -> RunState:
     except StoreError as exc:  # its folder is a link out of the store
         problem = "unsafe", StoreError(f"run {record.run_id} cannot be resumed: {exc}")
     if problem is None:
-        return RunState(status, True)
+        fresh = not has_checkpoint(store.run_dir(record.run_id, create=False))
+        return RunState(status, True, "no checkpoint" if fresh else None)
     return RunState(status, False, problem[0], str(problem[1]))
 
 
