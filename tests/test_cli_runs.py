@@ -16,7 +16,7 @@ from archlab.cli import app
 from archlab.core import TrainingError
 from archlab.runs import TEST_REPORT, open_store, run_lock, write_text
 from archlab.runs._records import _example_record
-from archlab.train import check_resumable, kept_epoch, primary_metric, resume, run_state
+from archlab.train import check_resumable, kept_epoch, primary_metric, run_state
 
 runner = CliRunner()
 
