@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from interrupts import interrupt_at
 from safetensors.torch import load_file
 
-import archlab.train._progress as progress_module
 from archlab.core import SpecError, StoreError, TrainingError
 from archlab.runs import open_store
 from archlab.train import (
@@ -64,20 +64,6 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
         assert torch.equal(a[key], b[key]), f"{key} differs"
 
 
-def _interrupt_at(monkeypatch, at: int, signals: int = 1) -> None:
-    """Send ourselves SIGINT (Ctrl-C) after the `at`-th optimizer step of this process."""
-    count = [0]
-
-    class Interrupting(progress_module.EpochProgress):
-        def step(self, step, loss):
-            super().step(step, loss)
-            count[0] += 1
-            if count[0] == at:
-                for _ in range(signals):
-                    os.kill(os.getpid(), signal.SIGINT)
-                    time.sleep(0.01)
-
-    monkeypatch.setattr(progress_module, "EpochProgress", Interrupting)
 
 
 # ------------------------------------------------------------------ tasks of one loop
@@ -102,7 +88,7 @@ def test_vae_and_gan_are_registered_tasks_that_own_their_optimizers():
 def test_ctrl_c_mid_epoch_then_resume_equals_an_uninterrupted_run(archlab_home, monkeypatch, kind, at):
     spec = SPECS[kind]
     reference = fit(spec, data="digits", quiet=True, seed=2, schedule="cosine", warmup=2)
-    _interrupt_at(monkeypatch, at)
+    interrupt_at(monkeypatch, at)
     with pytest.raises(KeyboardInterrupt, match="resume with `archlab train --resume"):
         fit(spec, data="digits", quiet=True, seed=2, schedule="cosine", warmup=2)
     [record] = open_store().list_runs(status="interrupted")
@@ -127,7 +113,7 @@ def test_ctrl_c_mid_epoch_then_resume_equals_an_uninterrupted_run(archlab_home, 
 @pytest.mark.parametrize("kind", SPECS)
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_consistent_checkpoint(archlab_home, monkeypatch, kind):
     reference = fit(SPECS[kind], data="digits", quiet=True, epochs=2)
-    _interrupt_at(monkeypatch, 7, signals=2)
+    interrupt_at(monkeypatch, 7, signals=2)
     with pytest.raises(KeyboardInterrupt):
         fit(SPECS[kind], data="digits", quiet=True, epochs=2)
     [record] = open_store().list_runs(status="interrupted")

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from interrupts import interrupt_at
 from safetensors.torch import load_file
 
-import archlab.train._progress as progress_module
 from archlab.core import ArchlabError, DataError, SpecError, TrainingError
 from archlab.data import DataInfo, Dataset, Split, load_dataset
 from archlab.model import build
@@ -463,20 +463,6 @@ def test_divergence_keeps_the_last_epoch_checkpoint(store):
 # --------------------------------------------------------------- interrupt and resume
 
 
-def _interrupt_at(monkeypatch, at: int, signals: int = 1) -> None:
-    """Send ourselves SIGINT (Ctrl-C) after the `at`-th optimizer step of this process."""
-    count = [0]
-
-    class Interrupting(progress_module.EpochProgress):
-        def step(self, step, loss):
-            super().step(step, loss)
-            count[0] += 1
-            if count[0] == at:
-                for _ in range(signals):
-                    os.kill(os.getpid(), signal.SIGINT)
-                    time.sleep(0.01)  # let the handler run before the next signal
-
-    monkeypatch.setattr(progress_module, "EpochProgress", Interrupting)
 
 
 RESUME_CASES = {
@@ -497,7 +483,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(store, monkeypatch, case
     assert steps_per_epoch == 20
     reference = fit(TINY, **settings)
 
-    _interrupt_at(monkeypatch, at)
+    interrupt_at(monkeypatch, at)
     with pytest.raises(KeyboardInterrupt):
         fit(TINY, **settings)
     [record] = store.list_runs(status="interrupted")
@@ -522,7 +508,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(store, monkeypatch, case
 def test_second_ctrl_c_stops_at_once_and_keeps_the_last_consistent_checkpoint(store, monkeypatch):
     settings = dict(data="digits", epochs=2, batch_size=64, seed=3, store=store, quiet=True)
     reference = fit(TINY, **settings)
-    _interrupt_at(monkeypatch, 27, signals=2)
+    interrupt_at(monkeypatch, 27, signals=2)
     with pytest.raises(KeyboardInterrupt):
         fit(TINY, **settings)
     [record] = store.list_runs(status="interrupted")
