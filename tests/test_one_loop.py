@@ -12,13 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from interrupts import interrupt_at
+from interrupts import checkpoint_position, interrupt_at, stop_after_first_epoch
 from safetensors.torch import load_file
 
 from archlab.core import SpecError, StoreError, TrainingError
@@ -163,16 +162,6 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _position(home: Path) -> tuple[int, int] | None:
-    for path in (home / "runs").glob("*/checkpoint.json"):
-        try:
-            state = json.loads(path.read_text())["state"]
-        except (OSError, ValueError, KeyError):
-            return None
-        return state["epoch"], state["step_in_epoch"]
-    return None
-
-
 def _stored(home: Path) -> dict:
     [record] = open_store(home).list_runs()
     folder = open_store(home).run_dir(record.run_id)
@@ -196,19 +185,13 @@ def killed(tmp_path_factory):
                                         text=True) for name, h in homes.items()}
         stopped = {}
         try:
-            for name, sig in (("sigkill", signal.SIGKILL), ("sigint", signal.SIGINT)):
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline and procs[name].poll() is None:
-                    position = _position(homes[name])
-                    if position and position[0] >= 1:
-                        procs[name].send_signal(sig)
-                        break
-                    time.sleep(0.01)
+            stop_after_first_epoch({name: (procs[name], homes[name], sig)
+                                    for name, sig in (("sigkill", signal.SIGKILL), ("sigint", signal.SIGINT))})
             for name in ("sigkill", "sigint"):
                 _, err = procs[name].communicate(timeout=300)
                 [record] = open_store(homes[name]).list_runs()
                 stopped[name] = {"rc": procs[name].returncode, "stderr": err, "status": record.status,
-                                 "position": _position(homes[name])}
+                                 "position": checkpoint_position(homes[name])}
                 again = subprocess.run([sys.executable, "-m", "archlab", "train", "--resume", record.run_id, "--quiet"],
                                        env=_env(homes[name]), cwd=root, capture_output=True, text=True, timeout=300)
                 stopped[name]["resume"] = (again.returncode, again.stdout, again.stderr)

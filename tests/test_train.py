@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from interrupts import interrupt_at
+from interrupts import checkpoint_position, interrupt_at, stop_after_first_epoch
 from safetensors.torch import load_file
 
 from archlab.core import ArchlabError, DataError, SpecError, TrainingError
@@ -552,38 +552,6 @@ def _train_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "archlab", "train", *args]
 
 
-def _checkpoint_position(home: Path) -> tuple[int, int] | None:
-    for path in (home / "runs").glob("*/checkpoint.json"):
-        try:
-            state = json.loads(path.read_text())["state"]
-        except (OSError, ValueError, KeyError):
-            return None
-        return state["epoch"], state["step_in_epoch"]
-    return None
-
-
-def _stop_after_first_epoch(stops: dict[str, tuple[subprocess.Popen, Path, int]]) -> None:
-    """Signal each process as soon as its first epoch's checkpoint is on disk (polled side by
-    side: on a loaded machine one process may run epochs ahead of another)."""
-    deadline = time.monotonic() + 120
-    pending = dict(stops)
-    while pending and time.monotonic() < deadline:
-        for name, (proc, home, sig) in list(pending.items()):
-            if proc.poll() is not None:
-                break
-            position = _checkpoint_position(home)
-            if position and position[0] >= 1:
-                proc.send_signal(sig)
-                del pending[name]
-        else:
-            time.sleep(0.01)
-            continue
-        break
-    for proc, _home, _sig in pending.values():
-        out, err = proc.communicate()
-        raise AssertionError(f"the run ended (rc {proc.returncode}) before it could be stopped: {err[-2000:]}")
-
-
 def _stored_result(home: Path) -> dict:
     [record] = open_store(home).list_runs()
     folder = open_store(home).run_dir(record.run_id)
@@ -611,14 +579,14 @@ def killed_and_resumed(tmp_path_factory):
     resumes: dict[str, subprocess.Popen] = {}
     stopped: dict[str, dict] = {}
     try:
-        _stop_after_first_epoch({name: (procs[name], homes[name], sig)
+        stop_after_first_epoch({name: (procs[name], homes[name], sig)
                                  for name, sig in (("sigkill", signal.SIGKILL), ("sigint", signal.SIGINT))})
         for name in ("sigkill", "sigint"):
             out, err = procs[name].communicate(timeout=300)
             [record] = open_store(homes[name]).list_runs()
             folder = open_store(homes[name]).run_dir(record.run_id)
             stopped[name] = {"run_id": record.run_id, "status": record.status, "rc": procs[name].returncode,
-                             "stderr": err, "position": _checkpoint_position(homes[name]),
+                             "stderr": err, "position": checkpoint_position(homes[name]),
                              "state_files": has_checkpoint(folder), "epochs_logged": len(record.history)}
             resumes[name] = start(_train_cmd("--resume", record.run_id, "--quiet"), homes[name])
         out, err = procs["reference"].communicate(timeout=300)
