@@ -29,12 +29,6 @@ def parse_vars(assignments: list[str] | None) -> dict:
     return dict(parse_assignment(a) for a in assignments or [])
 
 
-
-def cell(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
-
 def when(timestamp: float) -> str:
     import datetime
 

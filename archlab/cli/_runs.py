@@ -12,8 +12,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..core import format_metric
 from ._app import app, console
-from ._format import cell, when
+from ._format import when
 
 _T = TypeVar("_T")
 
@@ -105,7 +106,7 @@ def show_cmd(run_id: Annotated[str, typer.Argument(help="A run id (or a unique p
             table.add_column(k, justify="right")
         for e in r.history:
             mark = ["*" if e.epoch == kept else ""] if note else []
-            table.add_row(str(e.epoch), *mark, *(_lr(e.metrics.get(k)) if k == "lr" else cell(e.metrics.get(k))
+            table.add_row(str(e.epoch), *mark, *(_lr(e.metrics.get(k)) if k == "lr" else format_metric(e.metrics.get(k))
                                                  for k in keys))
         console.print(table)
     if r.test_metrics:

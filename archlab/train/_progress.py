@@ -11,11 +11,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-
-def _fmt(value: float) -> str:
-    if value != value:  # NaN
-        return "nan"
-    return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+from ..core import format_metric
 
 
 class EpochProgress:
@@ -74,7 +70,7 @@ class EpochProgress:
         left = self.total_epochs - int(record["epoch"])
         eta = left * sum(self.epoch_seconds) / len(self.epoch_seconds)
         keys = [k for k in record if k.startswith(("train_", "val_"))]
-        stats = "  ".join(f"{k} {_fmt(record[k])}" for k in keys)
+        stats = "  ".join(f"{k} {format_metric(record[k])}" for k in keys)
         line = (f"epoch {int(record['epoch'])}/{self.total_epochs}  {stats}  lr {record['lr']:.2e}  "
                 f"{record['seconds']:.1f}s  {record['samples_per_s']:,.0f} samples/s"
                 + (f"  eta {eta:.0f}s" if left else ""))
