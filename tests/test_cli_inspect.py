@@ -125,6 +125,14 @@ def test_layers_with_a_glob() -> None:
         assert layer.name in everything
 
 
+def test_layers_name_lists_every_argument_with_its_allowed_values() -> None:
+    out = run("layers", "encoder_block")
+    assert "norm_position" in out and "one of 'pre', 'post'" in out and "required" in out
+    assert "'gelu', 'gelu_exact', 'relu', 'swiglu'" in out
+    assert "one of 'depthwise'" in run("layers", "conv2d")
+    assert "'single'" in run("layers", "rnn")
+
+
 # -------------------------------------------------------------------- subprocess
 
 

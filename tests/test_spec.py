@@ -4,6 +4,7 @@ spaces, variations (with_vars / with_defaults) and the wording of every error.""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -338,6 +339,24 @@ def test_invalid_yaml_names_line_and_column() -> None:
     text = "name: x\nmodel:\n  - linear: {out: 3\n  - relu\n"
     with pytest.raises(SpecError, match=r"^spec: invalid YAML at line \d+, column \d+: "):
         load_spec(text)
+
+
+def test_list_vars_are_indexed_in_expressions() -> None:
+    from torch import nn
+
+    from archlab import build
+
+    text = ("vars: {stages: [1, 2, 3], w: 4}\nmodel:\n  - repeat: 3\n    var: s\n    block:\n"
+            "      - repeat: '${stages[s]}'\n        block: [linear: '${w * stages[-1 - s]}']\n")
+    widths = [m.weight.shape[0] for m in build(load_spec(text), input_shape=(2,)).modules()
+              if isinstance(m, nn.Linear)]
+    assert widths == [12, 8, 8, 4, 4, 4]  # stage s repeats stages[s] times, width w * stages[-1 - s]
+    for expr, words in [("${stages[3]}", "index 3 is out of range for var 'stages', which has 3 items"),
+                        ("${w[0]}", "var 'w' is 4, not a list, so it cannot be indexed"),
+                        ("${stages[0.5]}", "an index into var 'stages' must be a whole number"),
+                        ("${stages + 1}", "'+' needs numbers")]:
+        with pytest.raises(SpecError, match=re.escape(words)):
+            build(load_spec({"vars": {"stages": [1, 2, 3], "w": 4}, "model": [{"linear": expr}]}), input_shape=(2,))
 
 
 def test_unquoted_expression_in_flow_mapping_gets_a_hint() -> None:

@@ -116,8 +116,9 @@ def zoo_cmd() -> None:
 
 
 @app.command("layers")
-def layers_cmd(pattern: Annotated[str, typer.Argument(help="Glob filter, e.g. 'conv*'.")] = "*") -> None:
-    """List the layer types a spec can use, with their arguments."""
+def layers_cmd(pattern: Annotated[str, typer.Argument(help="A layer's name (every argument and the values "
+                                                         "it allows), or a glob filter, e.g. 'conv*'.")] = "*") -> None:
+    """List the layer types a spec can use, with their arguments; `archlab layers NAME` details one."""
     table = Table(title_justify="left")
     table.add_column("layer")
     table.add_column("arguments")
@@ -125,6 +126,15 @@ def layers_cmd(pattern: Annotated[str, typer.Argument(help="Glob filter, e.g. 'c
     seen: dict[int, str] = {}
     from ..layers import LAYERS
 
+    if pattern in LAYERS.names():  # one layer by name: every argument and the values it allows
+        layer = LAYERS.get(pattern)
+        detail = Table(title=f"{layer.name}: {layer.doc}", title_justify="left")
+        for column in ("argument", "allowed values", "default"):
+            detail.add_column(column)
+        for row in layer.options():
+            detail.add_row(*map(escape, row))
+        console.print(detail)
+        return
     if not LAYERS.names(pattern):
         raise ArchlabError(f"layers: no layer matches {pattern!r}; `archlab layers` lists them all")
     for name in LAYERS.names(pattern):

@@ -241,6 +241,25 @@ class SinusoidalPositions(nn.Module):
         return x + self.table[self.offset:self.offset + x.shape[1]].to(x.dtype)
 
 
+class PrependTokens(nn.Module):
+    """Learned vectors put before the sequence (ViT's and BERT's class token): (T, D) -> (n + T, D)."""
+
+    def __init__(self, n: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, dim))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
+        return torch.cat([self.weight.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+
+
+@register_layer("prepend")
+def prepend(x: TensorType, tokens: int = 1) -> Built:
+    """Puts `tokens` learned vectors before a (T, D) sequence (a class token); `seq_pool: first` reads it."""
+    t, d = x.expect(rank=2, layout="sequence", what="a sequence (T, D)")
+    return PrependTokens(positive(tokens, "tokens"), d), x.derive((tokens + t, d))
+
+
 @register_layer("pos_embedding")
 def pos_embedding(x: TensorType, max_len: int | None = None) -> Built:
     """Adds a learned position vector to each step of a (T, D) sequence."""
@@ -341,13 +360,14 @@ class SwiGLU(nn.Module):
 
 
 class MLP(nn.Module):
-    """The transformer feed-forward block: proj(act(fc(x)))."""
+    """The transformer feed-forward block: proj(act(fc(x))). `gelu` is GPT-2's tanh approximation,
+    `gelu_exact` the erf form of BERT and ViT."""
 
     def __init__(self, dim: int, hidden: int, activation: str = "gelu", bias: bool = True,
                  dropout: float = 0.0):
         super().__init__()
         self.fc = nn.Linear(dim, hidden, bias=bias)
-        self.act = nn.GELU(approximate="tanh") if activation == "gelu" else nn.ReLU()
+        self.act = {"gelu": nn.GELU(approximate="tanh"), "gelu_exact": nn.GELU(), "relu": nn.ReLU()}[activation]
         self.proj = nn.Linear(hidden, dim, bias=bias)
         self.drop = nn.Dropout(dropout)
 
@@ -363,7 +383,7 @@ def swiglu(x: TensorType, hidden: int, bias: bool = False) -> Built:
 
 
 @register_layer("mlp")
-def mlp(x: TensorType, hidden: int, activation: Literal["gelu", "relu"] = "gelu",
+def mlp(x: TensorType, hidden: int, activation: Literal["gelu", "gelu_exact", "relu"] = "gelu",
         bias: bool = True, dropout: float = 0.0) -> Built:
     """Two-layer feed-forward block on the last dim: (..., D) -> (..., D)."""
     shape = x.expect(min_rank=1)

@@ -28,13 +28,22 @@ def _at_least(values: tuple[int, ...], low: int, name: str) -> tuple[int, ...]:
     return values
 
 
-def _conv(x: TensorType, n: int, out: int, kernel: IntOrList, stride: IntOrList,
-          padding: IntOrList | str, dilation: IntOrList, groups: int, bias: bool) -> Built:
+Groups = int | Literal["depthwise"]
+
+
+def _conv(x: TensorType, n: int, out: int | None, kernel: IntOrList, stride: IntOrList,
+          padding: IntOrList | str, dilation: IntOrList, groups: Groups, bias: bool) -> Built:
     what = "(C,L)" if n == 1 else "(C,H,W)"
     if x.layout == "sequence":
         raise ShapeError(f"expects {what} input, got a sequence {x.describe()} produced by "
                          f"{x.source}; conv{n}d wants channels first: add `permute: [1, 0]` before it")
     c, *spatial = x.expect(rank=n + 1, what=what)
+    if groups == "depthwise":  # one filter group per input channel (MobileNet); `out` defaults to C
+        groups = c
+        out = c if out is None else out
+    elif out is None:
+        raise SpecError("missing required argument 'out' (the number of output channels); only "
+                        "`groups: depthwise` may leave it out, keeping the channel count")
     positive(out, "out")
     k, s, d = pair(kernel, n, "kernel"), pair(stride, n, "stride"), pair(dilation, n, "dilation")
     for values, name in ((k, "kernel"), (s, "stride"), (d, "dilation")):
@@ -65,18 +74,18 @@ def _conv(x: TensorType, n: int, out: int, kernel: IntOrList, stride: IntOrList,
 
 
 @register_layer("conv1d")
-def conv1d(x: TensorType, out: int, kernel: IntOrList = 3, stride: IntOrList = 1,
+def conv1d(x: TensorType, out: int | None = None, kernel: IntOrList = 3, stride: IntOrList = 1,
            padding: IntOrList | Literal["same", "valid"] = 0, dilation: IntOrList = 1,
-           groups: int = 1, bias: bool = True) -> Built:
-    """1-D convolution over (C, L) -> (out, L')."""
+           groups: Groups = 1, bias: bool = True) -> Built:
+    """1-D convolution over (C, L) -> (out, L'); `groups: depthwise` is one group per channel."""
     return _conv(x, 1, out, kernel, stride, padding, dilation, groups, bias)
 
 
 @register_layer("conv2d", "conv")
-def conv2d(x: TensorType, out: int, kernel: IntOrList = 3, stride: IntOrList = 1,
+def conv2d(x: TensorType, out: int | None = None, kernel: IntOrList = 3, stride: IntOrList = 1,
            padding: IntOrList | Literal["same", "valid"] = 0, dilation: IntOrList = 1,
-           groups: int = 1, bias: bool = True) -> Built:
-    """2-D convolution over (C, H, W) -> (out, H', W'); padding may be 'same'."""
+           groups: Groups = 1, bias: bool = True) -> Built:
+    """2-D convolution over (C, H, W) -> (out, H', W'); padding may be 'same'; `groups: depthwise`."""
     return _conv(x, 2, out, kernel, stride, padding, dilation, groups, bias)
 
 

@@ -158,6 +158,13 @@ class LayerDef:
                                 f"{self.name} takes: {self.signature()}")
         return bound
 
+    def options(self) -> list[tuple[str, str, str]]:
+        """(argument, the values it allows, its default or "required") for every argument,
+        as `archlab layers NAME` prints them."""
+        return [(p.name, _describe(self.hints.get(p.name, Any)),
+                 "required" if p.default is _inspect.Parameter.empty else _show(p.default))
+                for p in self.params]
+
     def signature(self) -> str:
         parts = []
         for p in self.params:
@@ -207,7 +214,7 @@ def _describe(tp: Any) -> str:
             inner[0], _describe(inner[0]))
         return f"a list of {len(inner)} {items}" if inner[-1] is not ... else f"a list of {items}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            type(None): "null"}.get(tp, str(tp))
+            type(None): "null"}.get(tp, "anything" if tp is Any else str(tp))
 
 
 class _NoMatch(Exception):

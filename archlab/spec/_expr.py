@@ -7,9 +7,11 @@ and parses a small grammar itself:
     term  := unary (('*' | '/' | '//' | '%') unary)*
     unary := ('-' | '+') unary | power
     power := atom ('**' unary)?          # right-associative; -2 ** 2 == -4, as in Python
-    atom  := NUMBER | NAME | NAME '(' expr (',' expr)* ')' | '(' expr ')'
+    atom  := NUMBER | NAME ('[' expr ']')* | NAME '(' expr (',' expr)* ')' | '(' expr ')'
 
-Names are looked up in the vars; the only functions are min, max, int, round and abs.
+Names are looked up in the vars; a var that is a list is indexed with `[i]` (from 0;
+negative indices count from the end, as in Python), so `${stages[stage]}` reads the
+depth of the current stage. The only functions are min, max, int, round, abs and len.
 
 Every operation's cost is bounded, because a spec is untrusted data: integers (literals,
 vars, operands and results) have at most MAX_EXPR_BITS (4,096) bits, so no `**`, `*` or
@@ -29,7 +31,7 @@ from ._limits import MAX_EXPR_BITS
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>\d+\.\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)"
-    r"|(?P<name>[A-Za-z_]\w*)|(?P<op>\*\*|//|[-+*/%(),]))"
+    r"|(?P<name>[A-Za-z_]\w*)|(?P<op>\*\*|//|[-+*/%(),\[\]]))"
 )
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
@@ -38,6 +40,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "int": int,
     "round": round,
     "abs": abs,
+    "len": len,
 }
 
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
@@ -157,12 +160,29 @@ class _Parser:
                 return self.call(text)
             if text not in self.names:
                 raise self.fail(f"unknown var {text!r} (known: {', '.join(sorted(self.names)) or 'none'})")
-            return self.bounded(self.names[text], f"var {text!r}")
+            value, what = self.names[text], f"var {text!r}"
+            while self.peek() == "[":
+                value, what = self.index(value, what), f"{what}[...]"
+            return self.bounded(value, what)
         if text == "(":
             value = self.expr()
             self.take(")")
             return value
         raise self.fail(f"unexpected {text!r}")
+
+    def index(self, value: Any, what: str) -> Any:
+        """`value[i]` for a list var; the index is any expression giving a whole number."""
+        self.take("[")
+        i = self.expr()
+        self.take("]")
+        if not isinstance(value, list | tuple):
+            raise self.fail(f"{what} is {brief(value)}, not a list, so it cannot be indexed")
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise self.fail(f"an index into {what} must be a whole number. Received: {brief(i)}")
+        if not -len(value) <= i < len(value):
+            raise self.fail(f"index {i} is out of range for {what}, which has {len(value)} items "
+                            f"(0 to {len(value) - 1})")
+        return value[i]
 
     def call(self, name: str) -> Any:
         if name not in FUNCTIONS:
@@ -173,6 +193,10 @@ class _Parser:
             self.take()
             args.append(self.expr())
         self.take(")")
+        if name == "len":
+            if len(args) != 1 or not isinstance(args[0], list | tuple):
+                raise self.fail(f"len() takes one list var. Received: {', '.join(brief(a) for a in args)}")
+            return len(args[0])
         for a in args:
             self.check_number(a, name)
         if name == "round" and len(args) == 2 and isinstance(args[1], int) and abs(args[1]) > _MAX_NDIGITS:
@@ -234,5 +258,7 @@ def evaluate(text: str, names: Mapping[str, Any]) -> Any:
     128
     >>> evaluate("max(width // 2, 8)", {"width": 12})
     8
+    >>> evaluate("stages[i] * 2", {"stages": (3, 4, 6, 3), "i": 2}), evaluate("len(s)", {"s": (1, 2)})
+    (12, 2)
     """
     return _Parser(text, names).parse()
