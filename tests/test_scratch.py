@@ -86,7 +86,8 @@ def test_the_finite_difference_check_catches_the_seed_articles_mistakes():
     for delta2 in (squared, twice):
         assert not np.allclose(h.T @ delta2, numeric["W2"], rtol=1e-3, atol=1e-8)
     assert np.allclose(h.T @ right, numeric["W2"], rtol=1e-6, atol=1e-10)
-    ignoring = X.T @ np.repeat(right.sum(axis=1, keepdims=True), h.shape[1], axis=1)  # 3. no W₂, no σ′
+    # 3. ∂W₁ without W₂ and σ′: as if W₂ were all ones and the hidden sigmoid's slope were 1.
+    ignoring = X.T @ np.repeat(right.sum(axis=1, keepdims=True), h.shape[1], axis=1)
     assert not np.allclose(ignoring, numeric["W1"], rtol=1e-3, atol=1e-8)
     assert np.allclose(X.T @ ((right @ net.W2.T) * h * (1 - h)), numeric["W1"], rtol=1e-6, atol=1e-10)
 
@@ -181,6 +182,7 @@ def test_cli_scratch_loss_columns_equal_the_trainers_within_1e_6(monkeypatch, ca
 @pytest.mark.parametrize(("args", "says"), [
     (["--hidden", "0"], "the hidden layer needs at least 1 unit. Received: 0"),
     (["--data", "seq:copy"], "scratch trains on classification data with float features"),
+    (["--seed", "-1"], "seed must be between 0 and"),
     (["--spec", "zoo:mlp"], "model[2].relu: scratch runs a two-layer sigmoid network: [flatten,] linear: H, "
                             "sigmoid, linear: $num_classes, sigmoid"),
 ])

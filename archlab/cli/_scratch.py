@@ -20,8 +20,8 @@ def scratch_cmd(
                                                   "over the classes too, so its gradients are small).")] = None,
     batch_size: Annotated[int, typer.Option()] = 64,
     seed: Annotated[int, typer.Option(help="Initial weights and batch order, for both networks.")] = 0,
-    spec: Annotated[str | None, typer.Option(help="A spec of [flatten,] linear, sigmoid, linear, sigmoid "
-                                                  "(default: the one --hidden makes).")] = None,
+    spec: Annotated[str | None, typer.Option(help="A spec of flatten (optional), linear, sigmoid, linear, "
+                                                  "sigmoid (default: the one --hidden makes).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Train a two-layer sigmoid network by hand (NumPy: forward, hand-written backward,

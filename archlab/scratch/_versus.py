@@ -141,11 +141,13 @@ def compare_with_trainer(spec: Spec | str | Mapping[str, Any] | None = None, dat
     from ..data import load_dataset
     from ..model import build
     from ..spec import Spec, load_spec
-    from ..train import TaskProgress, epoch_order, fit
+    from ..train import TaskProgress, TrainSettings, epoch_order, fit
 
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise SpecError(f"scratch: epochs and batch size must be >= 1 and lr > 0. Received: epochs={epochs}, "
-                        f"batch_size={batch_size}, lr={lr}")
+    # Plain SGD, nothing else that changes an update; validated here, before either network trains.
+    settings = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, task="classify_mse", optimizer="sgd",
+                    momentum=0.0, weight_decay=0.0, schedule="constant", warmup=0, precision="fp32",
+                    compile=False, device="cpu", label_smoothing=0.0, crop_padding=0, hflip=False)
+    TrainSettings.from_mapping(settings, where="scratch")
     if spec is None:
         spec = load_spec(scratch_spec(32 if hidden is None else hidden))
     else:  # the spec's own train: section would change the update; the comparison sets it
@@ -171,10 +173,7 @@ def compare_with_trainer(spec: Spec | str | Mapping[str, Any] | None = None, dat
         mine = train(net, X, labels, epochs=epochs, lr=lr, batch_size=batch_size,
                      order=lambda e: epoch_order(n, seed, e)[0].numpy(), val=_flat(dataset.val),
                      on_epoch=lambda r: progress.advance(f"epoch {r['epoch']}: train_loss {r['train_loss']:.6f}"))
-    run = fit(concrete, data, store=store, quiet=quiet, data_root=data_root, epochs=epochs, lr=lr,
-              batch_size=batch_size, seed=seed, task="classify_mse", optimizer="sgd", momentum=0.0,
-              weight_decay=0.0, schedule="constant", warmup=0, precision="fp32", compile=False,
-              device="cpu", label_smoothing=0.0, crop_padding=0, hflip=False, tags={"scratch": "numpy"})
+    run = fit(concrete, data, store=store, quiet=quiet, data_root=data_root, tags={"scratch": "numpy"}, **settings)
     rows = tuple({"epoch": a["epoch"], "scratch_train": a["train_loss"], "archlab_train": b["train_loss"],
                   "scratch_val": a["val_loss"], "archlab_val": b["val_loss"],
                   "scratch_val_acc": a["val_acc"], "archlab_val_acc": b["val_acc"]}
