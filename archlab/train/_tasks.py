@@ -192,6 +192,33 @@ class Classify(Task):
         return {"confusion": confusion.tolist(), "per_class_acc": per_class}
 
 
+@TASKS.register("classify_mse")
+class ClassifyMSE(Classify):
+    """Classification trained on the mean squared error between the model's C outputs and
+    one-hot targets, averaged over samples x classes (`F.mse_loss`): the textbook network with
+    sigmoid outputs that `archlab scratch` trains by hand (end the model with `sigmoid`).
+    Metrics and report are the classifier's; cross-entropy (`classify`) trains better."""
+
+    name = "classify_mse"
+    options = ()
+
+    def check_settings(self, s: TrainSettings, info: DataInfo) -> None:
+        super().check_settings(s, info)
+        if s.label_smoothing:
+            raise SpecError(f"train.label_smoothing: applies to cross-entropy, not to task classify_mse. "
+                            f"Received: {s.label_smoothing}; drop it or use task classify")
+
+    def check_output(self, shape: tuple[int, ...]) -> None:
+        c = self.num_classes
+        if len(shape) != 1 or shape[0] != c:
+            raise SpecError(f"model output {shape} does not fit classify_mse: expected ({c},) outputs, one per "
+                            f"class; end the model with `linear: $num_classes` and `sigmoid`")
+        self.binary = False
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(out, F.one_hot(y, out.shape[-1]).to(out.dtype))
+
+
 @TASKS.register("regress")
 class Regress(Task):
     """Mean squared error; reports MAE and R² as well."""
@@ -316,8 +343,8 @@ class Seq2Seq(Task):
 def make_task(name: str, num_classes: int | None = None, vocab_size: int | None = None, **options: Any) -> Task:
     """The registered task `name`; `options` it does not take (see `Task.options`) are ignored."""
     cls = TASKS.get(name, "task")
-    if cls is Classify and not num_classes:
-        raise SpecError("task classify needs num_classes; the data set did not give it")
+    if issubclass(cls, Classify) and not num_classes:
+        raise SpecError(f"task {name} needs num_classes; the data set did not give it")
     return cls(num_classes, vocab_size, **{k: v for k, v in options.items() if k in cls.options})
 
 
