@@ -90,6 +90,24 @@ def test_residual_adds_are_charged_outside_the_layers() -> None:
     assert r.layers[-1].flops == 8 and r.flops_per_sample == 2 * 8 * 8 + 8 + 8
 
 
+def test_an_auto_projection_is_a_row_of_its_own_after_its_branch() -> None:
+    spec = {"input": {"shape": [4, 8, 8]}, "model": [
+        {"residual": [{"conv2d": {"out": 8, "kernel": 3, "stride": 2, "padding": 1, "bias": False}}, "batchnorm"]},
+        "relu"]}
+    r = inspect(spec)
+    paths = [row.path for row in r.layers]
+    assert paths == ["model[0].residual[0].conv2d", "model[0].residual[1].batchnorm", "model[0].residual.projection",
+                     "model[1].relu", "(merges and skip adds)"]
+    proj = r.layers[2]
+    assert (proj.kind, proj.note, proj.output_shape) == ("projection", "1×1 conv, stride 2 + batchnorm", (8, 4, 4))
+    assert proj.params == 4 * 8 + 2 * 8  # the 1x1 conv (no bias: batchnorm follows) and the batchnorm
+    assert proj.flops >= 2 * 4 * 8 * 16  # the 1x1 conv's MACs at 4x4, plus the batchnorm
+    outside = r.layers[-1]
+    assert outside.params == 0 and outside.flops == 8 * 16  # only the skip add is left outside
+    assert sum(row.params for row in r.layers) == r.params
+    assert sum(row.flops for row in r.layers) == r.flops_per_sample
+
+
 def test_flops_do_not_depend_on_the_batch_or_dtype() -> None:
     base = inspect("zoo:cnn").flops_per_sample
     assert inspect("zoo:cnn", batch=7).flops_per_sample == base
@@ -119,7 +137,8 @@ def test_tied_params_are_counted_once() -> None:
 def test_auto_projection_params_are_reported() -> None:
     r = inspect({"input": {"shape": [8]}, "model": [{"residual": [{"linear": 4}]}]})
     assert r.params == (8 * 4 + 4) * 2
-    assert r.layers[-1].params == 8 * 4 + 4
+    assert (r.layers[1].path, r.layers[1].note, r.layers[1].params) == ("model[0].residual.projection", "linear", 8 * 4 + 4)
+    assert r.layers[-1].params == 0  # nothing is left to the merges row
 
 
 def test_group_by_kind() -> None:

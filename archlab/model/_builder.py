@@ -138,12 +138,17 @@ class Parallel(nn.Module):
 
 
 class Residual(nn.Module):
-    """x + f(x), with `proj(x)` in place of x where f changes the shape."""
+    """x + f(x), with `proj(x)` in place of x where f changes the shape.
 
-    def __init__(self, body: nn.Module, proj: nn.Module | None):
+    `auto_projection` is (spec path, description) when the builder made the projection itself
+    (`projection: auto`), so the inspector can give it a row of its own; None otherwise."""
+
+    def __init__(self, body: nn.Module, proj: nn.Module | None,
+                 auto_projection: tuple[str, str] | None = None):
         super().__init__()
         self.residual = body
         self.proj = proj
+        self.auto_projection = auto_projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x if self.proj is None else self.proj(x)
@@ -420,7 +425,8 @@ class _Builder:
         out = TensorType(out.shape, out.dtype, out.layout, where)
         self.last = Node("residual", where, x, out, children=(branch,) if branch is not None else (),
                          projection=skip)
-        return Residual(module, proj), out
+        auto = (f"{where}.projection", skip) if isinstance(skip, str) else None
+        return Residual(module, proj, auto), out
 
     def _auto_projection(self, x: TensorType, out: TensorType, where: str, body: Any) -> nn.Module:
         if x.dtype != "float":

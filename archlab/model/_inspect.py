@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..core import SpecError, parse_size, thaw
 from ..layers import LAYERS, MemoryUser
 from ..spec import Spec, load_spec
-from ._builder import Network
+from ._builder import Network, Residual
 from ._kinds import build
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -528,6 +528,12 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
         module.__dict__["forward"] = leaf_forward(module, leaf.path, static)
         patched.append(module)
 
+    for module in net.modules():  # an auto projection is no spec leaf, but has a row of its own
+        if isinstance(module, Residual) and module.auto_projection is not None:
+            path = module.auto_projection[0]
+            handles.append(module.proj.register_forward_pre_hook(lambda _m, _a, p=path: mode.stack.append(p)))
+            handles.append(module.proj.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
+
     x = net.example_input(batch, device="meta", dtype=dtype)
     net.train(train)
     try:
@@ -594,10 +600,19 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         if any(not p.requires_grad for p in module.parameters()):
             note = (note + "; " if note else "") + "frozen"
         rows.append(LayerCost(leaf.path, leaf.kind, leaf.output.shape, n, mode1.flops[leaf.path], note))
-    extra_params = _unique_params(net, seen)  # auto projections inside residuals
+    for module in net.modules():  # each auto projection after the last row of its residual's branch
+        if isinstance(module, Residual) and module.auto_projection is not None:
+            path, what = module.auto_projection
+            where = path.removesuffix(".projection")
+            at = max((i for i, row in enumerate(rows) if row.path.startswith((where + "[", where + "."))),
+                     default=len(rows) - 1)
+            # Its output has the shape of the branch's (that is why it exists).
+            rows.insert(at + 1, LayerCost(path, "projection", rows[at].output_shape,
+                                          _unique_params(module.proj, seen), mode1.flops.get(path, 0), what))
+    extra_params = _unique_params(net, seen)  # parameters outside every layer (none today)
     if mode1.flops.get(OUTSIDE) or extra_params:
         rows.append(LayerCost(OUTSIDE, "", net.output_shape, extra_params, mode1.flops.get(OUTSIDE, 0),
-                              "skip adds, concats, residual projections"))
+                              "skip adds, concats"))
 
     params = sum(p.numel() for p in net.parameters())
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
