@@ -48,6 +48,8 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
                   f"{nbytes(m.total)} = weights {nbytes(m.weights)} + gradients {nbytes(m.gradients)} "
                   f"+ optimizer {nbytes(m.optimizer)} + activations {nbytes(m.activations)} "
                   f"({nbytes(m.activations_per_sample)}/sample)")
+    priced = [f"for {m.priced_for}", f"loss: {m.loss}" if m.loss else "", f"attention: {m.attention}" if m.attention else ""]
+    console.print(f"                  priced {escape('; '.join(p for p in priced if p))}; left out: {escape(m.left_out)}")
     if m.note:
         console.print(f"[yellow]                  {escape(m.note)}[/yellow]")
     if r.device_memory is not None:
@@ -71,6 +73,9 @@ def inspect_cmd(
     dtype: Annotated[str, typer.Option(help="Compute precision: fp32, bf16 or fp16.")] = "fp32",
     optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw (optimizer state).")] = "adamw",
     device_memory: Annotated[str | None, typer.Option(help="Check fit, e.g. 80GB or 24GiB.")] = None,
+    device: Annotated[str | None, typer.Option(help="Price the training step of this device: cpu or cuda "
+                                                    "(its attention kernel and autocast rules; default: cuda "
+                                                    "where one is present, else cpu).")] = None,
     set: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
@@ -79,7 +84,7 @@ def inspect_cmd(
     from ..model import inspect
 
     report = inspect(spec, input_shape=parse_shape(input) if input else None, batch=batch, dtype=dtype,
-                     optimizer=optimizer, device_memory=device_memory, vars=parse_vars(set))
+                     optimizer=optimizer, device_memory=device_memory, vars=parse_vars(set), device=device)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -2,7 +2,7 @@
 
 # Importing these modules registers their entries.
 from . import _attention, _basic, _conv, _cross, _recurrent, _transformer  # noqa: F401
-from ._attention import LayerCache, SelfAttention
+from ._attention import PRICED_DEVICE, LayerCache, SelfAttention, attention_kernel
 from ._basic import LearnedPositions, SinusoidalPositions
 from ._cross import MemoryUser
 from ._registry import (
@@ -28,9 +28,11 @@ __all__ = [
     "LayerDef",
     "LearnedPositions",
     "MemoryUser",
+    "PRICED_DEVICE",
     "SelfAttention",
     "SinusoidalPositions",
     "TensorType",
+    "attention_kernel",
     "default_layout",
     "pair",
     "positive",

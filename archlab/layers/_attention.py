@@ -3,6 +3,7 @@ heads, rotary positions) and additive (Bahdanau) attention pooling."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -27,14 +28,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+# The device whose attention kernel the inspector prices on the meta device; set by
+# archlab.model.inspect for the length of one inspection ("cpu" or "cuda").
+PRICED_DEVICE: ContextVar[str] = ContextVar("archlab_priced_device", default="cpu")
+
+
+def attention_kernel(device: str, dtype: torch.dtype, dropout: float, head_dim: int) -> str:
+    """The kernel F.scaled_dot_product_attention runs (torch 2.13) for self-attention without
+    a mask: "flash" and "efficient" save q, k, v, the output and a log-sum-exp for backward;
+    "math" saves the T x T attention matrix (and, with dropout, its mask and dropped copy).
+
+    >>> attention_kernel("cpu", torch.float32, 0.1, 64), attention_kernel("cpu", torch.float32, 0.0, 64)
+    ('math', 'flash')
+    >>> attention_kernel("cuda", torch.bfloat16, 0.1, 64), attention_kernel("cuda", torch.float32, 0.1, 64)
+    ('flash', 'efficient')
+    """
+    if device == "cpu":  # the CPU flash kernel has no dropout: with it PyTorch falls back to math
+        return "flash" if dropout == 0.0 else "math"
+    if dtype in (torch.float16, torch.bfloat16) and head_dim <= 256:
+        return "flash"
+    return "efficient" if head_dim <= 512 else "math"  # memory-efficient attention takes fp32 too
+
+
 def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float,
                        causal: bool) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v through PyTorch's fused kernels; k, v may have fewer heads.
 
-    On the meta device (the inspector) PyTorch would fall back to the unfused math path,
-    which saves the whole T x T matrix for backward. Real training on CPU and GPU runs a
-    fused (flash) kernel that saves only q, k, v, the output and a log-sum-exp, so the
-    inspector calls that kernel's op directly to measure what training really keeps.
+    On the meta device (the inspector) PyTorch has no kernel choice to make, so this runs the
+    op of the kernel that training on PRICED_DEVICE would run (`attention_kernel`): the fused
+    (flash) op saves only q, k, v, the output and a log-sum-exp; the math path saves the T x T
+    matrices — what the real step keeps for backward.
     """
     if q.device.type != "meta":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal,
@@ -42,6 +65,8 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
     if k.shape[1] != q.shape[1]:
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    if attention_kernel(PRICED_DEVICE.get(), q.dtype, dropout, q.shape[-1]) == "math":
+        return torch.ops.aten._scaled_dot_product_attention_math(q, k, v, None, dropout, causal)[0]
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)[0]
 
 

@@ -27,6 +27,7 @@ spec's limit, not the inspector's.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -34,18 +35,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..core import SpecError, parse_size, thaw
-from ..layers import LAYERS, MemoryUser
+from ..layers import LAYERS, PRICED_DEVICE, MemoryUser, SelfAttention, attention_kernel
 from ..spec import Spec, load_spec
+from ._autocast import DEVICES, MetaAutocast
 from ._builder import Network, Residual
 from ._kinds import build
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 copies of each trainable weight
 OUTSIDE = "(merges and skip adds)"
+LEFT_OUT = "allocator slack, CUDA context, kernel workspaces, transient peaks of backward"
+# PyTorch's recurrent kernels (oneDNN on CPU, cuDNN on CUDA) keep a workspace the meta device's
+# step-by-step decomposition does not: zoo:lstm-classifier at batch 8 saves 31.5 MB on CPU
+# against 16.4 MB priced (tests/test_memory_truth.py measures it).
+LEFT_OUT_RECURRENT = "the recurrent kernels' workspace (an LSTM on CPU saves about 2x what is priced)"
 
 # ----------------------------------------------------------------------- op pricing
 
@@ -172,6 +180,7 @@ class _CostMode(TorchDispatchMode):
         self.flops: Counter[str] = Counter()
         self.macs = 0
         self.uncounted: dict[str, list] = {}
+        self.loss = ""  # what _priced_loss priced, in words
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
@@ -219,12 +228,19 @@ class Memory:
     activations_per_sample: float
     activations_fixed: float
     note: str = ""                  # how the activations were found, where not measured directly
+    priced_for: str = "cpu"         # the device whose kernels and autocast rules were priced
+    attention: str = ""             # the attention kernel priced in training, e.g. "math (dropout 0.1 on cpu)"
+    loss: str = ""                  # the loss whose saved tensors are included, e.g. "cross-entropy over 10"
+    left_out: str = LEFT_OUT        # what the figure does not hold, in words
 
     @property
     def total(self) -> int:
         return self.weights + self.gradients + self.optimizer + self.activations
 
     def at_batch(self, batch: int) -> int:
+        """The step's bytes at `batch`: measured at the batch inspected, else read off the line."""
+        if batch == self.batch:
+            return self.total
         act = self.activations_fixed + self.activations_per_sample * batch
         return int(self.weights + self.gradients + self.optimizer + act)
 
@@ -332,8 +348,23 @@ def _leaf_key(leaf: Any, module: nn.Module) -> tuple | None:
             tuple((b.dtype, tuple(b.shape)) for b in module.buffers()))
 
 
+def _priced_loss(net: Network, y: Any) -> tuple[torch.Tensor | None, str]:
+    """The loss a training step adds to the graph, as the trainer computes it (on fp32 logits):
+    cross-entropy over the last dim where it has several entries (classes, or a vocabulary at
+    every position), else mean squared error. Other kinds (seq2seq, VAE, GAN) build their loss
+    from several outputs: not priced, and said so."""
+    if net.kind != "plain" or not isinstance(y, torch.Tensor) or not y.is_floating_point():
+        return None, f"not priced for a {net.kind} network"
+    out = y.float()
+    if out.shape[-1] > 1:
+        target = torch.zeros(out.shape[:-1].numel(), dtype=torch.long, device=out.device)
+        where = "" if out.dim() == 2 else f" at each of {out.shape[1:-1].numel():,} positions"
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), target), f"cross-entropy over {out.shape[-1]:,}{where}"
+    return F.mse_loss(out, torch.zeros_like(out)), "mean squared error"
+
+
 def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = True,
-                  cache: dict | None = None) -> tuple[_CostMode, int]:
+                  cache: dict | None = None, device: str = "cpu") -> tuple[_CostMode, int]:
     """One meta forward; returns the op costs and the bytes autograd saved for backward.
 
     FLOPs are taken in eval mode (inference: dropout off, batch norm on running statistics),
@@ -534,15 +565,20 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
             handles.append(module.proj.register_forward_pre_hook(lambda _m, _a, p=path: mode.stack.append(p)))
             handles.append(module.proj.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
 
-    x = net.example_input(batch, device="meta", dtype=dtype)
+    x = net.example_input(batch, device="meta")  # data arrives in fp32; autocast casts it
     net.train(train)
+    autocast = MetaAutocast(dtype, device) if dtype != torch.float32 else contextlib.nullcontext()
+    priced = PRICED_DEVICE.set(device)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode, autocast:
             y = net(x)
+            if train:  # the loss and its fp32 logits belong to the step (206 MB a sample for GPT-2)
+                mode.loss = _priced_loss(net, y)[1]
         activation_bytes = sum(saved.values()) + extra[0]
         del y  # the graph (and every saved storage) lived until the sum above
         keep.clear()
     finally:
+        PRICED_DEVICE.reset(priced)
         for h in handles:
             h.remove()
         for module in patched:
@@ -552,8 +588,13 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
 
 def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...] | None = None,
             batch: int = 1, dtype: str = "fp32", optimizer: str = "adamw",
-            device_memory: str | int | None = None, vars: Mapping[str, Any] | None = None) -> Inspection:
+            device_memory: str | int | None = None, vars: Mapping[str, Any] | None = None,
+            device: str | None = None) -> Inspection:
     """Parameters, forward FLOPs and training memory of a spec, on the meta device.
+
+    `device` ("cpu" or "cuda"; default: cuda where one is present, else cpu) is the device
+    whose training step is priced: its attention kernel and, under bf16/fp16, its autocast
+    rules decide what autograd saves.
 
     >>> r = inspect({"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]})
     >>> r.params, r.flops_per_sample
@@ -565,25 +606,28 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         raise SpecError(f"--optimizer: expected one of {', '.join(OPTIMIZER_STATES)}. Received: {optimizer!r}")
     if batch < 1:
         raise SpecError(f"--batch: expected a positive integer. Received: {batch}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in DEVICES:
+        raise SpecError(f"--device: expected one of {', '.join(DEVICES)}. Received: {device!r}")
     spec = load_spec(spec)
     if vars:
         spec = spec.with_vars(vars)
     net = build(spec, input_shape=input_shape, device="meta")
     torch_dtype = DTYPES[dtype]
-    if torch_dtype != torch.float32:
-        net = net.to(torch_dtype)
 
     cache: dict | None = {} if _CACHE_LEAVES else None
-    mode1, _ = _forward_cost(net, 1, torch_dtype, train=False, cache=cache)
+    mode1, _ = _forward_cost(net, 1, torch_dtype, train=False, cache=cache, device=device)
     # The line through batches 2 and 3, not 1 and 2: at batch 1 PyTorch often skips a copy
     # (a transpose across a size-1 dim is already contiguous), so batch 1 may save less.
-    measured = {2: _forward_cost(net, 2, torch_dtype, cache=cache)[1],
-                3: _forward_cost(net, 3, torch_dtype, cache=cache)[1]}
+    mode2, act2 = _forward_cost(net, 2, torch_dtype, cache=cache, device=device)
+    measured = {2: act2, 3: _forward_cost(net, 3, torch_dtype, cache=cache, device=device)[1]}
     per_sample = measured[3] - measured[2]
     fixed = measured[2] - 2 * per_sample
     memory_note = ""
     try:
-        act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype, cache=cache)[1]
+        act_b = measured[batch] if batch in measured else \
+            _forward_cost(net, batch, torch_dtype, cache=cache, device=device)[1]
     except ValueError as e:  # batch norm over one value per channel, in training mode
         if "value per channel" not in str(e):
             raise
@@ -619,7 +663,10 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     memory = Memory(batch=batch, weights=4 * params + sum(b.numel() * 4 for b in net.buffers()),
                     gradients=4 * trainable, optimizer=4 * trainable * OPTIMIZER_STATES[optimizer],
                     activations=act_b, activations_per_sample=float(per_sample),
-                    activations_fixed=float(fixed), note=memory_note)
+                    activations_fixed=float(fixed), note=memory_note, priced_for=device,
+                    attention=_attention_priced(net, device, torch_dtype), loss=mode2.loss,
+                    left_out=LEFT_OUT + ("; " + LEFT_OUT_RECURRENT if any(isinstance(m, nn.RNNBase) for m in net.modules())
+                                         else ""))
     uncounted = tuple(Uncounted(op, c, w) for op, (c, w) in sorted(mode1.uncounted.items()))
     return Inspection(
         name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,
@@ -629,6 +676,21 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
                                                                        require_unit=True),
         vars=thaw(net.spec.resolved_vars()),  # plain data: to_dict() must deep-copy it
     )
+
+
+def _attention_priced(net: nn.Module, device: str, dtype: torch.dtype) -> str:
+    """Which attention kernels the training step was priced with, in words ("" without any)."""
+    kinds = set()
+    for m in net.modules():
+        if isinstance(m, SelfAttention):
+            kernel = attention_kernel(device, dtype, m.dropout, m.head_dim)
+            why = f"dropout {m.dropout:g}" if m.dropout else "no dropout"
+            kinds.add(f"{kernel} ({why}, {dtype_name(dtype)} on {device})")
+    return "; ".join(sorted(kinds))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in DTYPES.items() if d == dtype)
 
 
 def count_params(module: nn.Module) -> int:
