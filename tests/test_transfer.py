@@ -282,3 +282,22 @@ def test_hf_gpt2_config_that_archlab_does_not_compute_is_refused(hf_gpt2, tmp_pa
     assert init_weights(_gpt2(24), local, map=["hf-gpt2"]).notes
     with pytest.raises(SpecError, match="none of its 28 tensors.*--map hf-gpt2"):
         init_weights(_gpt2(24), local)  # HF names without the converter
+
+
+def test_hf_gpt2_older_layout_with_mask_buffers_and_a_saved_lm_head(hf_gpt2, tmp_path, monkeypatch, capsys):
+    """The original GPT-2 files: no `transformer.` prefix, causal-mask buffers, lm_head saved."""
+    folder, ids, logits = hf_gpt2
+    state = {k.removeprefix("transformer."): v for k, v in load_file(folder / "model.safetensors").items()}
+    state |= {f"h.{i}.attn.bias": torch.ones(1, 1, 32, 32).tril() for i in range(2)}
+    old = tmp_path / "old.safetensors"
+    save_file({**state, "lm_head.weight": state["wte.weight"].clone()}, str(old))
+    net = _gpt2(24)
+    assert init_weights(net, old, map=["hf-gpt2"]).count("loaded") == 28
+    with torch.no_grad():
+        assert (net(ids) - logits).abs().max() < 1e-5
+    untied = tmp_path / "untied.safetensors"
+    save_file({**state, "lm_head.weight": torch.zeros_like(state["wte.weight"])}, str(untied))
+    with pytest.raises(SpecError, match="untied output layer"):
+        init_weights(_gpt2(24), untied, map=["hf-gpt2"])
+    code, _, err = _main(monkeypatch, capsys, "import", "hf-gpt2", str(tmp_path / "none.safetensors"))
+    assert code == 2 and err.startswith("error: import hf-gpt2 ") and "no such weights file" in err

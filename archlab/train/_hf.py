@@ -211,7 +211,7 @@ def import_hf_gpt2(path: str | Path, out: str | Path, *, spec: Any = "zoo:gpt2",
 
     The heads come from the config.json beside the file, else from `vars` (the weights do not
     say). `context` (default: the file's n_positions) keeps that many position rows."""
-    source = read_source(path)
+    source = read_source(path, flag="import hf-gpt2")
     found = {**hf_gpt2_vars(source), **dict(vars or {})}
     ctx = int(context or found.pop("context"))
     found.pop("context", None)

@@ -79,44 +79,44 @@ class Source:
                              f"the file is damaged") from None
 
 
-def _read_shapes(path: Path, asked: str) -> dict[str, tuple[int, ...]]:
+def _read_shapes(path: Path, asked: str, flag: str) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
     except Exception as e:
-        raise StoreError(f"--init-from {asked}: {path} is not a safetensors file ({type(e).__name__}: {e}). "
+        raise StoreError(f"{flag} {asked}: {path} is not a safetensors file ({type(e).__name__}: {e}). "
                          f"Give a .safetensors file or a run id") from None
 
 
-def read_source(source: str | Path, store: SQLiteRunStorage | None = None) -> Source:
+def read_source(source: str | Path, store: SQLiteRunStorage | None = None, *, flag: str = "--init-from") -> Source:
     """A run id (its kept best weights, else its last checkpoint's), a `.safetensors` file, or a
-    folder holding a `model.safetensors` (Hugging Face's layout)."""
+    folder holding a `model.safetensors` (Hugging Face's layout). `flag` names it in errors."""
     asked = str(source)
     path = Path(asked).expanduser()
     if path.is_dir() and (path / "model.safetensors").is_file():
         path = path / "model.safetensors"
     if path.is_file():
         path = path.resolve()
-        return Source(path, _read_shapes(path, asked), str(path), str(path))
+        return Source(path, _read_shapes(path, asked, flag), str(path), str(path))
     if path.suffix == ".safetensors" or "/" in asked or path.is_dir():
-        raise StoreError(f"--init-from {asked}: no such weights file"
+        raise StoreError(f"{flag} {asked}: no such weights file"
                          + (" (a folder needs a model.safetensors)" if path.is_dir() else "")
                          + "; give a .safetensors file or a run id from `archlab runs`")
     if store is None:
-        raise StoreError(f"--init-from {asked}: not a file, and no run store to look a run id up in")
+        raise StoreError(f"{flag} {asked}: not a file, and no run store to look a run id up in")
     try:
         record = store.get_run(asked)
     except StoreError as e:
-        raise StoreError(f"--init-from {asked}: not a file, and not a run: {e}") from None
+        raise StoreError(f"{flag} {asked}: not a file, and not a run: {e}") from None
     directory = store.run_dir(record.run_id)
     for name in (BEST_WEIGHTS, CHECKPOINT_WEIGHTS):
         if (directory / name).is_file():
             weights = directory / name
-            return Source(weights, _read_shapes(weights, asked), record.run_id,
+            return Source(weights, _read_shapes(weights, asked, flag), record.run_id,
                           f"run {record.run_id} ({record.name}, {name})")
-    raise StoreError(f"--init-from {asked}: run {record.run_id} has no saved weights in {directory}; "
+    raise StoreError(f"{flag} {asked}: run {record.run_id} has no saved weights in {directory}; "
                      f"train it first (or resume it: `archlab train --resume {record.run_id}`)")
 
 
