@@ -44,7 +44,8 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
     Any task trains here: a VAE or GAN spec (`archlab.train._generative`) as well as
     classify, regress, language_model and seq2seq. `on_start(run_id)` is called as soon as
     the run is recorded; `on_epoch(record)` after each epoch is logged and checkpointed (it
-    may raise `StopRun` or KeyboardInterrupt).
+    may raise `StopRun` or KeyboardInterrupt). Transfer learning: `init_from=` a run id or a
+    .safetensors file, with `map=`, `partial=`, `freeze=` and `bn="frozen"` (archlab.train._init_from).
 
     >>> run = fit("zoo:mlp", data="digits", epochs=1, quiet=True)   # doctest: +SKIP
     >>> run.test_metrics["acc"]                                     # doctest: +SKIP
