@@ -349,7 +349,7 @@ def init_weights(net: nn.Module, source: str | Path, map: Sequence[str] = (), *,
     >>> from safetensors.torch import save_model; import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors"); save_model(net, path)
     >>> init_weights(archlab.build("zoo:mlp", seed=1), path).summary()
-    '4 loaded'
+    '6 loaded'
     """
     report = plan_init(net, read_source(source, store), map, partial=partial)
     if not quiet:
