@@ -42,6 +42,16 @@ def train_cmd(
     workers: Annotated[int | None, typer.Option(help="Reader processes when streaming (default: half the cores, "
                        "at most 4).")] = None,
     set: SetOption = None,
+    init_from: Annotated[str | None, typer.Option(help="Start from a run's weights (RUN_ID) or a .safetensors "
+                         "file; they match by name and shape, and a table says what loaded.")] = None,
+    map: Annotated[list[str] | None, typer.Option("--map", help="Rename --init-from's weights: 'old=new' (a "
+                   "prefix or glob; 'old=' drops, e.g. a head to train anew), or hf-gpt2 (repeatable).")] = None,
+    partial: Annotated[bool, typer.Option("--partial", help="--init-from: load what fits; skip unused names and "
+                       "shape mismatches instead of refusing them.")] = False,
+    freeze: Annotated[list[str] | None, typer.Option("--freeze", help="Freeze parameters (a glob on names, e.g. "
+                      "'model.0.*'): not trained (repeatable).")] = None,
+    bn: Annotated[str | None, typer.Option("--bn", help="frozen: batch-norm layers stay in eval mode (running "
+                  "statistics unchanged); train (default).")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue a stopped run from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -52,7 +62,8 @@ def train_cmd(
             weight_decay=weight_decay, schedule=schedule, warmup=warmup, grad_clip=grad_clip,
             precision=precision, compile=compile, seed=seed, early_stop=early_stop, device=device,
             task=task, crop_padding=crop_padding, hflip=hflip, label_smoothing=label_smoothing,
-            max_minutes=max_minutes, stream=stream, workers=workers))
+            max_minutes=max_minutes, stream=stream, workers=workers, init_from=init_from, map=map or None,
+            partial=partial or None, freeze=freeze or None, bn=bn))
     except KeyboardInterrupt as e:
         # typer would swallow the interrupt into a bare exit code; say how to go on.
         print(f"stopped: {e}" if str(e) else "stopped", file=sys.stderr)

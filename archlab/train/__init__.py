@@ -15,6 +15,17 @@ from ._generative import (
     save_grid,
     vae_loss,
 )
+from ._hf import convert_hf_gpt2, hf_gpt2_vars, import_hf_gpt2
+from ._init_from import (
+    CONVERTERS,
+    InitReport,
+    freeze_parameters,
+    frozen_names,
+    hold_batchnorm,
+    init_weights,
+    plan_init,
+    read_source,
+)
 from ._optim import StepContext, autocast, make_optimizer, make_schedule
 from ._progress import EpochProgress, TaskProgress
 from ._runinfo import (
@@ -43,11 +54,13 @@ from ._trainer import (
 )
 
 __all__ = [
+    "CONVERTERS",
     "CheckpointWriter",
     "DIVERGED_FACTOR",
     "EpochProgress",
     "GANTask",
     "GenerativeTask",
+    "InitReport",
     "LanguageModel",
     "LoopState",
     "Run",
@@ -65,6 +78,7 @@ __all__ = [
     "absolute_data_uri",
     "autocast",
     "batches",
+    "convert_hf_gpt2",
     "divergence_rule",
     "check_resumable",
     "epoch_order",
@@ -74,9 +88,15 @@ __all__ = [
     "evaluate_vae",
     "fit",
     "fit_generative",
+    "freeze_parameters",
+    "frozen_names",
     "gan_step",
     "has_checkpoint",
+    "hf_gpt2_vars",
+    "hold_batchnorm",
     "image_grid",
+    "import_hf_gpt2",
+    "init_weights",
     "kept_epoch",
     "kl_divergence",
     "load_checkpoint",
@@ -84,7 +104,9 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_task",
+    "plan_init",
     "primary_metric",
+    "read_source",
     "read_test_report",
     "resolve_settings",
     "resume",

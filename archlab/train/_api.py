@@ -44,7 +44,8 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
     Any task trains here: a VAE or GAN spec (`archlab.train._generative`) as well as
     classify, regress, language_model and seq2seq. `on_start(run_id)` is called as soon as
     the run is recorded; `on_epoch(record)` after each epoch is logged and checkpointed (it
-    may raise `StopRun` or KeyboardInterrupt).
+    may raise `StopRun` or KeyboardInterrupt). Transfer learning: `init_from=` a run id or a
+    .safetensors file, with `map=`, `partial=`, `freeze=` and `bn="frozen"` (archlab.train._init_from).
 
     >>> run = fit("zoo:mlp", data="digits", epochs=1, quiet=True)   # doctest: +SKIP
     >>> run.test_metrics["acc"]                                     # doctest: +SKIP
@@ -100,9 +101,10 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
     spec = Spec.from_dict(thaw(record.spec))
     s = dataclasses.replace(TrainSettings.from_mapping(thaw(record.settings)), **io)
     dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target, stream=s.stream)
+    resuming = has_checkpoint(directory)  # then the checkpoint has the weights: init_from is not read again
     trainer = Trainer(spec, dataset, s, st, data_uri=record.data, quiet=quiet, run_id=record.run_id,
-                      on_epoch=on_epoch)
-    if has_checkpoint(directory):
+                      on_epoch=on_epoch, initialize=not resuming)
+    if resuming:
         trainer.restore()  # a damaged checkpoint raises StoreError here, saying so
         st.set_status(record.run_id, "running", message="resumed")
     else:  # stopped before its first checkpoint: nothing saved, so it starts over, same id and seed

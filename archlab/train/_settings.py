@@ -20,6 +20,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+BN_MODES = ("train", "frozen")  # --bn: batch norm trains as usual, or stays in eval mode
 
 MAX_SEED = 2**32 - 1  # epoch_order seeds a generator with seed * 1_000_003 + epoch: this keeps it in range
 
@@ -56,6 +57,12 @@ class TrainSettings:
     stream: bool | None = None      # None: stream npy data from disk only when it exceeds memory
     workers: int | None = None      # DataLoader reader processes when streaming (None: half the cores, <= 4)
     max_minutes: float | None = None  # time budget: stop (after validating) once it is spent
+    # Transfer learning (archlab.train._init_from): start from a run's or a file's weights.
+    init_from: str | None = None    # a run id or a .safetensors file (recorded resolved)
+    map: tuple[str, ...] = ()       # source renames 'old=new' (glob; 'old=' drops), or a converter (hf-gpt2)
+    partial: bool = False           # load what matches; unused names and shape mismatches are skipped
+    freeze: tuple[str, ...] = ()    # globs on parameter names: requires_grad False, not optimized
+    bn: str = "train"               # train | frozen (batch-norm layers stay in eval mode)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
@@ -101,6 +108,9 @@ class TrainSettings:
         need(self.workers is None or self.workers >= 0, f"workers must be >= 0. Received: {self.workers}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0. Received: {self.max_minutes}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
+        need(self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}. Received: {self.bn!r}")
+        need(not (self.map or self.partial) or self.init_from is not None,
+             "map and partial say how init_from's weights load; give init_from too")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +135,11 @@ def _convert(key: str, value: Any, tp: Any, where: str) -> Any:
             return int(value)
         if text.startswith("float"):
             return float(value)
+        if text.startswith("tuple[str"):  # one string, or a list of them (JSON has no tuples)
+            values = [value] if isinstance(value, str) else list(value)
+            if not all(isinstance(v, str) for v in values):
+                raise ValueError
+            return tuple(values)
         if text == "bool":
             if isinstance(value, str):
                 return {"true": True, "false": False, "1": True, "0": False}[value.lower()]

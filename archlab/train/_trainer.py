@@ -68,6 +68,14 @@ from ..runs import (
 )
 from ..spec import Spec
 from ._checkpoint import CheckpointWriter, load_checkpoint
+from ._init_from import (
+    InitReport,
+    check_bn,
+    freeze_parameters,
+    frozen_names,
+    hold_batchnorm,
+    plan_run_init,
+)
 from ._memory import check_memory
 from ._optim import StepContext, autocast, make_schedule
 from ._settings import TrainSettings
@@ -204,7 +212,7 @@ class Trainer:
                  *, data_uri: str, quiet: bool = False, tags: Mapping[str, str] | None = None,
                  run_id: str | None = None, evaluate_test: bool = True, evaluate_train: bool = False,
                  on_epoch: Callable[[dict[str, float]], None] | None = None,
-                 on_start: Callable[[str], None] | None = None):
+                 on_start: Callable[[str], None] | None = None, initialize: bool = True):
         info = dataset.info
         self.task = task = task_for(spec, settings, info)
         task.check_settings(settings, info)
@@ -220,6 +228,14 @@ class Trainer:
         meta = build(self.spec, seed=s.seed, device="meta")
         task.check_output(meta.output_shape)
         check_memory(meta, s, info, self.device)
+        # Transfer learning (_init_from): what loads, checked on the meta model before the run is
+        # recorded. A resume from a checkpoint (initialize=False) never reloads the source.
+        self.init_report: InitReport | None = None
+        if s.init_from is not None and initialize:
+            self.init_report = plan_run_init(meta, s, store, quiet=quiet)  # prints its table
+            self.settings = s = dataclasses.replace(s, init_from=self.init_report.source.resolved)
+        frozen_names(meta, s.freeze)
+        check_bn(meta, s.bn)
         n = len(dataset.train)
         self.steps_per_epoch = math.ceil(n / s.batch_size)
         if n % s.batch_size == 1 and n > 1 and _has_batch_norm(meta):
@@ -274,6 +290,9 @@ class Trainer:
         torch.manual_seed(s.seed)
         self.net: Network = build(self.spec, seed=s.seed)
         task.check_output(self.net.output_shape)
+        if self.init_report is not None:
+            self.init_report.load(self.net)
+        freeze_parameters(self.net, s.freeze)  # before the optimizers: frozen ones stay out of them
         self.net.to(self.device)
         self.model: nn.Module = torch.compile(self.net) if s.compile else self.net
         self.optimizers = task.configure_optimizers(self.net, s)
@@ -460,6 +479,8 @@ class Trainer:
         """Train one epoch (or its rest, after a mid-epoch resume), validate, and return its record."""
         s, st, task = self.settings, self.state, self.task
         self.net.train()
+        if s.bn == "frozen":
+            hold_batchnorm(self.net)  # eval mode: running statistics unchanged
         order, self.generator = epoch_order(len(self.train_split), s.seed, st.epoch)
         if st.generator is not None:  # resumed mid-epoch: same order, same later draws
             self.generator.set_state(st.generator)
