@@ -2,8 +2,8 @@
 
 Optuna's ``tests/storages_tests`` style: each backend registers a factory in ``BACKENDS``
 (a fresh, empty store under a folder, and a hook that damages one stored record the way a
-crash, a bad disk or a hand edit would). A second backend (PostgreSQL, say) is done when
-this file passes with it added.
+crash, a bad disk or a hand edit would). PostgreSQL runs against a real server started for
+the session (tests/pgserver.py: skipped locally without it, a failure under CI).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from archlab.core import StoreError
 from archlab.runs import (
     STATUSES,
+    PostgresRunStorage,
     RunRecord,
     RunStorage,
     SQLiteRunStorage,
@@ -56,16 +57,36 @@ def _sqlite_damage(store: RunStorage, run_id: str, how: str) -> None:
     conn.close()
 
 
-# name -> (a fresh store under a folder, damage(store, run_id, how))
-BACKENDS: dict[str, tuple[Callable[[Path], RunStorage], Callable[[RunStorage, str, str], None]]] = {
-    "sqlite": (_sqlite, _sqlite_damage),
+_PG_DAMAGE = {
+    "truncated_json": "UPDATE archlab_runs SET spec = '{\"name\": \"mlp\", \"mod' WHERE run_id = %s",
+    "not_an_object": "UPDATE archlab_runs SET settings = '[1, 2]' WHERE run_id = %s",
+    "bad_float_tag": "UPDATE archlab_runs SET test_metrics = '{\"acc\": {\"$float\": \"abc\"}}' WHERE run_id = %s",
+    "escaping_id": "UPDATE archlab_runs SET run_id = '../../outside/evil' WHERE run_id = %s",
+    "bad_status": "UPDATE archlab_runs SET status = 'exploded' WHERE run_id = %s",
+    "bad_epoch": "UPDATE archlab_epochs SET metrics = '{\"val_acc\": ' WHERE run_id = %s",
+}
+
+
+def _postgres_damage(store: RunStorage, run_id: str, how: str) -> None:
+    import psycopg
+
+    assert isinstance(store, PostgresRunStorage)
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute(_PG_DAMAGE[how], (run_id,))
+
+
+# name -> (a fresh store under a folder (and a URL, for a server), damage(store, run_id, how))
+BACKENDS: dict[str, tuple[Callable[..., RunStorage], Callable[[RunStorage, str, str], None]]] = {
+    "sqlite": (lambda root, url: _sqlite(root), _sqlite_damage),
+    "postgres": (lambda root, url: PostgresRunStorage(url, root), _postgres_damage),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path):
     make, damage = BACKENDS[request.param]
-    return make(tmp_path / "store"), damage
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    return make(tmp_path / "store", url), damage
 
 
 @pytest.fixture
