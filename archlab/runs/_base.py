@@ -59,6 +59,11 @@ class RunStorage(ABC):
     #: The folder that holds the run folders (for SQLite, also the database).
     root: Path
 
+    @property
+    def location(self) -> str:
+        """Where the records are, as shown to a person (a URL's password masked)."""
+        return str(self.root)
+
     # -- records -----------------------------------------------------------------------
 
     @abstractmethod

@@ -144,6 +144,10 @@ class PostgresRunStorage(RunStorage):
     def __repr__(self) -> str:
         return f"PostgresRunStorage({self.shown!r}, {str(self.root)!r})"
 
+    @property
+    def location(self) -> str:
+        return f"{self.shown} (artifacts in {self.root})"
+
     def __reduce__(self):  # pickles as its URL and folder, for spawned workers
         return (type(self), (self.url, self.root))
 
