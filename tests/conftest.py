@@ -15,6 +15,9 @@ def archlab_home(tmp_path_factory, monkeypatch):
     """Point ARCHLAB_HOME (the default run store) at a fresh folder for each test."""
     home = tmp_path_factory.mktemp("archlab-home")
     monkeypatch.setenv("ARCHLAB_HOME", str(home))
+    # `--store` sets ARCHLAB_STORE for the process: undone after each test (and a user's own
+    # ARCHLAB_STORE never reaches the tests)
+    monkeypatch.delenv("ARCHLAB_STORE", raising=False)
     return home
 
 

@@ -106,3 +106,17 @@ def test_two_search_commands_on_one_study_train_exactly_the_budget(kind, tmp_pat
 
     runs = open_store().list_runs(tags={"study": name})
     assert len(runs) == len([t for t in trials if t.user_attrs.get("run_id")]) == 4
+
+
+def test_a_postgres_storage_with_a_wrong_password_is_one_line_exit_2(postgres_url, tmp_path, monkeypatch, capsys):
+    import archlab.cli._app as cli
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    url = postgres_url.replace(":pg-test-pw@", ":Wr0ngPassw0rd@")
+    monkeypatch.setattr(sys, "argv", ["archlab", "search", str(spec), "--trials", "1", "--storage", url, "-q"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Wr0ngPassw0rd" not in err
+    assert err.startswith("error: --storage postgresql://archlab:***@") and "password authentication failed" in err

@@ -28,7 +28,7 @@ def open_store(store: RunStorage | str | os.PathLike | None = None) -> RunStorag
     >>> s = open_store(tempfile.mkdtemp())
     >>> open_store(s) is s, s.list_runs(status="finished")
     (True, [])
-    >>> open_store("postgresql://ann:secret@db/runs")
+    >>> open_store("postgresql://ann:secret@db/runs")  # doctest: +ELLIPSIS
     PostgresRunStorage('postgresql://ann:***@db/runs', ...)
     """
     if isinstance(store, RunStorage):
