@@ -62,7 +62,6 @@ def open_storage(storage: str | Path | Any | None = None) -> tuple[Any, str]:
 
 
 def _open_storage(url: str) -> Any:
-    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if url.startswith("object:"):
@@ -82,7 +81,7 @@ def _open_storage(url: str) -> Any:
         kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": 10}}
         url = _postgres_driver(url)
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        return _rdb_storage(url, kwargs)
     except ImportError as e:
         raise ArchlabError(f"--storage {shown}: the database driver is not installed ({e}); for PostgreSQL: "
                            f"pip install 'archlab[postgres]'") from None
@@ -93,6 +92,26 @@ def _open_storage(url: str) -> Any:
             text = text.replace(password, "***")
         raise ArchlabError(f"--storage {shown}: cannot open it ({type(e).__name__}: {text}); check the URL, "
                            f"the password, and that the server runs") from None
+
+
+def _rdb_storage(url: str, kwargs: dict[str, Any]) -> Any:
+    """Optuna's RDBStorage. Workers on several machines that open a fresh database at once race
+    to create its tables ("already exists", "duplicate key"): the loser retries, and then finds
+    them made."""
+    import random
+    import time
+
+    import optuna
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as e:
+            text = str(e).lower()
+            if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
 
 
 def _first_line(e: Exception) -> str:
