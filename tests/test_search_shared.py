@@ -120,3 +120,23 @@ def test_a_postgres_storage_with_a_wrong_password_is_one_line_exit_2(postgres_ur
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and "Wr0ngPassw0rd" not in err
     assert err.startswith("error: --storage postgresql://archlab:***@") and "password authentication failed" in err
+
+
+def test_a_postgres_run_store_holds_the_studies_too(postgres_url, tmp_path, monkeypatch, capsys):
+    import archlab.cli._app as cli
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    monkeypatch.setattr(sys, "argv", ["archlab", "search", str(spec), "--trials", "1", "--epochs", "1",
+                                      "--store", postgres_url, "-q"])
+    cli.main()
+    out = capsys.readouterr().out
+    assert "postgresql://archlab:***@" in out and "pg-test-pw" not in out
+    [name] = optuna.get_all_study_names(open_storage(postgres_url)[0])  # Optuna's tables, beside archlab's
+    from archlab.runs import open_store
+
+    [run] = open_store(postgres_url).list_runs(tags={"study": name})
+    assert not (Path(os.environ["ARCHLAB_HOME"]) / "studies.journal").exists()
+    monkeypatch.setattr(sys, "argv", ["archlab", "studies"])  # ARCHLAB_STORE (set by --store) is the default
+    cli.main()
+    assert name in capsys.readouterr().out

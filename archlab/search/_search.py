@@ -251,7 +251,10 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
     st = open_store(store)
     if jobs > 1 and isinstance(storage, optuna.storages.BaseStorage):
         raise SpecError("--jobs: worker processes need a storage URL or path, not a storage object")
-    storage_obj, url = open_storage(storage if storage is not None else st.root / STUDIES_JOURNAL)
+    # The studies live beside the runs: in the run store's PostgreSQL database (Optuna's own
+    # tables; machines sharing the store share the studies), else in its journal file.
+    default = getattr(st, "url", None) or st.root / STUDIES_JOURNAL
+    storage_obj, url = open_storage(storage if storage is not None else default)
     attrs = {"spec": base.to_dict(), "data": data, "settings": fixed, "objectives": [o.to_dict() for o in objs],
              "cv": cv, "budget": budget.to_dict()}
     key = content_key(attrs, 8)

@@ -29,7 +29,7 @@ def storage_url(storage: str | Path | None = None) -> str:
     >>> storage_url("/tmp/s.journal"), storage_url("postgresql://db/x")
     ('journal:/tmp/s.journal', 'postgresql://db/x')
     """
-    text = str(storage) if storage is not None else None
+    text = str(storage) if storage is not None else _store_database()
     if text is None or text.startswith("journal:") or text.endswith((".journal", ".log")):
         path = Path(text[8:] if text and text.startswith("journal:") else text or default_storage_path())
         return f"journal:{path.expanduser().resolve()}"
@@ -41,10 +41,21 @@ def storage_url(storage: str | Path | None = None) -> str:
                     f"postgresql://..., mysql://...) or journal:PATH")
 
 
+def _store_database() -> str | None:
+    """The run store's PostgreSQL URL when $ARCHLAB_STORE names one: studies default to it."""
+    import os
+
+    from ..runs import STORE_ENV, is_postgres_url
+
+    env = os.environ.get(STORE_ENV)
+    return env if is_postgres_url(env) else None
+
+
 def open_storage(storage: str | Path | Any | None = None) -> tuple[Any, str]:
     """An Optuna storage and its canonical URL (opened once per process).
 
-    None: the journal file in the run store; `journal:PATH` or a `*.journal`/`*.log` path:
+    None: the run store's PostgreSQL database when $ARCHLAB_STORE is one, else the journal file
+    in the run store; `journal:PATH` or a `*.journal`/`*.log` path:
     that journal file; `*.db`/`*.sqlite`: SQLite via RDBStorage; any other URL (postgresql://,
     mysql://, sqlite:///) goes to Optuna's RDBStorage as is (SQLite with a 60 s busy timeout).
     An Optuna storage object is used as is (in this process only: `jobs` must be 1).
