@@ -15,4 +15,28 @@ def archlab_home(tmp_path_factory, monkeypatch):
     """Point ARCHLAB_HOME (the default run store) at a fresh folder for each test."""
     home = tmp_path_factory.mktemp("archlab-home")
     monkeypatch.setenv("ARCHLAB_HOME", str(home))
+    # `--store` sets ARCHLAB_STORE for the process: undone after each test (and a user's own
+    # ARCHLAB_STORE never reaches the tests)
+    monkeypatch.delenv("ARCHLAB_STORE", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (tests/pgserver.py): skips locally without
+    the binaries, fails under CI."""
+    from pgserver import start_server
+
+    server, stop = start_server()
+    try:
+        yield server
+    finally:
+        stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a fresh, empty database on the session's PostgreSQL server."""
+    from pgserver import new_database
+
+    return new_database(postgres_server)

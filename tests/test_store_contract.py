@@ -2,16 +2,21 @@
 
 Optuna's ``tests/storages_tests`` style: each backend registers a factory in ``BACKENDS``
 (a fresh, empty store under a folder, and a hook that damages one stored record the way a
-crash, a bad disk or a hand edit would). A second backend (PostgreSQL, say) is done when
-this file passes with it added.
+crash, a bad disk or a hand edit would). PostgreSQL runs against a real server started for
+the session (tests/pgserver.py: skipped locally without it, a failure under CI).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pickle
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +26,7 @@ import pytest
 from archlab.core import StoreError
 from archlab.runs import (
     STATUSES,
+    PostgresRunStorage,
     RunRecord,
     RunStorage,
     SQLiteRunStorage,
@@ -56,16 +62,36 @@ def _sqlite_damage(store: RunStorage, run_id: str, how: str) -> None:
     conn.close()
 
 
-# name -> (a fresh store under a folder, damage(store, run_id, how))
-BACKENDS: dict[str, tuple[Callable[[Path], RunStorage], Callable[[RunStorage, str, str], None]]] = {
-    "sqlite": (_sqlite, _sqlite_damage),
+_PG_DAMAGE = {
+    "truncated_json": "UPDATE archlab_runs SET spec = '{\"name\": \"mlp\", \"mod' WHERE run_id = %s",
+    "not_an_object": "UPDATE archlab_runs SET settings = '[1, 2]' WHERE run_id = %s",
+    "bad_float_tag": "UPDATE archlab_runs SET test_metrics = '{\"acc\": {\"$float\": \"abc\"}}' WHERE run_id = %s",
+    "escaping_id": "UPDATE archlab_runs SET run_id = '../../outside/evil' WHERE run_id = %s",
+    "bad_status": "UPDATE archlab_runs SET status = 'exploded' WHERE run_id = %s",
+    "bad_epoch": "UPDATE archlab_epochs SET metrics = '{\"val_acc\": ' WHERE run_id = %s",
+}
+
+
+def _postgres_damage(store: RunStorage, run_id: str, how: str) -> None:
+    import psycopg
+
+    assert isinstance(store, PostgresRunStorage)
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute(_PG_DAMAGE[how], (run_id,))
+
+
+# name -> (a fresh store under a folder (and a URL, for a server), damage(store, run_id, how))
+BACKENDS: dict[str, tuple[Callable[..., RunStorage], Callable[[RunStorage, str, str], None]]] = {
+    "sqlite": (lambda root, url: _sqlite(root), _sqlite_damage),
+    "postgres": (lambda root, url: PostgresRunStorage(url, root), _postgres_damage),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path):
     make, damage = BACKENDS[request.param]
-    return make(tmp_path / "store"), damage
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    return make(tmp_path / "store", url), damage
 
 
 @pytest.fixture
@@ -267,3 +293,100 @@ def test_every_status_is_stored(store):
     for status in STATUSES:
         store.set_status(rid, status)
         assert store.get_run(rid).status == status
+
+
+# ------------------------------------------------------------------------ claims
+
+
+def test_a_claim_is_held_by_one_owner_until_done_or_stale(store):
+    a, b = "host-a:1:x", "host-b:2:y"
+    first = store.claim("fold-0", a, lease_s=60)
+    assert (first.state, first.owner, first.mine, first.attempts) == ("claimed", a, True, 1)
+    other = store.claim("fold-0", b, lease_s=60)
+    assert (other.state, other.owner, other.mine) == ("claimed", a, False)
+    assert store.heartbeat(a) == 1 and store.heartbeat(b) == 0
+    taken = store.claim("fold-0", b, lease_s=0)  # a's heartbeat is older than a zero lease: stale
+    assert (taken.owner, taken.mine, taken.attempts) == (b, True, 2)
+    done = store.finish_claim("fold-0", b, {"val_metric": 0.9, "run_id": "r0123abcd"})
+    assert (done.state, done.mine, dict(done.result)) == ("done", True, {"val_metric": 0.9, "run_id": "r0123abcd"})
+    late = store.finish_claim("fold-0", a, {"val_metric": 0.1})  # the first result stands
+    assert (late.mine, late.result["val_metric"]) == (False, 0.9)
+    again = store.claim("fold-0", a, lease_s=0)  # done work is never claimed again
+    assert (again.state, again.mine, again.result["val_metric"]) == ("done", False, 0.9)
+    assert store.get_claim("fold-0").result["val_metric"] == 0.9 and store.get_claim("nothing") is None
+
+
+def test_released_claims_go_to_the_next_owner_at_once(store):
+    a, b = "a:1:x", "b:2:y"
+    assert store.claim("k1", a, lease_s=60).mine and store.claim("k2", a, lease_s=60).mine
+    store.finish_claim("k2", a, {"x": 1})
+    store.release_claims(a, ["k1", "k2"])  # unfinished ones only
+    assert store.claim("k1", b, lease_s=60).mine
+    assert store.get_claim("k2").state == "done"
+
+
+def test_reading_claims_of_an_empty_store_creates_nothing(store):
+    assert store.get_claim("k") is None
+    store.release_claims("a:1:x", ["k"])
+    assert not store.root.exists()
+
+
+# ------------------------------------------------------------------------ concurrency
+
+WRITER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+
+    from archlab.runs import open_store  # no torch: each process starts fast
+
+    where, root, worker = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    store = open_store(where)
+    store.list_runs()  # connected before the start line
+    (root / f"ready-{worker}").touch()
+    while not (root / "go").exists():  # start together, to collide as much as possible
+        time.sleep(0.005)
+    won = []
+    for i in range(20):
+        rid = store.create_run(name=f"w{worker}-{i}", data="digits", spec={"i": i},
+                               settings={}, env={}, params=i, tags={"worker": str(worker)})
+        for epoch in range(3):
+            store.log_epoch(rid, epoch, {"loss": 1.0 / (epoch + 1)})
+        store.set_status(rid, "finished", duration_s=0.1)
+        owner = f"w{worker}"
+        if store.claim(f"job-{i}", owner, lease_s=600).mine:
+            store.finish_claim(f"job-{i}", owner, {"worker": worker})
+            won.append(i)
+    print(json.dumps(won))
+    """
+)
+
+
+def test_four_writer_processes_lose_and_duplicate_nothing(backend, tmp_path):
+    store = backend[0]
+    where = store.url if isinstance(store, PostgresRunStorage) else str(store.root)
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, where, str(sync), str(k)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for k in range(4)]
+    try:
+        deadline = time.time() + 120
+        while not all((sync / f"ready-{k}").exists() for k in range(4)):
+            assert time.time() < deadline, "writers did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs]
+            time.sleep(0.01)
+        (sync / "go").touch()
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    runs = store.list_runs()
+    assert len(runs) == 80 and len({r.run_id for r in runs}) == 80
+    assert sorted(r.name for r in runs) == sorted(f"w{w}-{i}" for w in range(4) for i in range(20))
+    assert all(r.status == "finished" and [e.epoch for e in r.history] == [0, 1, 2] for r in runs)
+    won = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    assert sorted(i for w in won for i in w) == list(range(20))  # every job claimed exactly once
+    for w, jobs in enumerate(won):
+        assert all(store.get_claim(f"job-{i}").result["worker"] == w for i in jobs)

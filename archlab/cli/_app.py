@@ -19,6 +19,18 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Set a var: NAME=VALUE (repeatable).")]
 InputOption = Annotated[str | None, typer.Option("--input", help="Per-sample input shape, e.g. 1,28,28.")]
+StoreOption = Annotated[str | None, typer.Option(
+    "--store", help="The run store: postgresql://USER:PASSWORD@HOST/DB or a folder (default: $ARCHLAB_STORE, "
+                    "else the folder $ARCHLAB_HOME).", show_default=False)]
+
+
+def use_store(store: str | None) -> None:
+    """`--store URL`: the run store of this command and of every process it starts (workers,
+    ranks), which find it in $ARCHLAB_STORE; artifacts stay under $ARCHLAB_HOME."""
+    if store:
+        import os
+
+        os.environ["ARCHLAB_STORE"] = store
 
 
 @app.command("version")

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..core import format_metric
-from ._app import SetOption, app, console
+from ._app import SetOption, StoreOption, app, console, use_store
 from ._format import human, parse_vars
 
 
@@ -36,10 +36,16 @@ def compare_cmd(
                            "retrain): stop after this many minutes.")] = None,
     set: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    store: StoreOption = None,
 ) -> None:
-    """Cross-validate candidate architectures, recommend one, and write an HTML report."""
+    """Cross-validate candidate architectures, recommend one, and write an HTML report.
+
+    The same command on several machines (or processes) sharing one run store
+    (--store postgresql://...) joins one comparison: each fold runs once, on whichever
+    machine claims it first."""
     from ..compare import compare
 
+    use_store(store)
     result = compare(specs, data=data, cv=cv, repeats=repeats, vary=vary, jobs=jobs, report=report, quiet=quiet,
                      seed=seed, target=target, vars=parse_vars(set), epochs=epochs, batch_size=batch_size, lr=lr,
                      early_stop=early_stop, device=device, max_minutes=max_minutes,
@@ -74,8 +80,10 @@ def print_comparison(result) -> None:  # noqa: ANN001
 def report_cmd(
     run_ids: Annotated[list[str], typer.Argument(help="Run ids (see `archlab runs`).")],
     out: Annotated[str, typer.Option(help="Where to write the HTML report.")] = "archlab-report.html",
+    store: StoreOption = None,
 ) -> None:
     """An HTML report from runs already in the store."""
+    use_store(store)
     from ..compare import comparison_from_runs, write_report
 
     result = comparison_from_runs(run_ids)

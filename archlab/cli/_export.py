@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ._app import app, console
+from ._app import StoreOption, app, console, use_store
 
 
 def _runs_group() -> typer.Typer:
@@ -47,6 +47,7 @@ def export_cmd(
     mlflow: Annotated[str, typer.Option("--mlflow", help="MLflow tracking URI, e.g. sqlite:///mlflow.db.")],
     run_ids: Annotated[list[str] | None, typer.Argument(help="Run ids or unique prefixes (default: every run).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment to export into (made if missing).")] = "archlab",
+    store: StoreOption = None,
 ) -> None:
     """Copy runs (params, per-epoch metrics, test metrics) into an MLflow tracking store.
 
@@ -55,6 +56,7 @@ def export_cmd(
     """
     from ..runs import export_mlflow, open_store
 
+    use_store(store)
     done = export_mlflow(open_store(), mlflow, run_ids or (), experiment=experiment)
     created = sum(e.created for e in done)
     points = sum(e.metrics_added for e in done)

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..core import format_metric
-from ._app import app, console
+from ._app import StoreOption, app, console, use_store
 from ._format import when
 
 _T = TypeVar("_T")
@@ -44,14 +44,16 @@ def runs_cmd(
         help="Only runs with this status: running, stopped (killed; resumable or not), "
              "finished, failed, interrupted or pruned.")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many (newest first).")] = 50,
+    store: StoreOption = None,
 ) -> None:
     """List recorded runs."""
     from ..runs import find_runs, open_store
     from ..train import primary_metric, run_state
 
+    use_store(store)
     store = open_store()
     records = _reporting_damage(lambda: find_runs(store, status=status, limit=limit))
-    table = Table(title=f"runs in {store.root}", title_justify="left")
+    table = Table(title=f"runs in {escape(store.location)}", title_justify="left")
     for col in ("id", "name", "data", "params", "best val", "test", "status", "time", "started"):
         table.add_column(col, justify="right" if col in ("params", "best val", "test", "time") else "left")
     for r in records:
@@ -74,12 +76,14 @@ def _lr(value: float | None) -> str:
 
 
 @app.command("show")
-def show_cmd(run_id: Annotated[str, typer.Argument(help="A run id (or a unique prefix).")]) -> None:
+def show_cmd(run_id: Annotated[str, typer.Argument(help="A run id (or a unique prefix).")],
+             store: StoreOption = None) -> None:
     """One run's settings, history (the kept epoch marked) and test results."""
     from ..core import StoreError
     from ..runs import open_store
     from ..train import kept_epoch, primary_metric, read_test_report, run_state
 
+    use_store(store)
     store = open_store()
     r = _reporting_damage(lambda: store.get_run(run_id))
     state = run_state(store, r)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..core import ArchlabError, format_metric
-from ._app import app, console
+from ._app import StoreOption, app, console, use_store
 from ._format import when
 
 
@@ -45,10 +45,12 @@ def search_cmd(
     seed: Annotated[int, typer.Option(help="Sampler and training seed.")] = 0,
     target: Annotated[str | None, typer.Option(help="csv: the target column.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    store: StoreOption = None,
 ) -> None:
     """Search architectures (and training settings) with Optuna, under budgets."""
     from ..search import search
 
+    use_store(store)
     result = search(spec, data=data, trials=trials, timeout=timeout, objectives=objective or ["val_acc"],
                     max_params=max_params, max_flops=max_flops, max_latency_ms=max_latency_ms, sampler=sampler,
                     pruner=pruner, cv=cv, jobs=jobs, storage=storage, study=study, export=export, seed=seed, quiet=quiet, target=target, epochs=epochs,
@@ -99,13 +101,15 @@ def print_search(result) -> None:  # noqa: ANN001
     else:
         console.print(f"study {result.study}: no trial has completed yet")
     states = ", ".join(f"{result.count(s)} {s}" for s in ("complete", "pruned", "infeasible", "duplicate", "failed",
-                                                           "interrupted", "running") if result.count(s))
+                                                           "interrupted", "surplus", "running") if result.count(s))
     counted = sum(t.counted for t in result.trials)
     console.print(f"trials            {len(result.trials)}: {states or 'none'}; {counted} count toward --trials; "
                   f"{result.epochs} epochs trained" + (f"; {result.seconds:.0f}s in this call" if result.seconds else ""))
     if result.stopped:
         console.print(escape(f"stopped early     {result.stopped}"))
-    console.print(escape(f"study             {result.study} in {result.storage}"))
+    from ..runs import masked_url
+
+    console.print(escape(f"study             {result.study} in {masked_url(result.storage)}"))
 
 
 @app.command("studies")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..core import ArchlabError
-from ._app import SetOption, app
+from ._app import SetOption, StoreOption, app, use_store
 from ._format import parse_vars
 
 
@@ -54,8 +54,10 @@ def train_cmd(
                   "statistics unchanged); train (default).")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue a stopped run from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    store: StoreOption = None,
 ) -> None:
     """Train a spec on a data set; every run is recorded in the run store."""
+    use_store(store)
     try:
         run = _train(spec, data, resume, quiet, target, set, dict(
             epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
@@ -104,8 +106,10 @@ def evaluate_cmd(
     run_id: Annotated[str, typer.Argument(help="A run id (or a unique prefix).")],
     data: Annotated[str | None, typer.Option(help="Another data set (default: the run's own).")] = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    store: StoreOption = None,
 ) -> None:
     """Re-evaluate a saved model."""
+    use_store(store)
     from ..train import evaluate
 
     result = evaluate(run_id, data, split=split)
@@ -124,8 +128,10 @@ def generate_cmd(
     top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely tokens.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the key/value cache.")] = True,
+    store: StoreOption = None,
 ) -> None:
     """Stream text from a trained language model."""
+    use_store(store)
     from ..data import tokenizer_from_dict
     from ..model import generate
     from ..runs import TOKENIZER_FILE, open_store, read_json
@@ -157,8 +163,10 @@ def sample_cmd(
     out: Annotated[str, typer.Option(help="Where to write the PNG grid.")] = "samples.png",
     seed: Annotated[int, typer.Option(help="Seed of the latent noise.")] = 0,
     scale: Annotated[int, typer.Option(help="Each pixel becomes a scale x scale block.", min=1, max=64)] = 4,
+    store: StoreOption = None,
 ) -> None:
     """Draw images from a trained VAE or GAN and write them as a PNG grid."""
+    use_store(store)
     from ..train import sample_run, save_grid
 
     images = sample_run(run_id, n, seed=seed)

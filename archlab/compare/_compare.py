@@ -9,6 +9,16 @@ looked at while choosing: only the recommended candidate is retrained on all dev
 data at the end and scored on it, once. Each fold is a run in the run store, tagged with
 a key of everything that determines it, so re-running the same command reuses finished
 folds (an interrupted comparison resumes).
+
+**Many machines, one comparison.** Each fold (and the final retrain) is claimed in the run
+store before it is trained (``RunStorage.claim``: atomic, with a lease renewed by a
+heartbeat thread), and its result is recorded in the store when it ends. So the same
+``compare`` command started on several machines (or processes) sharing one store — e.g.
+``--store postgresql://...`` — joins one comparison: each fold runs once, on whichever
+process claims it first; a process with nothing left to claim waits for the others' folds;
+a fold whose process died (no heartbeat for ``$ARCHLAB_CLAIM_LEASE`` seconds, default 60)
+is claimed again and retrained from its start; a process stopped by Ctrl-C or an error
+releases its claims at once.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -31,7 +41,18 @@ import torch
 from ..core import ArchlabError, SpecError, content_key, format_metric, thaw
 from ..data import Dataset, Split
 from ..model import build, inspect
-from ..runs import FOLD_FILE, TEST_REPORT, SQLiteRunStorage, open_store, read_json, write_text
+from ..runs import (
+    FOLD_FILE,
+    TEST_REPORT,
+    Claim,
+    Heartbeat,
+    RunStorage,
+    lease_seconds,
+    new_owner,
+    open_store,
+    read_json,
+    write_text,
+)
 from ..spec import Spec, load_spec, parse_assignment
 from ..train import Trainer, absolute_data_uri, make_task, resolve_settings
 from ._folds import cached_dataset, development_split, fold_datasets
@@ -60,7 +81,7 @@ class FoldJob:
     repeat: int
     fold: int
     seed: int
-    store_root: str
+    store_root: Any        # the run store (a RunStorage: it pickles as its location)
     key: str
     threads: int
     comparison: str = ""   # one id for every fold of one `compare` call (for `archlab report`)
@@ -280,7 +301,7 @@ def summarize(cand: Candidate, folds: Sequence[FoldResult], best_val: float, mod
 
 def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits", *, cv: int = 5, repeats: int = 1,
             vary: Sequence[str] | Mapping[str, Sequence[Any]] | None = None, jobs: int = 1,
-            report: str | Path | None = None, store: SQLiteRunStorage | str | Path | None = None,
+            report: str | Path | None = None, store: RunStorage | str | Path | None = None,
             quiet: bool = False, data_root: str | Path | None = None, target: str | None = None,
             seed: int = 0, command: str = "", vars: Mapping[str, Any] | None = None,
             **settings: Any) -> Comparison:
@@ -324,9 +345,9 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
                 payload = {"spec": c.spec.to_dict(), "data": data, "settings": overrides, "cv": cv,
                            "repeat": r, "fold": f, "seed": seed, "target": target}
                 jobs_list.append(FoldJob(c.label, c.spec.to_dict(), data, str(data_root) if data_root else None,
-                                         target, overrides, cv, r, f, seed, str(st.root), content_key(payload),
+                                         target, overrides, cv, r, f, seed, st, content_key(payload),
                                          threads, comparison_id))
-    results = _run_jobs(jobs_list, jobs, quiet)
+    results = _run_jobs(jobs_list, jobs, quiet, st)
 
     by_candidate = {c.label: [r for r in results if r.candidate == c.label] for c in cands}
     task = make_task(resolve_settings(concrete[cands[0].label], overrides).task or info.task, info.num_classes,
@@ -373,30 +394,79 @@ def _median_best_epoch(folds: Sequence[FoldResult], metric: str, mode: str) -> i
     return max(1, round(statistics.median(bests))) if bests else 1
 
 
-def _run_jobs(jobs_list: list[FoldJob], jobs: int, quiet: bool) -> list[FoldResult]:
+# How often a process with nothing to claim looks again for folds the others finished.
+_POLL_S = 1.0
+
+
+def _fold_dict(r: FoldResult) -> dict[str, Any]:
+    return {"run_id": r.run_id, "history": [dict(e) for e in r.history], "val_metric": r.val_metric,
+            "train_metric": r.train_metric, "train_seconds": r.train_seconds}
+
+
+def _fold_from_claim(job: FoldJob, claim: Claim) -> FoldResult:
+    d = thaw(claim.result)
+    return FoldResult(job.candidate, job.fold, job.repeat, d["run_id"], tuple(d["history"]), d["val_metric"],
+                      d["train_metric"], d["train_seconds"], reused=True)
+
+
+def _run_jobs(jobs_list: list[FoldJob], jobs: int, quiet: bool, store: RunStorage) -> list[FoldResult]:
+    """Claim, train and record the folds; those another process claimed are waited for (see the
+    module docstring). With ``jobs > 1`` the claimed folds train in spawned worker processes."""
     from ..train import TaskProgress
 
+    owner, lease = new_owner(), lease_seconds()
     results: list[FoldResult] = []
-    with TaskProgress(len(jobs_list), "folds", quiet=quiet) as progress:
-        if jobs == 1:
-            for job in jobs_list:
-                result = run_fold(job)
-                results.append(result)
-                progress.advance(_fold_line(result))
-        else:
-            # Fresh interpreters: a forked child would inherit torch's thread pools mid-use.
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-                futures = [pool.submit(run_fold, job) for job in jobs_list]
-                try:
-                    for future in as_completed(futures):
-                        result = future.result()
-                        results.append(result)
-                        progress.advance(_fold_line(result))
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
+    pending = list(jobs_list)
+    held: set[str] = set()
+    in_flight: dict[Any, FoldJob] = {}
+    # Fresh interpreters: a forked child would inherit torch's thread pools mid-use.
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) if jobs > 1 else None
+
+    def finish(job: FoldJob, result: FoldResult) -> None:
+        claim = store.finish_claim(_claim_key(job), owner, _fold_dict(result))
+        held.discard(_claim_key(job))
+        if not claim.mine:  # our lease ran out and another process finished it first: keep one result
+            result = _fold_from_claim(job, claim)
+        results.append(result)
+        progress.advance(_fold_line(result))
+
+    try:
+        with TaskProgress(len(jobs_list), "folds", quiet=quiet) as progress, Heartbeat(store, owner, lease):
+            while pending or in_flight:
+                moved = False
+                for job in list(pending):
+                    if pool is not None and len(in_flight) >= jobs:
+                        break
+                    claim = store.claim(_claim_key(job), owner, lease_s=lease)
+                    if claim.state == "done":
+                        pending.remove(job)
+                        results.append(_fold_from_claim(job, claim))
+                        progress.advance(_fold_line(results[-1]))
+                        moved = True
+                    elif claim.mine:
+                        pending.remove(job)
+                        held.add(_claim_key(job))
+                        moved = True
+                        if pool is None:
+                            finish(job, run_fold(job))
+                            break  # look again: other processes may have finished folds meanwhile
+                        in_flight[pool.submit(run_fold, job)] = job
+                if in_flight:
+                    done, _ = wait(in_flight, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        finish(in_flight.pop(future), future.result())
+                elif pending and not moved:
+                    time.sleep(_POLL_S)  # every fold left is another process's: wait for its result
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if held:
+            store.release_claims(owner, held)
     return results
+
+
+def _claim_key(job: FoldJob) -> str:
+    return f"compare-fold:{job.key}"
 
 
 def _fold_line(r: FoldResult) -> str:
@@ -405,14 +475,41 @@ def _fold_line(r: FoldResult) -> str:
         f": val {format_metric(r.val_metric)}{reused}"
 
 
-def _final_run(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any], store: SQLiteRunStorage,
+def _final_run(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any], store: RunStorage,
                cv: int, repeats: int, seed: int, label: str, quiet: bool, comparison: str = ""):  # noqa: ANN202
-    """Retrain the recommended spec on all development data; score the test split once."""
+    """Retrain the recommended spec on all development data and score the test split once; one
+    process does it (claimed like a fold), the others wait for its result."""
     key = content_key({"final": spec.to_dict(), "data": data, "settings": overrides, "seed": seed})
+    owner, lease = new_owner(), lease_seconds()
+    while True:
+        claim = store.claim(f"compare-final:{key}", owner, lease_s=lease)
+        if claim.state == "done":
+            return _final_from(store, claim.result["run_id"])
+        if claim.mine:
+            break
+        time.sleep(_POLL_S)
+    try:
+        with Heartbeat(store, owner, lease):
+            final = _train_final(spec, ds, data, overrides, store, cv, seed, label, quiet, comparison, key)
+    except BaseException:
+        store.release_claims(owner, [f"compare-final:{key}"])
+        raise
+    store.finish_claim(f"compare-final:{key}", owner, {"run_id": final.run_id})
+    return final
+
+
+def _final_from(store: RunStorage, run_id: str) -> _Final:
+    record = store.get_run(run_id)
+    report_path = store.artifact(record.run_id, TEST_REPORT)
+    # another machine's report is here only with a shared ARCHLAB_HOME; its metrics always are
+    report = read_json(report_path) if report_path.exists() else {}
+    return _Final(record.run_id, dict(record.test_metrics), report)
+
+
+def _train_final(spec: Spec, ds: Dataset, data: str, overrides: Mapping[str, Any], store: RunStorage, cv: int,
+                 seed: int, label: str, quiet: bool, comparison: str, key: str) -> _Final:
     for record in store.list_runs(status="finished", tags={"compare_key": key}):
-        report_path = store.artifact(record.run_id, TEST_REPORT)
-        report = read_json(report_path) if report_path.exists() else {}
-        return _Final(record.run_id, dict(record.test_metrics), report)
+        return _final_from(store, record.run_id)
     dev = development_split(ds)
     final_ds = Dataset(ds.info, dev, Split(dev.x[:0], dev.y[:0]), ds.test)
     settings = resolve_settings(spec, overrides)
@@ -435,7 +532,7 @@ class _Final:
 # ---------------------------------------------------------------- from stored runs
 
 
-def comparison_from_runs(run_ids: Sequence[str], store: SQLiteRunStorage | str | Path | None = None) -> Comparison:
+def comparison_from_runs(run_ids: Sequence[str], store: RunStorage | str | Path | None = None) -> Comparison:
     """A Comparison built from runs already in the store (for `archlab report`).
 
     Fold runs of one `compare` call group by candidate; any other run is its own candidate,

@@ -1,4 +1,4 @@
-"""The run store: the storage contract (:class:`RunStorage`), its SQLite backend, the
+"""The run store: the storage contract (:class:`RunStorage`), its SQLite and PostgreSQL backends, the
 records it hands out, the names of every artifact file, and who is training a run now.
 
 No torch: listing and reading runs is cheap. Layout under the root (``$ARCHLAB_HOME``,
@@ -35,7 +35,8 @@ from ._artifacts import (
     write_text,
 )
 from ._base import RunStorage
-from ._factory import open_store
+from ._claims import DEFAULT_LEASE_S, Heartbeat, lease_seconds, new_owner
+from ._factory import STORE_ENV, open_store
 from ._lock import (
     LISTED_STATUSES,
     check_lock_file,
@@ -45,9 +46,11 @@ from ._lock import (
     run_lock,
 )
 from ._mlflow import Exported, export_mlflow
+from ._postgres import PostgresRunStorage, is_postgres_url, masked_url
 from ._records import (
     RUN_ID_FORMAT,
     STATUSES,
+    Claim,
     EpochRecord,
     RunRecord,
     StoreWarning,
@@ -63,6 +66,7 @@ __all__ = [
     "CHECKPOINT_OPTIMIZER",
     "CHECKPOINT_WEIGHTS",
     "DB_FILE",
+    "DEFAULT_LEASE_S",
     "FOLD_FILE",
     "LISTED_STATUSES",
     "LOCK_FILE",
@@ -71,11 +75,15 @@ __all__ = [
     "RUN_ID_FORMAT",
     "SPEC_FILE",
     "STATUSES",
+    "STORE_ENV",
     "STUDIES_JOURNAL",
     "TEST_REPORT",
     "TOKENIZER_FILE",
+    "Claim",
     "EpochRecord",
     "Exported",
+    "Heartbeat",
+    "PostgresRunStorage",
     "RunRecord",
     "RunStorage",
     "SQLiteRunStorage",
@@ -86,7 +94,11 @@ __all__ = [
     "default_root",
     "find_runs",
     "is_alive",
+    "is_postgres_url",
     "is_run_id",
+    "lease_seconds",
+    "masked_url",
+    "new_owner",
     "open_regular",
     "export_mlflow",
     "open_store",

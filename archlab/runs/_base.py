@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core import StoreError
 from ._artifacts import RUNS_FOLDER
-from ._records import RunRecord, check_run_id
+from ._records import Claim, RunRecord, check_run_id
 
 __all__ = ["RunStorage"]
 
@@ -43,6 +43,13 @@ class RunStorage(ABC):
     **Errors.** Every failure the user can fix raises :class:`~archlab.core.StoreError`:
     one line, naming the store or run, what was expected and what to do.
 
+    **Claims.** Work shared by several processes or machines (the folds of one
+    comparison) is claimed through the store: :meth:`claim` is atomic (of two owners asking
+    at once, one gets the claim), a claim whose owner stopped calling :meth:`heartbeat` for
+    ``lease_s`` seconds is stale and goes to the next owner who asks, and :meth:`finish_claim`
+    records the result once (the first finisher's). Time is the store's clock (PostgreSQL's
+    server clock; SQLite's machine).
+
     **Artifacts.** Each run has a folder, :meth:`run_dir`, under :attr:`root`
     (``<root>/runs/<run_id>``); files in it are named in ``archlab.runs._artifacts`` and
     read and written through its helpers. The store never reads or writes outside
@@ -51,6 +58,11 @@ class RunStorage(ABC):
 
     #: The folder that holds the run folders (for SQLite, also the database).
     root: Path
+
+    @property
+    def location(self) -> str:
+        """Where the records are, as shown to a person (a URL's password masked)."""
+        return str(self.root)
 
     # -- records -----------------------------------------------------------------------
 
@@ -115,6 +127,32 @@ class RunStorage(ABC):
     @abstractmethod
     def delete_run(self, run_id: str) -> None:
         """Delete a run (full id or unique prefix): its record, epochs and artifacts."""
+
+    # -- claims ------------------------------------------------------------------------
+
+    @abstractmethod
+    def claim(self, key: str, owner: str, *, lease_s: float) -> Claim:
+        """Claim the work ``key`` for ``owner`` unless it is done or held by another owner
+        whose last heartbeat is less than ``lease_s`` seconds old; returns the claim as it
+        stands afterwards (``claim.mine`` and ``state == "claimed"``: the work is yours)."""
+
+    @abstractmethod
+    def heartbeat(self, owner: str) -> int:
+        """Renew every claim ``owner`` holds; returns how many it holds."""
+
+    @abstractmethod
+    def finish_claim(self, key: str, owner: str, result: Mapping[str, Any]) -> Claim:
+        """Record the work ``key`` as done with ``result`` (JSON types) unless it is done
+        already (then the recorded result stands); returns the done claim."""
+
+    @abstractmethod
+    def release_claims(self, owner: str, keys: Iterable[str]) -> None:
+        """Give up ``owner``'s unfinished claims of ``keys`` (on Ctrl-C or an error), so others
+        need not wait for the lease to run out."""
+
+    @abstractmethod
+    def get_claim(self, key: str) -> Claim | None:
+        """The claim of ``key`` (``mine`` False), or None if nobody claimed it."""
 
     # -- artifacts (shared by every backend) -------------------------------------------
 

@@ -17,6 +17,7 @@ from ..core import FrozenDict, StoreError, freeze, thaw
 __all__ = [
     "RUN_ID_FORMAT",
     "STATUSES",
+    "Claim",
     "EpochRecord",
     "RunRecord",
     "StoreWarning",
@@ -66,6 +67,32 @@ def check_run_id(value: object, *, prefix: bool = False) -> str:
         f"run id {shown} is not a run id: expected {RUN_ID_FORMAT}{either}. Received: {shown}; "
         f"list runs with `archlab runs`"
     )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One unit of shared work as the store records it (see ``RunStorage.claim``).
+
+    ``state`` is ``"claimed"`` (someone works on it; ``owner`` says who) or ``"done"`` (its
+    ``result`` is recorded); ``mine`` says whether the asking owner holds it (or, for a done
+    claim, whether the asking owner's result is the one recorded); ``attempts`` counts the
+    owners that claimed it (more than one: a worker died, or released it, and another took
+    it up).
+    """
+
+    key: str
+    state: str
+    owner: str
+    attempts: int
+    mine: bool
+    result: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.result is not None:
+            object.__setattr__(self, "result", freeze(dict(self.result)))
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.state, self.owner, self.attempts))
 
 
 @dataclass(frozen=True)

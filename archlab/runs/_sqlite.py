@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from ..core import StoreError, decode, dumps, encode
 from ._artifacts import DB_FILE, RUNS_FOLDER
 from ._base import RunStorage
-from ._records import STATUSES, EpochRecord, RunRecord, StoreWarning, check_run_id, is_run_id
+from ._records import STATUSES, Claim, EpochRecord, RunRecord, StoreWarning, check_run_id, is_run_id
 
 __all__ = ["SCHEMA_VERSION", "SQLiteRunStorage", "default_root"]
 
@@ -111,6 +111,18 @@ CREATE TABLE epochs (
     metrics TEXT NOT NULL,        -- JSON
     PRIMARY KEY (run_id, epoch)
 );
+"""
+
+# Added after schema 1 shipped; made when missing (an older store gains it on first use).
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    key          TEXT PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    state        TEXT NOT NULL,   -- claimed | done
+    heartbeat_at REAL NOT NULL,
+    attempts     INTEGER NOT NULL,
+    result       TEXT             -- JSON
+)
 """
 
 # Connections a forked child inherited from its parent. They are never used nor closed in
@@ -225,6 +237,7 @@ class SQLiteRunStorage(RunStorage):
                     f"reads up to {SCHEMA_VERSION}); upgrade archlab"
                 )
             # Migrations from older schema versions go here: `if version < 2: ...`.
+            conn.execute(_CLAIMS)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -447,6 +460,49 @@ class SQLiteRunStorage(RunStorage):
         else:
             shutil.rmtree(folder, ignore_errors=True)
 
+    # -- claims ------------------------------------------------------------------------
+
+    def claim(self, key: str, owner: str, *, lease_s: float) -> Claim:
+        def claim(conn: sqlite3.Connection) -> Claim:
+            now = time.time()
+            conn.execute(
+                "INSERT INTO claims (key, owner, state, heartbeat_at, attempts) VALUES (?, ?, 'claimed', ?, 1) "
+                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, heartbeat_at = excluded.heartbeat_at, "
+                "attempts = claims.attempts + 1 WHERE claims.state = 'claimed' AND claims.heartbeat_at < ?",
+                (str(key), str(owner), now, now - float(lease_s)),
+            )
+            return _claim(key, owner, _claim_row(conn, key))
+
+        return self._write(claim)
+
+    def heartbeat(self, owner: str) -> int:
+        return self._write(lambda conn: conn.execute(
+            "UPDATE claims SET heartbeat_at = ? WHERE owner = ? AND state = 'claimed'",
+            (time.time(), str(owner))).rowcount)
+
+    def finish_claim(self, key: str, owner: str, result: Mapping[str, Any]) -> Claim:
+        text = _dumps(dict(result), "result")
+
+        def finish(conn: sqlite3.Connection) -> Claim:
+            conn.execute("UPDATE claims SET state = 'done', owner = ?, heartbeat_at = ?, result = ? "
+                         "WHERE key = ? AND state = 'claimed'", (str(owner), time.time(), text, str(key)))
+            return _claim(key, owner, _claim_row(conn, key))
+
+        return self._write(finish)
+
+    def release_claims(self, owner: str, keys: Iterable[str]) -> None:
+        keys = [str(k) for k in keys]
+        if keys and self._exists():
+            self._write(lambda conn: conn.execute(
+                f"DELETE FROM claims WHERE owner = ? AND state = 'claimed' AND key IN ({', '.join('?' * len(keys))})",
+                (str(owner), *keys)))
+
+    def get_claim(self, key: str) -> Claim | None:
+        if not self._exists():
+            return None
+        row = self._read(lambda conn: _claim_row(conn, key))
+        return None if row is None else _claim(key, "", row)
+
     # -- helpers -----------------------------------------------------------------------
 
     def _not_found(self, run_id: str) -> StoreError:
@@ -510,6 +566,22 @@ class SQLiteRunStorage(RunStorage):
         if strict:
             raise StoreError(message)
         warnings.warn(StoreWarning(message), stacklevel=4)
+
+
+def _claim_row(conn: Any, key: str) -> Any:
+    return conn.execute("SELECT state, owner, attempts, result FROM claims WHERE key = ?", (str(key),)).fetchone()
+
+
+def _claim(key: str, owner: str, row: Any) -> Claim:
+    """A Claim from a ``(state, owner, attempts, result)`` row, as seen by ``owner``."""
+    if row is None:
+        raise StoreError(f"claim {key!r}: vanished while being claimed (released by another process?); try again")
+    state, holder, attempts, result = row
+    try:
+        value = _json_field(result, "result") if result else None
+    except _Damaged as exc:
+        raise StoreError(f"claim {key!r}: damaged result ({exc}); delete the claim's row to redo that work") from None
+    return Claim(str(key), state, holder, int(attempts), bool(owner) and holder == owner, value)
 
 
 class _Damaged(Exception):

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from ..compare import html_chart, html_page, html_section, new_figure, place_labels, svg_of
 from ..core import format_metric
+from ..runs import masked_url as _masked
 from ._search import SearchResult, TrialSummary
 
 _esc = html.escape
@@ -69,7 +70,7 @@ def _overview(r: SearchResult, title: str) -> str:
     budget = ", ".join(f"{k} {v:,g}" for k, v in r.budget.items() if v is not None) or "none"
     rows = [("spec", _esc(str(r.spec.get("name", "-")))), ("data", _esc(r.data)), ("objectives", _esc(objectives)),
             ("budget", _esc(budget)), ("trials", _esc(f"{len(r.trials)}: {states}; {r.epochs} epochs trained")),
-            ("storage", f"<code>{_esc(r.storage)}</code>"), ("generated", _esc(when))]
+            ("storage", f"<code>{_esc(_masked(r.storage))}</code>"), ("generated", _esc(when))]
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     return f'<header id="overview"><h1>{_esc(title)}</h1><dl class="meta">{dl}</dl></header>'
 

@@ -67,9 +67,13 @@ trials, so re-running the same command (on this or another machine sharing the s
 joins and resumes the same study; `trials` is the study's total of trials that trained or
 tried to (complete, pruned by a pruner, or failed; infeasible, repeated and interrupted ones
 do not count). `jobs=N` starts N worker
-processes that share a counter, so one command never runs more than `trials`; workers on
-other machines are stopped by the shared count, overshooting by at most the trials already
-under way.
+processes that share a counter, so one command never runs more than `trials`; and across
+commands and machines a trial trains only if it holds one of the study's `trials` slots,
+given out in the order of trial numbers (see `_slots`): two `search --trials 8` on one study
+train 8 trials in all. A trial found over the budget ends at once as *surplus* (not
+trained, not counted); a trial whose worker died (no heartbeat for `$ARCHLAB_TRIAL_GRACE`
+seconds, default 120) is ended as *abandoned* and does not count, so a live worker or a
+re-run replaces it.
 
 Each trained trial is a run in the run store, tagged `{"study": NAME, "trial": "7"}` (and
 `"fold"` with cv); the trial's user attribute `run_id` (`run_ids` with cv) links back.
@@ -247,7 +251,10 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
     st = open_store(store)
     if jobs > 1 and isinstance(storage, optuna.storages.BaseStorage):
         raise SpecError("--jobs: worker processes need a storage URL or path, not a storage object")
-    storage_obj, url = open_storage(storage if storage is not None else st.root / STUDIES_JOURNAL)
+    # The studies live beside the runs: in the run store's PostgreSQL database (Optuna's own
+    # tables; machines sharing the store share the studies), else in its journal file.
+    default = getattr(st, "url", None) or st.root / STUDIES_JOURNAL
+    storage_obj, url = open_storage(storage if storage is not None else default)
     attrs = {"spec": base.to_dict(), "data": data, "settings": fixed, "objectives": [o.to_dict() for o in objs],
              "cv": cv, "budget": budget.to_dict()}
     key = content_key(attrs, 8)
@@ -260,11 +267,11 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
     deadline = None if timeout_s is None else time.time() + timeout_s
     job = _Job(spec=base.to_dict(), data=data, data_root=str(data_root) if data_root else None,
                settings=fixed, objectives=objs, budget=budget, cv=cv, sampler=sampler, pruner=pruner,
-               study=name, storage=url, store_root=str(st.root), seed=seed, total=trials, deadline=deadline,
+               study=name, storage=url, store_root=st, seed=seed, total=trials, deadline=deadline,
                threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
                population=max(4, min(50, (trials or 100) // 5)), max_skipped=max_skipped)
     if not quiet:
-        print(f"study {name} in {url}: {done_before} trials so far"
+        print(f"study {name} in {_shown(url)}: {done_before} trials so far"
               + (f", {remaining} to go" if remaining is not None else "")
               + (f", for at most {_duration(timeout_s)}" if timeout_s else ""), file=sys.stderr)
     interrupted, stopped = False, ""
@@ -287,6 +294,12 @@ def search(spec: str | Spec | Mapping[str, Any], data: str = "digits", *, trials
     if export is not None and result.best_specs:
         result = dataclasses.replace(result, exported=tuple(str(p) for p in export_specs(result, export)))
     return result
+
+
+def _shown(url: str) -> str:
+    from ..runs import masked_url
+
+    return masked_url(url)
 
 
 def _open_study(name: str, storage: Any, objs: tuple[Objective, ...], attrs: Mapping[str, Any]) -> Any:
@@ -328,7 +341,7 @@ def load_search(study: str, storage: str | Path | Any | None = None, *, _storage
         s = optuna.load_study(study_name=study, storage=storage_obj)
     except KeyError:
         names = optuna.get_all_study_names(storage_obj)
-        raise ArchlabError(f"study {study!r} is not in {url}; studies there: "
+        raise ArchlabError(f"study {study!r} is not in {_shown(url)}; studies there: "
                            f"{', '.join(names) or 'none'} (see `archlab studies`)") from None
     attrs = s.user_attrs
     objs = tuple(Objective(**o) for o in attrs.get("objectives") or []) or tuple(

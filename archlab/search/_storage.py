@@ -29,7 +29,7 @@ def storage_url(storage: str | Path | None = None) -> str:
     >>> storage_url("/tmp/s.journal"), storage_url("postgresql://db/x")
     ('journal:/tmp/s.journal', 'postgresql://db/x')
     """
-    text = str(storage) if storage is not None else None
+    text = str(storage) if storage is not None else _store_database()
     if text is None or text.startswith("journal:") or text.endswith((".journal", ".log")):
         path = Path(text[8:] if text and text.startswith("journal:") else text or default_storage_path())
         return f"journal:{path.expanduser().resolve()}"
@@ -41,10 +41,21 @@ def storage_url(storage: str | Path | None = None) -> str:
                     f"postgresql://..., mysql://...) or journal:PATH")
 
 
+def _store_database() -> str | None:
+    """The run store's PostgreSQL URL when $ARCHLAB_STORE names one: studies default to it."""
+    import os
+
+    from ..runs import STORE_ENV, is_postgres_url
+
+    env = os.environ.get(STORE_ENV)
+    return env if is_postgres_url(env) else None
+
+
 def open_storage(storage: str | Path | Any | None = None) -> tuple[Any, str]:
     """An Optuna storage and its canonical URL (opened once per process).
 
-    None: the journal file in the run store; `journal:PATH` or a `*.journal`/`*.log` path:
+    None: the run store's PostgreSQL database when $ARCHLAB_STORE is one, else the journal file
+    in the run store; `journal:PATH` or a `*.journal`/`*.log` path:
     that journal file; `*.db`/`*.sqlite`: SQLite via RDBStorage; any other URL (postgresql://,
     mysql://, sqlite:///) goes to Optuna's RDBStorage as is (SQLite with a 60 s busy timeout).
     An Optuna storage object is used as is (in this process only: `jobs` must be 1).
@@ -62,7 +73,6 @@ def open_storage(storage: str | Path | Any | None = None) -> tuple[Any, str]:
 
 
 def _open_storage(url: str) -> Any:
-    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if url.startswith("object:"):
@@ -71,16 +81,76 @@ def _open_storage(url: str) -> Any:
         path = Path(url[8:])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    from ..runs import masked_url
+
     kwargs: dict[str, Any] = {}
+    shown = masked_url(url)
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if url.startswith(("postgresql", "postgres:")):
+        # a server that is not there must not hang the command: libpq's connect timeout
+        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": 10}}
+        url = _postgres_driver(url)
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        return _rdb_storage(url, kwargs)
     except ImportError as e:
-        raise ArchlabError(f"--storage {url}: the database driver is not installed ({e})") from None
-    except Exception as e:  # sqlalchemy's errors: a bad URL, an unreachable server
-        raise ArchlabError(f"--storage {url}: cannot open it ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0]})") from None
+        raise ArchlabError(f"--storage {shown}: the database driver is not installed ({e}); for PostgreSQL: "
+                           f"pip install 'archlab[postgres]'") from None
+    except Exception as e:  # sqlalchemy's errors: a bad URL, an unreachable server, a wrong password
+        text = _first_line(e)
+        password = _password(url)
+        if password:
+            text = text.replace(password, "***")
+        raise ArchlabError(f"--storage {shown}: cannot open it ({type(e).__name__}: {text}); check the URL, "
+                           f"the password, and that the server runs") from None
+
+
+def _rdb_storage(url: str, kwargs: dict[str, Any]) -> Any:
+    """Optuna's RDBStorage. Workers on several machines that open a fresh database at once race
+    to create its tables ("already exists", "duplicate key"): the loser retries, and then finds
+    them made."""
+    import random
+    import time
+
+    import optuna
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except Exception as e:
+            text = str(e).lower()
+            if attempt == 4 or not ("already exists" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
+
+
+def _first_line(e: Exception) -> str:
+    # sqlalchemy wraps the driver's error: "(psycopg.OperationalError) connection failed: ..."
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith("(Background")]
+    return " ".join(lines[:2])[:300] if lines else type(e).__name__
+
+
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _postgres_driver(url: str) -> str:
+    """`postgresql://` means psycopg2 to SQLAlchemy; archlab's PostgreSQL extra installs psycopg 3,
+    so a bare URL uses psycopg 3 unless psycopg2 is the one installed."""
+    scheme, rest = url.split("://", 1)
+    if "+" in scheme:
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return f"postgresql+psycopg://{rest}"
+    return f"postgresql://{rest}"
 
 
 def _quiet_optuna() -> None:
@@ -99,7 +169,8 @@ def _quiet_optuna() -> None:
 @dataclass(frozen=True)
 class TrialSummary:
     """One trial as stored. `state`: complete, pruned, infeasible, duplicate (the same choices as
-    trial `duplicate_of`, whose result it reuses), failed, interrupted or running."""
+    trial `duplicate_of`, whose result it reuses), failed, interrupted (Ctrl-C, or its worker
+    died: abandoned), surplus (it found the study's `trials` all taken, see _slots) or running."""
 
     number: int
     state: str
@@ -173,8 +244,10 @@ def _summary(t: Any) -> TrialSummary:
         state = "infeasible"
     elif attrs.get("duplicate_of") is not None and state in ("complete", "pruned"):
         state = "duplicate"
-    elif attrs.get("interrupted") and state == "failed":
+    elif (attrs.get("interrupted") or attrs.get("abandoned")) and state == "failed":
         state = "interrupted"
+    elif attrs.get("surplus") and state == "failed":
+        state = "surplus"
     run_ids = tuple(attrs.get("run_ids") or ([attrs["run_id"]] if attrs.get("run_id") else []))
     duration = (t.datetime_complete - t.datetime_start).total_seconds() \
         if t.datetime_complete and t.datetime_start else None
@@ -192,19 +265,22 @@ def _summary(t: Any) -> TrialSummary:
 
 def _finished(t: Any) -> bool:
     """Ended: complete, pruned (infeasible and duplicates too) or failed, but not a trial
-    stopped by Ctrl-C (re-running the command redoes it)."""
+    stopped by Ctrl-C or whose worker died (re-running the command redoes it)."""
     import optuna
 
     s = optuna.trial.TrialState
-    return t.state in (s.COMPLETE, s.PRUNED) or (t.state == s.FAIL and not t.user_attrs.get("interrupted"))
+    return t.state in (s.COMPLETE, s.PRUNED) or (t.state == s.FAIL and not t.user_attrs.get("interrupted")
+                                                 and not t.user_attrs.get("abandoned"))
 
 
 def _counted(t: Any) -> bool:
     """Counts toward `trials`: a finished trial that trained (or tried to). An infeasible
-    candidate (never trained) and a duplicate (its choices were tried before: the earlier
-    result is reused) spend nothing, so they do not count."""
+    candidate (never trained), a duplicate (its choices were tried before: the earlier
+    result is reused) and a surplus trial (it found every slot taken) spend nothing, so they
+    do not count."""
     attrs = t.user_attrs
-    return _finished(t) and not attrs.get("infeasible") and attrs.get("duplicate_of") is None
+    return (_finished(t) and not attrs.get("infeasible") and attrs.get("duplicate_of") is None
+            and not attrs.get("surplus"))
 
 
 def _original(t: Any) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core import SpecError, TrainingError
 from ..spec import Spec
+from ._slots import TrialHeartbeat, take_slot
 from ._space import COSTS, Budget, Objective, concrete_spec, measure_costs, sample, search_spaces
 
 SAMPLERS = ("tpe", "random", "nsga2")
@@ -87,7 +88,7 @@ class _Job:
     pruner: Any                       # a name, or a pruner object
     study: str
     storage: str
-    store_root: str
+    store_root: Any                   # the run store (a RunStorage: it pickles as its location)
     seed: int
     total: int | None
     deadline: float | None            # time.time() after which no trial starts
@@ -95,6 +96,10 @@ class _Job:
     worker: int = 0
     population: int = 50
     max_skipped: int = 50             # proposals in a row that train nothing before a worker stops
+
+
+class Surplus(TrainingError):
+    """A trial that found every slot of the study taken (it ends FAIL, marked ``surplus``)."""
 
 
 class TrialObjective:
@@ -118,6 +123,11 @@ class TrialObjective:
         self.need_latency = job.budget.max_latency_ms is not None or any(o.key == "latency" for o in self.costs)
 
     def __call__(self, trial: Any) -> float | tuple[float, ...]:
+        # The heartbeat tells other workers this trial's worker is alive (see _slots).
+        with TrialHeartbeat(trial):
+            return self._objective(trial)
+
+    def _objective(self, trial: Any) -> float | tuple[float, ...]:
         import optuna
 
         from ..compare import cached_dataset
@@ -150,6 +160,9 @@ class TrialObjective:
             if reason:
                 trial.set_user_attr("infeasible", reason)
                 raise optuna.TrialPruned(reason)
+            if self.job.total is not None and not take_slot(trial, self.job.total, _STOP.check):
+                raise Surplus(f"trial {trial.number}: the study's {self.job.total} trials were all taken by "
+                              f"other workers; not trained, not counted")
             value = self._train(trial, spec, settings, ds, costs)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
@@ -259,6 +272,7 @@ def _earlier_same(trial: Any) -> Any:
     params = trial.params
     same = [t for t in trial.study.get_trials(deepcopy=False, states=states)
             if t.number != trial.number and t.params == params and not t.user_attrs.get("interrupted")
+            and not t.user_attrs.get("abandoned") and not t.user_attrs.get("surplus")
             and t.user_attrs.get("duplicate_of") is None]
     return min(same, key=lambda t: t.number, default=None)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..core import ArchlabError, TrainingError
 from ._progress import _Progress
+from ._slots import slots_taken
 from ._storage import _counted, _quiet_optuna, open_storage
 from ._trial import _STOP, TrialObjective, _Job, _make_pruner, _make_sampler
 
@@ -39,7 +40,8 @@ def _spec_epochs(spec: Mapping[str, Any]) -> int:
 
 
 def _counted_count(study: Any) -> int:
-    return sum(_counted(t) for t in study.get_trials(deepcopy=False))
+    """The study's slots taken: counted trials and live ones that hold a slot (see _slots)."""
+    return slots_taken(study.get_trials(deepcopy=False))
 
 
 def _take_token(tokens: Any) -> bool:
