@@ -2,7 +2,7 @@
 
 # Importing these modules registers their entries.
 from . import _attention, _basic, _conv, _cross, _recurrent, _transformer  # noqa: F401
-from ._attention import LayerCache, SelfAttention
+from ._attention import AdditiveAttention, LayerCache, SelfAttention, math_attention
 from ._basic import LearnedPositions, SinusoidalPositions
 from ._cross import MemoryUser
 from ._registry import (
@@ -20,6 +20,7 @@ from ._registry import (
 )
 
 __all__ = [
+    "AdditiveAttention",
     "BuildContext",
     "Built",
     "LAYERS",
@@ -32,6 +33,7 @@ __all__ = [
     "SinusoidalPositions",
     "TensorType",
     "default_layout",
+    "math_attention",
     "pair",
     "positive",
     "probability",
