@@ -75,8 +75,8 @@ def print_explanation(expl) -> None:  # noqa: ANN001 - an Explanation
         console.print(table)
     if expl.attention:
         heads = max(a.heads for a in expl.attention)
-        table = Table(title=f"attention entropy (nats; math path matches the fused kernel within "
-                            f"{expl.attention_error:.1e})", title_justify="left")
+        table = Table(title=f"attention entropy (nats; each layer's math path matches its fused kernel within "
+                            f"{expl.attention_error:.1e} of its output's scale)", title_justify="left")
         table.add_column("layer")
         for h in range(heads):
             table.add_column(f"head {h}", justify="right")

@@ -74,8 +74,9 @@ def explanation_section(expl: Explanation) -> str:
     if expl.attention:
         parts.append("<h3>Attention maps</h3>")
         parts.append(f'<p class="note">Read through the math path (softmax(q kᵀ/√d) v written out); the '
-                     f"network's output through it differs from the fused kernel's by at most "
-                     f"{expl.attention_error:.1e}. Maps of the first sample; entropy in nats, mean over "
+                     f"output of every layer through it differs from its fused kernel's on the same input "
+                     f"by at most {expl.attention_error:.1e} of the output's largest value (float32 rounding; "
+                     f"the table gives the absolute differences). Maps of the first sample; entropy in nats, mean over "
                      f"samples and queries (uniform: the entropy of equal weights).</p>")
         parts.append(html_chart("explain-attention", _attention_figure(expl),
                                 "Rows: layers, columns: heads; row t of a map is how query t spreads over "
@@ -177,9 +178,10 @@ def _entropy_table(expl: Explanation) -> str:
     rows = []
     for a in expl.attention:
         cells = "".join(f"<td>{a.entropy[h]:.3f}</td>" if h < a.heads else "<td></td>" for h in range(heads))
-        rows.append(f"<tr><td><code>{_esc(a.layer)}</code></td>{cells}<td>{a.uniform:.3f}</td></tr>")
+        rows.append(f"<tr><td><code>{_esc(a.layer)}</code></td>{cells}<td>{a.uniform:.3f}</td>"
+                    f"<td>{a.difference:.1e}</td></tr>")
     return (f'<div class="table-wrap"><table class="results" id="explain-entropy"><tr><th>layer</th>{head}'
-            f"<th>uniform</th></tr>" + "".join(rows) + "</table></div>")
+            f"<th>uniform</th><th>max |math − fused|</th></tr>" + "".join(rows) + "</table></div>")
 
 
 # ------------------------------------------------------------------------ figures
