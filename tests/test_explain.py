@@ -295,6 +295,23 @@ def test_explain_attention_on_float_inputs(store, attn_run):
     assert only.methods == () and only.method_names == ("attention",)
 
 
+def test_explain_a_language_model_has_attention_only(store, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 60)
+    spec = {"name": "tiny-lm", "input": {"shape": [16], "dtype": "long"}, "vars": {"vocab_size": 100},
+            "model": [{"embedding": {"vocab": "$vocab_size", "dim": 16}}, {"decoder_block": {"heads": 2}}, "unembed"],
+            "train": {"task": "language_model", "epochs": 1, "batch_size": 32}}
+    run = fit(spec, data=f"text:{text}?context=16", store=store, quiet=True).run_id
+    e = explain(run, samples=4, store=store)
+    (a,) = e.attention
+    assert e.method_names == ("attention",) and e.kind == "tokens"
+    assert a.layer == "model[1].decoder_block.attn" and a.weights.shape == (4, 2, 16, 16)
+    assert (np.triu(a.weights, 1) == 0).all()   # causal
+    with pytest.raises(SpecError, match=r"--methods ig needs float inputs; this model takes token ids .*"
+                                        r"use --methods attention$"):
+        explain(run, methods="ig", store=store)
+
+
 def test_explain_a_table_names_its_features(store, table_run, tmp_path):
     e = explain(table_run, methods="ig,saliency", samples=20, store=store)
     assert e.kind == "table"
