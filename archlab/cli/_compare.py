@@ -35,6 +35,8 @@ def compare_cmd(
     max_minutes: Annotated[float | None, typer.Option(help="Time budget of each fold (and of the final "
                            "retrain): stop after this many minutes.")] = None,
     set: SetOption = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Add explanations of the recommended model "
+                       "(attributions, attention maps and their checks; see `archlab explain`) to the report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     store: StoreOption = None,
 ) -> None:
@@ -48,7 +50,7 @@ def compare_cmd(
     use_store(store)
     result = compare(specs, data=data, cv=cv, repeats=repeats, vary=vary, jobs=jobs, report=report, quiet=quiet,
                      seed=seed, target=target, vars=parse_vars(set), epochs=epochs, batch_size=batch_size, lr=lr,
-                     early_stop=early_stop, device=device, max_minutes=max_minutes,
+                     early_stop=early_stop, device=device, max_minutes=max_minutes, explain=explain,
                      command="archlab compare " + " ".join(sys.argv[2:]))
     print_comparison(result)
     console.print(f"report            {report}")

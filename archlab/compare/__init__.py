@@ -10,6 +10,7 @@ from ._compare import (
     recommend,
     sweep_hints,
 )
+from ._explain import explanation_section, write_explanation
 from ._folds import cached_dataset, development_split, fold_datasets, fold_indices
 from ._html import html_chart, html_page, html_section, new_figure, place_labels, svg_of
 from ._report import architecture_html, write_report
@@ -34,6 +35,7 @@ __all__ = [
     "comparison_from_runs",
     "development_split",
     "diagnose",
+    "explanation_section",
     "fold_datasets",
     "fold_indices",
     "html_chart",
@@ -48,5 +50,6 @@ __all__ = [
     "recommend",
     "svg_of",
     "sweep_hints",
+    "write_explanation",
     "write_report",
 ]

@@ -40,6 +40,7 @@ import torch
 
 from ..core import ArchlabError, SpecError, content_key, format_metric, thaw
 from ..data import Dataset, Split
+from ..explain import explain as explain_run
 from ..model import build, inspect
 from ..runs import (
     FOLD_FILE,
@@ -304,11 +305,13 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
             report: str | Path | None = None, store: RunStorage | str | Path | None = None,
             quiet: bool = False, data_root: str | Path | None = None, target: str | None = None,
             seed: int = 0, command: str = "", vars: Mapping[str, Any] | None = None,
-            **settings: Any) -> Comparison:
+            explain: bool | str = False, **settings: Any) -> Comparison:
     """Cross-validate candidate specs and recommend one; see the module docstring.
 
     `vars` sets vars in every spec (`--set`); `settings` override every candidate's training
     settings (epochs=5, device="cuda", early_stop=3, max_minutes=2: each fold's own budget).
+    `explain` (True, or methods such as "saliency,ig") adds an explanations section for the
+    recommended model's final run to the report (archlab.explain).
 
     >>> result = compare(["zoo:mlp", "zoo:cnn"], data="digits", cv=3, epochs=2)  # doctest: +SKIP
     """
@@ -375,8 +378,12 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
         rule=rule, test_metrics=final.test_metrics, test_report=final.test_report, final_run_id=final.run_id,
         class_names=info.class_names, command=command, test_note=note,
         vary={k: tuple(v) for k, v in grid.items()}, hints=sweep_hints(grid, _assignment(cands, label)))
+    explanation = None
+    if explain and report is not False:
+        explanation = explain_run(final.run_id, methods=None if explain is True else explain, store=st,
+                                  data_root=data_root, quiet=quiet)
     if report is not False:
-        write_report(comparison, Path(report or "archlab-report.html"))
+        write_report(comparison, Path(report or "archlab-report.html"), explanation)
     return comparison
 
 

@@ -26,8 +26,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ..core import ArchlabError, format_metric, thaw
+from ..explain import Explanation
 from ..model import Node, build
 from ..spec import Spec, load_spec
+from ._explain import EXPLAIN_CSS, explanation_section
 from ._html import html_chart, html_page, html_section, new_figure, place_labels, svg_of
 from ._results import OVERFIT_GAP, UNDERFIT_TOLERANCE, CandidateSummary, Comparison, pareto_front
 
@@ -38,14 +40,15 @@ _esc = html.escape
 _TRADEOFF_NOTE = "Error bars: ±1 std over folds. Dashed: Pareto front (no other candidate is cheaper and better)."
 
 
-def write_report(comparison: Comparison, path: str | Path) -> Path:
-    """Write the comparison as one self-contained HTML file and return its path.
+def write_report(comparison: Comparison, path: str | Path, explanation: Explanation | None = None) -> Path:
+    """Write the comparison as one self-contained HTML file and return its path; with an
+    `explanation` (archlab.explain) of the recommended model, its section goes last.
 
     >>> write_report(archlab.compare(["zoo:mlp", "zoo:cnn"], data="digits"), "r.html")  # doctest: +SKIP
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(comparison)
+    text = render_report(comparison, explanation)
     # Write then rename, so a report being regenerated is never seen half written. (Not
     # mkstemp: its file is private, 0600, and a report is meant to be shared.)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -54,7 +57,7 @@ def write_report(comparison: Comparison, path: str | Path) -> Path:
     return path
 
 
-def render_report(c: Comparison) -> str:
+def render_report(c: Comparison, explanation: Explanation | None = None) -> str:
     """The report as an HTML string (what `write_report` writes)."""
     rec = next((x for x in c.candidates if x.label == c.recommended), None)
     title = f"archlab comparison: {c.data}"
@@ -78,7 +81,9 @@ def render_report(c: Comparison) -> str:
         html_section("architecture", "Architecture" + (f" of {_esc(rec.label)}" if rec else ""),
                      _architecture_section(rec)),
     ]
-    return html_page(title, "\n".join(sections), _CSS)
+    if explanation is not None:
+        sections.append(explanation_section(explanation))
+    return html_page(title, "\n".join(sections), _CSS + (EXPLAIN_CSS if explanation is not None else ""))
 
 
 def gap_caption(c: Comparison) -> str:

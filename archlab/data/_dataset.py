@@ -104,11 +104,16 @@ class DataInfo:
     # What the loader decided that a user should hear about, one line each as "topic: text"
     # (csv: "target: column 'y' (the last column, ...)"); `archlab data` and training print them.
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # A table's input columns, one name per input (csv: a numeric column's header, or
+    # "column=value" for each one-hot input of a categorical one); None where inputs are pixels or tokens.
+    feature_names: tuple[str, ...] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None:  # a plain copy: read-only store records become dicts
             object.__setattr__(self, "tokenizer", _plain(self.tokenizer))
         object.__setattr__(self, "notes", tuple(self.notes))
+        if self.feature_names is not None:
+            object.__setattr__(self, "feature_names", tuple(self.feature_names))
 
     def vars(self) -> dict[str, int]:
         """Spec vars derived from the data, e.g. ``{"num_classes": 10}`` (non-None only)."""
@@ -120,6 +125,7 @@ class DataInfo:
         d["input_shape"] = list(self.input_shape)
         d["class_names"] = None if self.class_names is None else list(self.class_names)
         d["notes"] = list(self.notes)
+        d["feature_names"] = None if self.feature_names is None else list(self.feature_names)
         return d
 
     @classmethod

@@ -198,7 +198,7 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
     parts = _split_indices(len(rows), TEST_FRACTION, val_fraction, seed, labels=y, what=f"csv: {path}")
     train = parts[0]
     # Features: every statistic comes from the train split only, so nothing leaks from val/test.
-    features, numeric, categorical, filled = [], [], [], 0
+    features, numeric, categorical, filled, names = [], [], [], 0, []
     for name, values in columns.items():
         nums, missing = table.column(name, values, categorical=name in declared, fill=fill == "mean")
         filled += int(missing.sum())
@@ -208,6 +208,7 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
             nums = np.where(missing, mean, nums)
             features.append(((nums - mean) / (std if std > 0 else 1.0))[:, None])
             numeric.append(name)
+            names.append(name)
         else:  # categorical: one-hot over the train split's categories; unseen or filled -> zeros
             cats = {c: i for i, c in enumerate(sorted({values[i] for i in train if not missing[i]}))}
             onehot = np.zeros((len(values), len(cats)))
@@ -216,6 +217,7 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
             onehot[np.flatnonzero(hit), codes[hit]] = 1.0
             features.append(onehot)
             categorical.append(f"{name} ({len(cats)} value{'s' if len(cats) != 1 else ''})")
+            names += [f"{name}={c}" for c in cats]
     x = torch.from_numpy(np.concatenate(features, axis=1).astype(np.float32))
 
     task = "classify" if classify else "regress"
@@ -229,6 +231,6 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
         notes.append(f"filled: {filled} empty cell{'s' if filled != 1 else ''} (fill=mean: numeric ones get the "
                      f"train mean, categorical ones no category)")
     info = DataInfo(f"csv:{arg}", (x.shape[1],), "float", task, len(class_names) if classify else None,
-                    class_names, source=str(path), notes=tuple(notes))
+                    class_names, source=str(path), notes=tuple(notes), feature_names=tuple(names))
     train, val, test = (Split(x[torch.from_numpy(i)], y_t[torch.from_numpy(i)]) for i in parts)
     return Dataset(info, train, val, test)

@@ -2,7 +2,14 @@
 
 # Importing these modules registers their entries.
 from . import _attention, _basic, _conv, _cross, _recurrent, _transformer  # noqa: F401
-from ._attention import PRICED_DEVICE, LayerCache, SelfAttention, attention_kernel
+from ._attention import (
+    PRICED_DEVICE,
+    AdditiveAttention,
+    LayerCache,
+    SelfAttention,
+    attention_kernel,
+    math_attention,
+)
 from ._basic import LearnedPositions, SinusoidalPositions
 from ._cross import MemoryUser
 from ._registry import (
@@ -20,6 +27,7 @@ from ._registry import (
 )
 
 __all__ = [
+    "AdditiveAttention",
     "BuildContext",
     "Built",
     "LAYERS",
@@ -34,6 +42,7 @@ __all__ = [
     "TensorType",
     "attention_kernel",
     "default_layout",
+    "math_attention",
     "pair",
     "positive",
     "probability",

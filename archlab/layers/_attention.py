@@ -3,6 +3,7 @@ heads, rotary positions) and additive (Bahdanau) attention pooling."""
 
 from __future__ import annotations
 
+import math
 from contextvars import ContextVar
 from typing import Literal
 
@@ -70,6 +71,26 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)[0]
 
 
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T / sqrt(d)) v written out, returning the weights too (no dropout).
+
+    The unfused path explanations read attention maps from: it keeps the whole (T, S) matrix,
+    which the fused kernel never forms. k, v may have fewer heads (grouped-query attention).
+    Returns the output (B, H, T, hd) and the weights (B, H, T, S), each row summing to 1.
+    """
+    if k.shape[1] != q.shape[1]:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if causal:
+        t, s = scores.shape[-2:]
+        keep = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    return weights @ v, weights
+
+
 class LayerCache:
     """Keys and values one attention layer has seen while decoding."""
 
@@ -131,6 +152,22 @@ class SelfAttention(nn.Module):
                 self.cache.extend(k, v)
             y = scaled_dot_product(q, k, v, self.dropout if self.training else 0.0, self.causal)  # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` through `math_attention`: the same output (within float rounding) and the
+        attention weights (B, heads, T, T). Eval only (no dropout), never while decoding."""
+        if self.cache is not None:
+            raise RuntimeError("forward_with_weights does not decode: clear the layer's KV cache first")
+        b, t, _ = x.shape  # (B, T, D)
+        q, k, v = self.qkv(x).split(
+            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1)
+        q = q.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope:
+            q, k = apply_rope(q, self.rope_cos[:t], self.rope_sin[:t]), apply_rope(k, self.rope_cos[:t], self.rope_sin[:t])
+        y, weights = math_attention(q, k, v, self.causal)  # (B, H, T, hd), (B, H, T, T)
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim)), weights
 
     def extra_repr(self) -> str:
         return (f"heads={self.heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "
@@ -198,6 +235,17 @@ class AdditiveAttention(nn.Module):
             s = h.mean(dim=1)
         a = self.score(s, h)  # (B, T)
         return torch.bmm(a.unsqueeze(1), h).squeeze(1)  # (B, D)
+
+    def forward_with_weights(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` and its weights as one head with one query: (B, D), (B, 1, 1, T)."""
+        if self.query == "learned":
+            s = self.query_vector.expand(h.shape[0], -1)
+        elif self.query == "last":
+            s = h[:, -1]
+        else:
+            s = h.mean(dim=1)
+        a = self.score(s, h)  # (B, T)
+        return torch.bmm(a.unsqueeze(1), h).squeeze(1), a[:, None, None, :]
 
     def extra_repr(self) -> str:
         return f"query={self.query}"
