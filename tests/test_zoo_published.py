@@ -205,3 +205,12 @@ def test_single_bias_is_refused_for_gru_with_the_reason() -> None:
 
 def test_rnn_imdb_counts_as_the_seed_articles_keras_model() -> None:
     assert inspect("zoo:rnn-imdb").params == 1_313_025  # Keras: Embedding 1,280,000 + SimpleRNN 32,896 + Dense 129
+
+
+def test_a_block_drops_its_mlp_output_once() -> None:
+    net = build({"name": "b", "input": {"shape": [4, 8]},
+                 "model": [{"reshape": {"shape": [4, 8], "layout": "sequence"}},
+                           {"decoder_block": {"heads": 2, "dropout": 0.1}}]})
+    block = net.model[1]
+    drops = [m.p for m in block.mlp.modules() if isinstance(m, nn.Dropout)]
+    assert all(p == 0.0 for p in drops) and block.drop.p == 0.1

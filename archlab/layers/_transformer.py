@@ -52,7 +52,9 @@ def _block(x: TensorType, heads: int, causal: bool, hidden: int | None, mlp_rati
         raise SpecError(f"argument 'mlp_ratio' must be a positive number. Received: {mlp_ratio}")
     hidden = positive(hidden or int(round(d * mlp_ratio)), "hidden")
     attn = SelfAttention(d, heads, kv, hd, causal, rope, dropout, bias, t)
-    ff: nn.Module = SwiGLU(d, hidden, bias) if mlp == "swiglu" else MLP(d, hidden, mlp, bias, dropout)
+    # The block drops the MLP's output once (self.drop), as GPT-2 and BERT do: the MLP itself
+    # gets none, or its output would be dropped twice (rate 1 - (1 - p)^2).
+    ff: nn.Module = SwiGLU(d, hidden, bias) if mlp == "swiglu" else MLP(d, hidden, mlp, bias, 0.0)
     block = TransformerBlock(d, attn, ff, norm, eps, dropout, post_norm=norm_position == "post")
     return block, x.derive((t, d), layout="sequence")
 
