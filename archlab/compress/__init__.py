@@ -2,4 +2,22 @@
 spec, distillation, quantization, and the measurements (parameters, MACs, size, latency,
 accuracy) of every variant against its parent."""
 
-__all__: list[str] = []
+from ._measure import (
+    accuracy,
+    compare_measurements,
+    count_macs,
+    latency,
+    measure,
+    size_on_disk,
+    time_forward,
+)
+
+__all__: list[str] = [
+    "accuracy",
+    "compare_measurements",
+    "count_macs",
+    "latency",
+    "measure",
+    "size_on_disk",
+    "time_forward",
+]
