@@ -11,8 +11,21 @@ from ._measure import (
     size_on_disk,
     time_forward,
 )
+from ._prune import METHODS, Pruned, PrunedLayer, check_method, check_ratio, prune, taylor_scores
+from ._unstructured import SCOPES, Sparsity, magnitude_prune, sparsity_of
 
 __all__: list[str] = [
+    "METHODS",
+    "Pruned",
+    "PrunedLayer",
+    "SCOPES",
+    "Sparsity",
+    "magnitude_prune",
+    "sparsity_of",
+    "check_method",
+    "check_ratio",
+    "prune",
+    "taylor_scores",
     "accuracy",
     "compare_measurements",
     "count_macs",
