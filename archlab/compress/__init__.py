@@ -2,6 +2,7 @@
 spec, distillation, quantization, and the measurements (parameters, MACs, size, latency,
 accuracy) of every variant against its parent."""
 
+from ._compress import COMPRESSION_JSON, Compressed, Variant, compress, read_compression
 from ._measure import (
     accuracy,
     compare_measurements,
@@ -15,6 +16,11 @@ from ._prune import METHODS, Pruned, PrunedLayer, check_method, check_ratio, pru
 from ._unstructured import SCOPES, Sparsity, magnitude_prune, sparsity_of
 
 __all__: list[str] = [
+    "COMPRESSION_JSON",
+    "Compressed",
+    "Variant",
+    "compress",
+    "read_compression",
     "METHODS",
     "Pruned",
     "PrunedLayer",

@@ -647,8 +647,11 @@ def _copy_weights(parent: nn.Module, child: nn.Module, slots: Mapping[tuple[str,
 
 
 def taylor_scores(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """|w * dL/dw| of every parameter, summed over `batches` (first-order Taylor importance)."""
+                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                  forward: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """|w * dL/dw| of every parameter, summed over `batches` (first-order Taylor importance).
+    `forward(net, x, y)` replaces `net(x)` (a seq2seq model also reads the target)."""
     was_training = net.training
     net.train()
     params = dict(net.named_parameters())
@@ -656,7 +659,8 @@ def taylor_scores(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
     try:
         for x, y in batches:
             net.zero_grad(set_to_none=True)
-            loss_fn(net(x), y).backward()
+            out = net(x) if forward is None else forward(net, x, y)
+            loss_fn(out, y).backward()
             for k, p in params.items():
                 if p.grad is not None:
                     total[k] += (p.detach() * p.grad.detach()).abs().float()
