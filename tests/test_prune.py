@@ -135,10 +135,10 @@ def test_joined_channels_are_ranked_together_across_a_residual_add():
                       "global_avgpool", {"linear": 2}]}
     net = build(spec)
     with torch.no_grad():
-        net.get_submodule("model.0").weight.fill_(0.01)  # the stem cannot tell its channels apart
+        for p in net.parameters():  # no weight can tell the channels apart ...
+            p.fill_(0.01)
         branch = net.get_submodule("model.1.residual.0").weight
-        branch.fill_(0.01)
-        branch[[1, 3, 5, 7]] = 1.0  # the branch can: the add keeps its odd channels on both sides
+        branch[[1, 3, 5, 7]] = 1.0  # ... but the branch's: the add keeps its odd channels on both sides
     pruned = prune(net, 0.5)
     assert [g.keep for g in pruned.groups] == [(1, 3, 5, 7)]  # one group: the classes are not pruned
     small = pruned.model
