@@ -398,7 +398,6 @@ class _Walk:
 
 
 def _scores(net: nn.Module, method: str, scores: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor]:
-    state = net.state_dict()
     if method == "taylor":
         if scores is None:
             raise SpecError("prune: method 'taylor' ranks channels by |w * grad|. Received: no scores; pass "
