@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=None, help="fine-tuning lr (default: the parent's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ["ARCHLAB_HOME"] = tempfile.mkdtemp(prefix="archlab-bench-compress-")
@@ -112,9 +113,13 @@ def main() -> None:
         parent, record = load_run_model(parent_run.run_id, store=store)
         parent.eval()
         settings = parent_run.settings
+        if args.lr:
+            import dataclasses
+
+            settings = dataclasses.replace(settings, lr=args.lr)
         dataset = load_dataset("digits", seed=settings.seed)
         result = compress(parent_run.run_id, prune_ratio=args.ratio, round_to=args.round_to, finetune=args.finetune,
-                          quiet=True, store=store, repeats=3)
+                          quiet=True, store=store, repeats=3, lr=args.lr)
         ours, _ = load_run_model(result.run_id, store=store)
         models = {"parent": parent, "archlab": ours.eval()}
         tp_net = torch_pruning(parent, args.ratio, args.round_to)
@@ -135,7 +140,8 @@ def main() -> None:
 
     print()
     print(f"zoo:resnet-mini on digits, structured {args.ratio:.0%} pruning, {args.finetune} fine-tune epochs, "
-          f"{args.seeds} seed(s); CPU, 1 thread; ratios parent / variant (means over seeds)")
+          f"{args.seeds} seed(s), fine-tune lr {settings.lr:g}; CPU, 1 thread; ratios parent / variant "
+          f"(means over seeds)")
     print(f"{'':14} {'params':>8} {'MACs':>10} {'MACs x':>7} {'b1 ms':>7} {'b1 x':>6} {'b256 ms':>8} {'b256 x':>7} "
           f"{'test acc':>9} {'d acc':>8}")
     for name in rows:

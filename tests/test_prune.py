@@ -245,3 +245,15 @@ def test_unstructured_magnitude_pruning_reports_sparsity_and_keeps_the_shapes():
     assert timing["1"]["median"] > 0
     with pytest.raises(SpecError, match="scope"):
         magnitude_prune(net, 0.5, scope="block")
+
+
+def test_a_branch_never_shrinks_to_its_inputs_width_and_loses_its_projection():
+    # 16 -> 8 and 12 -> 8 (round_to 8) would make the skip an identity: the branch keeps more.
+    spec = {"input": {"shape": [3, 6, 6]},
+            "model": [{"conv2d": {"out": 16, "kernel": 3, "padding": 1}}, "relu",
+                      {"residual": [{"conv2d": {"out": 12, "kernel": 1}}, "batchnorm"]}, "relu", "global_avgpool",
+                      {"linear": 4}]}
+    pruned = prune(build(spec), 0.5, round_to=8)
+    assert [(g.before, g.after) for g in pruned.groups] == [(16, 8), (12, 12)]
+    assert pruned.spec.to_dict()["model"][2]["residual"]["projection"] == "auto"
+    assert pruned.model(torch.randn(2, 3, 6, 6)).shape == (2, 4)

@@ -140,8 +140,8 @@ class _Walk:
     slots: dict[tuple[str, int], list[tuple[int, int, _Group]]] = field(default_factory=dict)
     groups: list[_Group] = field(default_factory=list)
     leaves: dict[str, _Leaf] = field(default_factory=dict)
-    # residual path -> (input, branch output, its auto projection) where one was built
-    projections: dict[str, tuple[_View | None, _View | None, nn.Module]] = field(default_factory=dict)
+    # residual path -> (input, branch output, same spatial size) where an auto projection was built
+    projections: dict[str, tuple[_View | None, _View | None, bool]] = field(default_factory=dict)
 
     # -- bookkeeping
 
@@ -225,7 +225,7 @@ class _Walk:
             module = self.net.get_submodule(qual)
             assert isinstance(module, Residual), qual
             proj = module.proj
-            self.projections[node.path] = (x, out, proj)
+            self.projections[node.path] = (x, out, node.input.shape[1:] == node.output.shape[1:])
             if isinstance(proj, nn.Linear):
                 self.slot(f"{qual}.proj.weight", 1, x)
                 for name in ("weight", "bias"):
@@ -421,6 +421,17 @@ def _importance(root: _Group, members: list[_Group], score: Mapping[str, torch.T
     return total
 
 
+def _widen(view: _View, step: int, importance: Mapping[int, torch.Tensor]) -> None:
+    for part, _, _ in view.parts:
+        g = part.root()
+        if g.keep is not None and id(g) in importance:
+            n = min(g.size, len(g.keep) + step)
+            g.keep = torch.sort(torch.topk(importance[id(g)], n, sorted=False).indices).values
+            return
+    raise SpecError("prune: a residual's branch would keep its input's width, which drops the projection "
+                    "its weights need. Received: this ratio; try another ratio or --round-to")
+
+
 def _n_keep(size: int, ratio: float, round_to: int | None, kind: str) -> int:
     n = max(1, round(size * (1 - ratio)))
     if round_to and kind == "channels" and size > round_to:
@@ -473,24 +484,8 @@ def _emit(node: Node, walk: _Walk) -> Any:
         body = _as_list(_emit(node.children[0], walk)) if node.children else []
         if isinstance(node.projection, Node):
             return {"residual": {"body": body, "projection": _as_list(_emit(node.projection, walk))}}
-        if node.path in walk.projections:
-            x, out, proj = walk.projections[node.path]
-            if x is not None and out is not None and x.new_size() == out.new_size() and \
-                    node.input.shape[1:] == node.output.shape[1:]:
-                # Pruned to equal shapes, the builder would skip the auto projection the weights
-                # need: it is written out instead (the same modules, in the same order).
-                return {"residual": {"body": body, "projection": _explicit_projection(proj, out.new_size())}}
         return {"residual": {"body": body, "projection": "auto"}} if node.projection else {"residual": body}
     raise AssertionError(node.kind)
-
-
-def _explicit_projection(proj: nn.Module, width: int) -> list:
-    if isinstance(proj, nn.Linear):
-        return [{"linear": width}]
-    conv = proj[0]
-    name = "conv1d" if isinstance(conv, nn.Conv1d) else "conv2d"
-    layers: list[Any] = [{name: {"out": width, "kernel": 1, "stride": list(conv.stride), "bias": conv.bias is not None}}]
-    return layers + (["batchnorm"] if len(proj) > 1 else [])
 
 
 def _as_list(x: Any) -> list:
@@ -589,14 +584,21 @@ def prune(net: nn.Module, ratio: float, *, method: str = "l1", round_to: int | N
     members: dict[int, list[_Group]] = {}
     for g in walk.groups:
         members.setdefault(id(g.root()), []).append(g)
-    report = []
-    for g in walk.groups:
-        if g.root() is not g:
-            continue
+    roots = [g for g in walk.groups if g.root() is g]
+    importance = {}
+    for g in roots:
         n = g.size if g.protected or ratio == 0 else _n_keep(g.size, ratio, round_to, g.kind)
         if n < g.size:
-            imp = _importance(g, members[id(g)], score)
+            importance[id(g)] = imp = _importance(g, members[id(g)], score)
             g.keep = torch.sort(torch.topk(imp, n, sorted=False).indices).values
+    for x, out, same_spatial in walk.projections.values():
+        # A branch pruned to its input's width would lose the auto projection its weights need
+        # (the builder makes one only where shapes differ): it keeps a few more channels.
+        if x is not None and out is not None and same_spatial and x.new_size() == out.new_size():
+            _widen(out, round_to or 1, importance)
+    report = []
+    for g in roots:
+        n = _kept(g)
         if not g.protected:
             kept = range(g.size) if g.keep is None else g.keep.tolist()
             report.append(PrunedLayer(g.where, g.kind, g.size, n, tuple(kept)))
