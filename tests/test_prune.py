@@ -257,3 +257,17 @@ def test_a_branch_never_shrinks_to_its_inputs_width_and_loses_its_projection():
     assert [(g.before, g.after) for g in pruned.groups] == [(16, 8), (12, 12)]
     assert pruned.spec.to_dict()["model"][2]["residual"]["projection"] == "auto"
     assert pruned.model(torch.randn(2, 3, 6, 6)).shape == (2, 4)
+
+
+def test_recalibrate_batchnorm_re_estimates_the_statistics_on_batches():
+    from archlab.compress import recalibrate_batchnorm
+
+    net = build({"input": {"shape": [4]}, "model": [{"linear": 3}, "batchnorm", {"linear": 2}]}, seed=0)
+    bn = net.get_submodule("model.1")
+    bn.running_mean.fill_(5.0)
+    x = [torch.randn(32, 4), torch.randn(32, 4)]
+    assert recalibrate_batchnorm(net.eval(), x) == 1
+    with torch.no_grad():
+        pre = net.get_submodule("model.0")(torch.cat(x))
+    torch.testing.assert_close(bn.running_mean, pre.mean(0), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and not net.training  # restored

@@ -12,7 +12,16 @@ from ._measure import (
     size_on_disk,
     time_forward,
 )
-from ._prune import METHODS, Pruned, PrunedLayer, check_method, check_ratio, prune, taylor_scores
+from ._prune import (
+    METHODS,
+    Pruned,
+    PrunedLayer,
+    check_method,
+    check_ratio,
+    prune,
+    recalibrate_batchnorm,
+    taylor_scores,
+)
 from ._unstructured import SCOPES, Sparsity, magnitude_prune, sparsity_of
 
 __all__: list[str] = [
@@ -31,6 +40,7 @@ __all__: list[str] = [
     "check_method",
     "check_ratio",
     "prune",
+    "recalibrate_batchnorm",
     "taylor_scores",
     "accuracy",
     "compare_measurements",

@@ -676,3 +676,30 @@ def taylor_scores(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Te
         net.zero_grad(set_to_none=True)
         net.train(was_training)
     return total
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every batch norm's running mean and variance on `batches` of inputs (a plain
+    average over them), leaving the weights alone; returns how many norms were reset.
+
+    Pruning changes what reaches a batch norm (a residual sum of fewer channels), so the
+    parent's statistics no longer fit: without this a pruned network predicts near chance
+    until it is fine-tuned."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    saved = [(m, m.momentum) for m in norms]
+    was_training = net.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    net.train()
+    try:
+        for x in batches:
+            net(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        net.train(was_training)
+    return len(norms)
