@@ -139,7 +139,7 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
     if epochs > 0 and variant.finetune:
         run = fit(spec, data=record.data, store=st, quiet=quiet, data_root=data_root, tags=tags,
                   initial_weights=variant.model.state_dict(),
-                  **{**settings.to_dict(), "epochs": epochs})
+                  **{**_inherited(settings), "epochs": epochs})
         child_id, child = run.run_id, run.model
     else:
         child_id = _store_untrained(st, spec, variant.model, record, settings, tags, data_root)
@@ -160,6 +160,16 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
     directory = st.run_dir(child_id)
     write_text(directory / COMPRESSION_JSON, json.dumps(result, indent=1))
     return Compressed(child_id, record.run_id, before, after, ratios, variant.steps, directory)
+
+
+# Settings a fine-tuning run does not take from its parent: where the parent's own weights came
+# from (transfer learning) and globs on its parameter names (a pruned spec writes repeats out,
+# so names move; frozen layers carry `freeze: true` in the pruned spec instead).
+_NOT_INHERITED = ("init_from", "map", "partial", "freeze")
+
+
+def _inherited(settings: TrainSettings) -> dict[str, Any]:
+    return {k: v for k, v in settings.to_dict().items() if k not in _NOT_INHERITED}
 
 
 def _prune_step(v: Variant, ratio: float, method: str, structured: bool, round_to: int | None, dataset: Any,
