@@ -104,10 +104,16 @@ class DataInfo:
     # What the loader decided that a user should hear about, one line each as "topic: text"
     # (csv: "target: column 'y' (the last column, ...)"); `archlab data` and training print them.
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # JSON-able: what the loader fitted on the train split that a new input needs to become a
+    # model input (csv: each column's mean and deviation or categories; imdb: length, padding).
+    # `archlab.data.input_preprocessing` completes it; `archlab predict` applies it.
+    preprocessing: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None:  # a plain copy: read-only store records become dicts
             object.__setattr__(self, "tokenizer", _plain(self.tokenizer))
+        if self.preprocessing is not None:
+            object.__setattr__(self, "preprocessing", _plain(self.preprocessing))
         object.__setattr__(self, "notes", tuple(self.notes))
 
     def vars(self) -> dict[str, int]:
