@@ -111,11 +111,11 @@ def _quiet():
 
 
 def export_onnx(source: str | Path | Shipped, path: str | Path, *, verify: bool = False,
-                store: SQLiteRunStorage | None = None, tolerance: float = TOLERANCE) -> OnnxExport:
+                store: SQLiteRunStorage | None = None, tolerance: float | None = None) -> OnnxExport:
     """Export a finished run (or a model folder) to ONNX with a dynamic batch dimension.
 
     With ``verify``, onnxruntime runs the file at batch 1, 2 and 7 and every output must match
-    PyTorch within ``tolerance`` (max absolute difference); otherwise an ArchlabError says by
+    PyTorch within ``tolerance`` (max absolute difference, default `TOLERANCE` = 1e-4); otherwise an ArchlabError says by
     how much and nothing is written. The file appears only once it is complete.
 
     >>> export_onnx("r1a2b3c4d", "model.onnx", verify=True).max_diff   # doctest: +SKIP
@@ -138,7 +138,7 @@ def export_onnx(source: str | Path | Shipped, path: str | Path, *, verify: bool 
                                         dynamic_shapes=tuple({0: batch} for _ in example), dynamo=True,
                                         verbose=False)
             program.save(str(tmp))
-        diffs = _verify(tmp, module, make, inputs, tolerance) if verify else None
+        diffs = _verify(tmp, module, make, inputs, TOLERANCE if tolerance is None else tolerance) if verify else None
         os.replace(tmp, target)
     except ArchlabError:
         raise
