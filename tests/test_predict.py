@@ -231,3 +231,37 @@ def test_the_cli_writes_predictions(digits_run, store, tmp_path, monkeypatch, ca
     monkeypatch.setattr(sys, "argv", ["archlab", "predict", digits_run.run_id, "--input", "imgs", "--out", "o.csv"])
     cli.main()
     assert "wrote 3 predictions to o.csv" in capsys.readouterr().out and len(_read(tmp_path / "o.csv")) == 4
+
+
+def test_a_seq2seq_run_decodes_each_source_to_text(store, tmp_path):
+    spec = {"vars": {"dim": 16},
+            "encoder": [{"embedding": {"vocab": "$vocab_size", "dim": "$dim"}}, "sinusoidal",
+                        {"encoder_block": {"heads": 2}}, "layernorm"],
+            "decoder": [{"embedding": {"vocab": "$vocab_size", "dim": "$dim"}}, "sinusoidal",
+                        {"cross_decoder_block": {"heads": 2}}, "layernorm", {"linear": "$vocab_size"}],
+            "train": {"task": "seq2seq"}}
+    run = fit(spec, data="seq:reverse?n=200&min_len=2&max_len=4&symbols=5", epochs=1, quiet=True, store=store)
+    (tmp_path / "src.csv").write_text("source\n0123\n41\n")
+    got = predict(run.run_id, tmp_path / "src.csv", tmp_path / "p.csv", store=store)
+    assert got.columns == ("input", "text") and len(got.rows) == 2
+    assert all(set(text) <= set("01234") and len(text) <= 5 for _, text in got.rows)
+    (tmp_path / "long.csv").write_text("source\n0123401234\n")
+    with pytest.raises(DataError, match=r"the source is 10 tokens; the model reads at most 4"):
+        predict(run.run_id, tmp_path / "long.csv", tmp_path / "q.csv", store=store)
+    assert not (tmp_path / "q.csv").exists()
+
+
+def test_a_single_logit_classifier_gives_the_sigmoid_class(tmp_path):
+    from archlab.deploy import Shipped
+    from archlab.model import build
+
+    net = build({"input": {"shape": [3]}, "model": [{"linear": 1}]}, seed=0).eval()
+    prep = {"task": "classify", "kind": "array", "input_shape": [3], "input_dtype": "float",
+            "class_names": ["neg", "pos"]}
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    rows = predict(Shipped(net, net.spec, prep, "binary"), tmp_path / "x.npy").rows
+    with torch.no_grad():
+        logit = net(torch.from_numpy(x))[:, 0].double()
+    assert [r[1] for r in rows] == ["pos" if v > 0 else "neg" for v in logit.tolist()]
+    assert [r[2] for r in rows] == pytest.approx(torch.sigmoid(logit.abs()).tolist(), abs=1e-6)

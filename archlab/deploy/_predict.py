@@ -1,7 +1,7 @@
 """Prediction on new files with the run's own preprocessing: a folder of PNG images, an .npy
 array or CSV rows in; one CSV row per sample out.
 
-    classify         input, class, probability      (softmax of the logits)
+    classify         input, class, probability      (softmax of the logits; sigmoid of a single one)
     regress          input, <target> (or value_0, value_1, ... for several outputs)
     language_model   input, text                    (the greedy continuation of each prompt)
     seq2seq          input, text                    (greedy decoding of each source)
@@ -134,7 +134,12 @@ def _rows(shipped: Shipped, inputs: Inputs, out: torch.Tensor, net: torch.nn.Mod
     prep, task = shipped.preprocessing, shipped.task
     names = inputs.names
     if task == "classify":
-        probs = torch.softmax(out.reshape(len(out), -1).double(), dim=1)
+        logits = out.reshape(len(out), -1).double()
+        if logits.shape[1] == 1:  # one logit: binary cross-entropy's sigmoid, class 1 when above 0
+            p1 = torch.sigmoid(logits[:, 0])
+            probs = torch.stack([1 - p1, p1], dim=1)
+        else:
+            probs = torch.softmax(logits, dim=1)
         p, idx = probs.max(dim=1)
         classes = prep.get("class_names") or [str(i) for i in range(probs.shape[1])]
         return ("input", "class", "probability"), [
