@@ -32,7 +32,7 @@ if not os.environ.get("ARCHLAB_TEST_BIG"):
 # The exporter unrolls recurrent layers over their time steps (69 s for lstm-classifier's 200;
 # the additive decoder loops over the target): these are exported with fewer steps, the same
 # graph per step. Big images are exported at 3x32x32 (adaptive pooling keeps the same graph).
-SHORT = {"lstm-classifier": (16,), "rnn-imdb": (16,), "seq2seq-additive": (6,), "resnet18": (3, 32, 32),
+SHORT = {"lstm-classifier": (16,), "rnn-imdb": (16,), "seq2seq-additive": (4,), "resnet18": (3, 32, 32),
          "vgg11": (3, 32, 32)}
 
 

@@ -265,3 +265,10 @@ def test_a_single_logit_classifier_gives_the_sigmoid_class(tmp_path):
         logit = net(torch.from_numpy(x))[:, 0].double()
     assert [r[1] for r in rows] == ["pos" if v > 0 else "neg" for v in logit.tolist()]
     assert [r[2] for r in rows] == pytest.approx(torch.sigmoid(logit.abs()).tolist(), abs=1e-6)
+
+
+def test_a_text_run_keeps_its_tokenizer_once(lm_run, reviews_run, store):
+    for run in (lm_run, reviews_run):
+        folder = store.run_dir(run.run_id)
+        assert '"tokenizer": null' in (folder / PREPROCESSING_FILE).read_text()
+        assert run_preprocessing(store.get_run(run.run_id), store)["tokenizer"]["kind"] in ("char", "word")

@@ -17,6 +17,7 @@ from ..data import input_preprocessing, load_dataset
 from ..runs import (
     PREPROCESSING_FILE,
     SPEC_FILE,
+    TOKENIZER_FILE,
     RunRecord,
     SQLiteRunStorage,
     is_run_id,
@@ -55,6 +56,9 @@ def run_preprocessing(record: RunRecord, store: SQLiteRunStorage) -> dict[str, A
     path = store.run_dir(record.run_id) / PREPROCESSING_FILE
     if path.exists():
         prep = read_json(path)
+        tokenizer = store.run_dir(record.run_id) / TOKENIZER_FILE
+        if prep.get("tokenizer") is None and tokenizer.exists():  # kept once, in its own file
+            prep["tokenizer"] = read_json(tokenizer)
     else:
         settings = TrainSettings.from_mapping(thaw(record.settings))
         try:

@@ -256,7 +256,9 @@ class Trainer:
             if tokenizer:  # so `archlab generate` can encode prompts and decode samples later
                 (store.run_dir(run_id) / TOKENIZER_FILE).write_text(json.dumps(thaw(tokenizer)))
             # and so `archlab predict` reads new inputs as this data set's loader read its own
-            write_text(store.run_dir(run_id) / PREPROCESSING_FILE, json.dumps(input_preprocessing(info)))
+            # (the tokenizer stays in its own file, once)
+            prep = input_preprocessing(info) | {"tokenizer": None}
+            write_text(store.run_dir(run_id) / PREPROCESSING_FILE, json.dumps(prep))
             if on_start is not None:
                 on_start(run_id)
         self.run_id = run_id
