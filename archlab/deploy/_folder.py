@@ -95,14 +95,17 @@ def model_card(shipped: Shipped, params: int, macs: int, target: Path) -> str:
     if record is not None:
         lines += [f"| run | {record.run_id} |", f"| data | {record.data} |"]
         lines += [f"| test {k} | {_number(v)} |" for k, v in record.test_metrics.items()]
-    if prep.get("class_names"):
+    if prep.get("class_names") and shipped.task == "classify":
         names = prep["class_names"]
         shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
         lines.append(f"| classes | {shown} |")
     lines += ["", "## Preprocessing", "", _describe(prep), "",
               "## Use", "", "```python", "import archlab, torch",
               f"net = archlab.load({str(target)!r})   # a plain torch.nn.Module, eval mode; nothing unpickled",
-              "```", "", "```sh", f"archlab predict {target} --input INPUT --out predictions.csv",
+              *(["images = net.sample(16)   # (16, C, H, W) in [0, 1]"] if shipped.task in ("vae", "gan") else []),
+              "```", "", "```sh",
+              *([] if shipped.task in ("vae", "gan") else
+                [f"archlab predict {target} --input INPUT --out predictions.csv"]),
               f"archlab export {target} --onnx model.onnx --verify", "```", "",
               "Files: spec.yaml (the architecture), model.safetensors (weights), preprocessing.json "
               "(how inputs are read), this card.", ""]
