@@ -86,9 +86,9 @@ from ._tokenizers import (
     words,
 )
 
-# The loaders are reached through archlab.data, where they register themselves; the
-# tokenizers are `_tokenizers`' own. `encode_reviews` encodes new reviews (archlab predict).
-__all__ = ["encode_reviews"]
+# No public names: the loaders are reached through archlab.data, where they register
+# themselves; the tokenizers are `_tokenizers`' own (`encode_reviews` serves `_inputs`).
+__all__: list[str] = []
 
 
 # --------------------------------------------------------------------------- shared helpers
