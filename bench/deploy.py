@@ -3,8 +3,8 @@
 Headline: for each zoo spec (built with seed 0, eval mode), `archlab.deploy.export_onnx`
 (torch.onnx.export with dynamo=True, dynamic batch) is timed once, then the forward pass of
 the same model is timed in PyTorch (`torch.no_grad`, eager) and in onnxruntime (CPU
-provider), one intra-op thread each, interleaved, median of --repeats runs, at batch 1 and
-256. Ratio = PyTorch time / onnxruntime time (above 1: onnxruntime is faster). Included:
+provider), one intra-op thread each, one after the other (a warm-up call first), median of
+--repeats runs, at batch 1 and 256. Ratio = PyTorch time / onnxruntime time (above 1: onnxruntime is faster). Included:
 the forward pass only (inputs already built, outputs copied back as numpy for onnxruntime);
 not included: preprocessing, session creation, the export.
 
@@ -61,8 +61,8 @@ def main() -> None:
                 xs = make(b, 0)
                 feeds = {n: x.numpy() for n, x in zip(inputs, xs, strict=True)}
                 with torch.no_grad():
-                    pt = _median_ms(lambda xs=xs: module(*xs), args.repeats)
-                rt = _median_ms(lambda feeds=feeds: session.run(None, feeds), args.repeats)
+                    pt = _median_ms(lambda xs=xs, m=module: m(*xs), args.repeats)
+                rt = _median_ms(lambda feeds=feeds, s=session: s.run(None, feeds), args.repeats)
                 print(f"{name:16} {export_s:9.1f} {b:6d} {pt:10.3f} {rt:10.3f} {pt / rt:10.2f}", flush=True)
 
 
