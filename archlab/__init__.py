@@ -5,7 +5,9 @@
     >>> report = archlab.inspect("zoo:gpt2")       # params, FLOPs, training memory; no weights allocated
     >>> report.params
     124439808
+    >>> net = archlab.load("shipped/")   # doctest: +SKIP
 
+`archlab.load(FOLDER)` rebuilds a model folder written by `archlab export RUN_ID --folder`.
 The names below are loaded on first use, so that `import archlab.runs` (the store) or
 `archlab --help` does not pay for importing torch.
 """
@@ -24,9 +26,11 @@ _LAZY = {
     "LAYERS": "layers", "TensorType": "layers", "register_layer": "layers",
     "Network": "model", "build": "model", "Inspection": "model", "inspect": "model",
     "Spec": "spec", "load_spec": "spec", "zoo_names": "spec",
+    "load": "deploy",
 }
 
 if TYPE_CHECKING:
+    from .deploy import load
     from .layers import LAYERS, TensorType, register_layer
     from .model import Inspection, Network, build, inspect
     from .spec import Spec, load_spec, zoo_names
@@ -58,6 +62,7 @@ __all__ = [
     "TrainingError",
     "build",
     "inspect",
+    "load",
     "load_spec",
     "register_layer",
     "zoo_names",

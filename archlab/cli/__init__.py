@@ -7,6 +7,7 @@ from . import _compress  # noqa: F401, E402, I001
 from . import _export  # noqa: F401, E402, I001  (after _runs: `runs export` joins its `runs`)
 from . import _import  # noqa: F401, E402, I001
 from . import _explain  # noqa: F401, E402, I001
+from . import _deploy  # noqa: F401, E402, I001  (archlab export, archlab predict)
 from ._app import app, main
 
 __all__ = ["app", "main"]

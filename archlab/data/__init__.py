@@ -11,6 +11,7 @@ from ._dataset import (
     iterate_batches,
     num_batches,
 )
+from ._inputs import INPUT_KINDS, Inputs, input_preprocessing, read_inputs
 from ._load import load_dataset
 from ._ondisk import (
     DiskSplit,
@@ -40,16 +41,20 @@ __all__ = [
     "DataInfo",
     "Dataset",
     "DiskSplit",
+    "INPUT_KINDS",
+    "Inputs",
     "Split",
     "SymbolTokenizer",
     "WordTokenizer",
     "describe_data_path",
     "format_size",
+    "input_preprocessing",
     "iterate_batches",
     "load_dataset",
     "memory_budget",
     "num_batches",
     "pad_sequences",
+    "read_inputs",
     "parse_size",
     "serve",
     "stream_batches",

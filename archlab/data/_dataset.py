@@ -107,10 +107,16 @@ class DataInfo:
     # A table's input columns, one name per input (csv: a numeric column's header, or
     # "column=value" for each one-hot input of a categorical one); None where inputs are pixels or tokens.
     feature_names: tuple[str, ...] | None = field(default=None, compare=False)
+    # JSON-able: what the loader fitted on the train split that a new input needs to become a
+    # model input (csv: each column's mean and deviation or categories; imdb: length, padding).
+    # `archlab.data.input_preprocessing` completes it; `archlab predict` applies it.
+    preprocessing: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None:  # a plain copy: read-only store records become dicts
             object.__setattr__(self, "tokenizer", _plain(self.tokenizer))
+        if self.preprocessing is not None:
+            object.__setattr__(self, "preprocessing", _plain(self.preprocessing))
         object.__setattr__(self, "notes", tuple(self.notes))
         if self.feature_names is not None:
             object.__setattr__(self, "feature_names", tuple(self.feature_names))

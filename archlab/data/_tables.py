@@ -138,6 +138,36 @@ class _Table:
                         f"a category): {declare}, or fix the cell")
 
 
+def _fit_column(name: str, nums: np.ndarray | None, missing: np.ndarray, values: list[str],
+                train: np.ndarray) -> dict:
+    """A feature column's encoding, fitted on the train rows only (JSON-able, so `archlab
+    predict` encodes new rows the same way): numeric columns are standardised with the train
+    mean and deviation, categorical ones one-hot over the train split's categories."""
+    if nums is not None:
+        seen = nums[train][~missing[train]]
+        mean, std = (seen.mean(), seen.std()) if len(seen) else (0.0, 1.0)
+        return {"name": name, "kind": "numeric", "mean": float(mean), "std": float(std)}
+    return {"name": name, "kind": "categorical",
+            "categories": sorted({values[i] for i in train if not missing[i]})}
+
+
+def _encode_column(encoding: Mapping, nums: np.ndarray | None, missing: np.ndarray,
+                   values: list[str]) -> np.ndarray:
+    """(N, k) float64 features of one column under its `_fit_column` encoding. Numeric: filled
+    cells become the train mean (0 after standardising); categorical: a value unseen in train,
+    or a filled cell, is all zeros."""
+    if encoding["kind"] == "numeric":
+        mean, std = encoding["mean"], encoding["std"]
+        nums = np.where(missing, mean, nums)
+        return ((nums - mean) / (std if std > 0 else 1.0))[:, None]
+    cats = {c: i for i, c in enumerate(encoding["categories"])}
+    onehot = np.zeros((len(values), len(cats)))
+    codes = np.array([-1 if missing[i] else cats.get(v, -1) for i, v in enumerate(values)], dtype=np.int64)
+    hit = codes >= 0
+    onehot[np.flatnonzero(hit), codes[hit]] = 1.0
+    return onehot
+
+
 def _names(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -199,25 +229,19 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
     train = parts[0]
     # Features: every statistic comes from the train split only, so nothing leaks from val/test.
     features, numeric, categorical, filled, names = [], [], [], 0, []
+    encodings = []
     for name, values in columns.items():
         nums, missing = table.column(name, values, categorical=name in declared, fill=fill == "mean")
         filled += int(missing.sum())
-        if nums is not None:  # numeric: standardise; filled cells become the train mean (0)
-            seen = nums[train][~missing[train]]
-            mean, std = (seen.mean(), seen.std()) if len(seen) else (0.0, 1.0)
-            nums = np.where(missing, mean, nums)
-            features.append(((nums - mean) / (std if std > 0 else 1.0))[:, None])
+        encodings.append(enc := _fit_column(name, nums, missing, values, train))
+        features.append(_encode_column(enc, nums, missing, values))
+        if enc["kind"] == "numeric":
             numeric.append(name)
             names.append(name)
-        else:  # categorical: one-hot over the train split's categories; unseen or filled -> zeros
-            cats = {c: i for i, c in enumerate(sorted({values[i] for i in train if not missing[i]}))}
-            onehot = np.zeros((len(values), len(cats)))
-            codes = np.array([-1 if missing[i] else cats.get(v, -1) for i, v in enumerate(values)])
-            hit = codes >= 0
-            onehot[np.flatnonzero(hit), codes[hit]] = 1.0
-            features.append(onehot)
-            categorical.append(f"{name} ({len(cats)} value{'s' if len(cats) != 1 else ''})")
-            names += [f"{name}={c}" for c in cats]
+        else:
+            n_cats = len(enc["categories"])
+            categorical.append(f"{name} ({n_cats} value{'s' if n_cats != 1 else ''})")
+            names += [f"{name}={c}" for c in enc["categories"]]
     x = torch.from_numpy(np.concatenate(features, axis=1).astype(np.float32))
 
     task = "classify" if classify else "regress"
@@ -230,7 +254,9 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
     if filled:
         notes.append(f"filled: {filled} empty cell{'s' if filled != 1 else ''} (fill=mean: numeric ones get the "
                      f"train mean, categorical ones no category)")
+    preprocessing = {"kind": "table", "target": target, "fill": fill, "columns": encodings}
     info = DataInfo(f"csv:{arg}", (x.shape[1],), "float", task, len(class_names) if classify else None,
-                    class_names, source=str(path), notes=tuple(notes), feature_names=tuple(names))
+                    class_names, source=str(path), notes=tuple(notes), feature_names=tuple(names),
+                    preprocessing=preprocessing)
     train, val, test = (Split(x[torch.from_numpy(i)], y_t[torch.from_numpy(i)]) for i in parts)
     return Dataset(info, train, val, test)

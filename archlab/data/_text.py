@@ -87,7 +87,7 @@ from ._tokenizers import (
 )
 
 # No public names: the loaders are reached through archlab.data, where they register
-# themselves; the tokenizers are `_tokenizers`' own.
+# themselves; the tokenizers are `_tokenizers`' own (`encode_reviews` serves `_inputs`).
 __all__: list[str] = []
 
 
@@ -267,6 +267,15 @@ def _word_encode(parts: Sequence[list[str]], size: int,
     return tok, [pad_sequences([final[r[:max_len]] for r in rows], max_len, side=side) for rows in provisional]
 
 
+def encode_reviews(tok: Tokenizer, texts: Sequence[str], max_len: int, side: str) -> Tensor:
+    """(N, max_len) int64 ids of reviews as the imdb loader encodes them: the first max_len
+    tokens, <pad>=0 in front (side="pre") or behind; a word tokenizer drops <br /> itself
+    (`words`), byte-level BPE reads it as a space."""
+    if isinstance(tok, BPETokenizer):
+        return pad_sequences(tok.encode_batch([_BR_RE.sub(" ", t) for t in texts]), max_len, side=side)
+    return pad_sequences([tok.encode(t)[:max_len] for t in texts], max_len, side=side)
+
+
 @register_dataset("imdb")
 def _load_imdb(arg, *, seed, root, target, val_fraction) -> Dataset:
     """``imdb[:PATH][?vocab=10000&max_len=200&tokenizer=word]``; see the module docstring.
@@ -307,13 +316,13 @@ def _load_imdb(arg, *, seed, root, target, val_fraction) -> Dataset:
     if kind == "word":
         tok, x_parts = _word_encode([t for t, _ in parts], vocab, max_len, side)
     else:
-        clean = [[_BR_RE.sub(" ", t) for t in texts] for texts, _ in parts]
-        bpe = BPETokenizer.train(clean[0], vocab, special_tokens=("<pad>",))
-        tok, x_parts = bpe, [pad_sequences(bpe.encode_batch(c), max_len, side=side) for c in clean]
+        tok = BPETokenizer.train([_BR_RE.sub(" ", t) for t in parts[0][0]], vocab, special_tokens=("<pad>",))
+        x_parts = [encode_reviews(tok, texts, max_len, side) for texts, _ in parts]
     train, val, test = (Split(x, _long(y)) for x, (_, y) in zip(x_parts, parts, strict=True))
     info = DataInfo(f"imdb:{arg}" if arg else "imdb", (max_len,), "long", "classify",
                     len(class_names), class_names, vocab_size=tok.vocab_size,
-                    source=str(location), tokenizer=tok.to_dict())
+                    source=str(location), tokenizer=tok.to_dict(),
+                    preprocessing={"kind": "reviews", "max_len": max_len, "pad": side})
     return Dataset(info, train, val, test)
 
 

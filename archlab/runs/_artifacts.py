@@ -7,6 +7,7 @@ Layout under the store's root::
     <root>/runs/<run_id>/             one run's artifacts:
         spec.yaml                     the spec as trained (vars resolved)
         tokenizer.json                text runs: the tokenizer, for `archlab generate`
+        preprocessing.json            what a new input needs (scaling, csv encodings), for `archlab predict`
         checkpoint.json               the last checkpoint: metadata, trainer state, hashes
         checkpoint.safetensors        ... its model weights
         optimizer.safetensors         ... every other tensor (optimizer state, RNG)
@@ -50,6 +51,7 @@ __all__ = [
     "FOLD_FILE",
     "LOCK_FILE",
     "MAX_JSON_BYTES",
+    "PREPROCESSING_FILE",
     "RUNS_FOLDER",
     "SPEC_FILE",
     "STUDIES_JOURNAL",
@@ -68,6 +70,7 @@ RUNS_FOLDER = "runs"
 
 SPEC_FILE = "spec.yaml"
 TOKENIZER_FILE = "tokenizer.json"
+PREPROCESSING_FILE = "preprocessing.json"
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.safetensors"

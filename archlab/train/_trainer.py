@@ -54,11 +54,21 @@ import torch
 from torch import nn
 
 from ..core import StoreError, TrainingError, thaw
-from ..data import Augment, DataInfo, Dataset, DiskSplit, Split, describe_data_path, stream_batches
+from ..data import (
+    Augment,
+    DataInfo,
+    Dataset,
+    DiskSplit,
+    Split,
+    describe_data_path,
+    input_preprocessing,
+    stream_batches,
+)
 from ..model import Network, build
 from ..runs import (
     BEST_WEIGHTS,
     CHECKPOINT_JSON,
+    PREPROCESSING_FILE,
     SPEC_FILE,
     TEST_REPORT,
     TOKENIZER_FILE,
@@ -260,10 +270,14 @@ class Trainer:
                                       tags={"task": task.name, **dict(tags or {})})
             (store.run_dir(run_id) / SPEC_FILE).write_text(self.spec.to_yaml())
             tokenizer = getattr(info, "tokenizer", None)
-            if tokenizer:  # so `archlab generate` can encode prompts and decode samples later
-                import json
+            import json
 
+            if tokenizer:  # so `archlab generate` can encode prompts and decode samples later
                 (store.run_dir(run_id) / TOKENIZER_FILE).write_text(json.dumps(thaw(tokenizer)))
+            # and so `archlab predict` reads new inputs as this data set's loader read its own
+            # (the tokenizer stays in its own file, once)
+            prep = input_preprocessing(info) | {"tokenizer": None}
+            write_text(store.run_dir(run_id) / PREPROCESSING_FILE, json.dumps(prep))
             if on_start is not None:
                 on_start(run_id)
         self.run_id = run_id
