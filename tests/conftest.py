@@ -16,8 +16,11 @@ def archlab_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("archlab-home")
     monkeypatch.setenv("ARCHLAB_HOME", str(home))
     # `--store` sets ARCHLAB_STORE for the process: undone after each test (and a user's own
-    # ARCHLAB_STORE never reaches the tests)
-    monkeypatch.delenv("ARCHLAB_STORE", raising=False)
+    # ARCHLAB_STORE never reaches the tests). setenv, not delenv: monkeypatch records nothing
+    # when it deletes an absent variable, so a value a test sets later would leak into every
+    # later test (a module fixture's runs once went to another test's store).
+    monkeypatch.setenv("ARCHLAB_STORE", "")
+    monkeypatch.delenv("ARCHLAB_STORE")
     return home
 
 

@@ -83,7 +83,7 @@ def test_int_stays_int_and_float_stays_float() -> None:
         ("   ", "empty expression"),
         ("1 $ 2", "cannot read '$ 2'"),
         ("a.b", "cannot read"),
-        ("[1]", "cannot read"),
+        ("[1]", "unexpected '['"),  # brackets only index a list var: stages[i]
         ("'x'", "cannot read"),
         ("min()", "unexpected ')'"),
         ("min(1)", "min() failed"),

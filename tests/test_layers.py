@@ -56,6 +56,7 @@ CASES: dict[str, tuple[tuple[int, ...], str, list[Any], Any]] = {
     "mlp": ((4, 6), "float", [], {"mlp": {"hidden": 12, "activation": "relu", "dropout": 0.1}}),
     "permute": ((3, 4, 5), "float", [], {"permute": [2, 0, 1]}),
     "pos_embedding": ((7,), "long", [EMB], {"pos_embedding": {"max_len": 16}}),
+    "prepend": ((7,), "long", [EMB], {"prepend": {"tokens": 2}}),
     "relu": ((5,), "float", [], "relu"),
     "reshape": ((12,), "float", [], {"reshape": [3, -1]}),
     "rmsnorm": ((4, 6), "float", [], "rmsnorm"),
