@@ -17,6 +17,9 @@ from ._registry import Built, TensorType, positive, probability, register_layer
 
 def rope_tables(length: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables (length, head_dim // 2) for rotary position embeddings."""
+    if torch.empty(0).device.type == "meta":  # built for the inspector: shapes only (arange on the
+        shape = (length, head_dim // 2)       # meta device imports torch's decompositions: seconds)
+        return torch.empty(shape), torch.empty(shape)
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()

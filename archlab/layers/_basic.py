@@ -229,6 +229,8 @@ class SinusoidalPositions(nn.Module):
         self.offset = 0  # position of x's first step; set while decoding with a KV cache
 
     def _table(self) -> torch.Tensor:
+        if torch.empty(0).device.type == "meta":  # the inspector's build: shapes only (see rope_tables)
+            return torch.empty(self.max_len, self.dim)
         pos = torch.arange(self.max_len, dtype=torch.float32)[:, None]
         freq = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float32)
                          * (-math.log(self.base) / self.dim))
