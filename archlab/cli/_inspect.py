@@ -44,7 +44,8 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
     if r.uncounted:
         ops = escape(", ".join(f"{u.op} x{u.calls} (in {u.first_seen_in})" for u in r.uncounted))
         console.print(f"[yellow]uncounted ops     {ops} — not priced, so FLOPs are a lower bound[/yellow]")
-    console.print(f"training memory   batch {m.batch}, {r.dtype} compute, {r.optimizer}: "
+    micro = f" ({m.accumulate} micro-batches of {m.batch // m.accumulate})" if m.accumulate > 1 else ""
+    console.print(f"training memory   batch {m.batch}{micro}, {r.dtype} compute, {r.optimizer}: "
                   f"{nbytes(m.total)} = weights {nbytes(m.weights)} + gradients {nbytes(m.gradients)} "
                   f"+ optimizer {nbytes(m.optimizer)} + activations {nbytes(m.activations)} "
                   f"({nbytes(m.activations_per_sample)}/sample)")
@@ -71,6 +72,8 @@ def inspect_cmd(
     dtype: Annotated[str, typer.Option(help="Compute precision: fp32, bf16 or fp16.")] = "fp32",
     optimizer: Annotated[str, typer.Option(help="sgd, adam or adamw (optimizer state).")] = "adamw",
     device_memory: Annotated[str | None, typer.Option(help="Check fit, e.g. 80GB or 24GiB.")] = None,
+    accumulate: Annotated[int, typer.Option(help="Micro-batches per step (gradient accumulation): "
+                                              "activations for batch / K.")] = 1,
     set: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
@@ -79,7 +82,8 @@ def inspect_cmd(
     from ..model import inspect
 
     report = inspect(spec, input_shape=parse_shape(input) if input else None, batch=batch, dtype=dtype,
-                     optimizer=optimizer, device_memory=device_memory, vars=parse_vars(set))
+                     optimizer=optimizer, device_memory=device_memory, vars=parse_vars(set),
+                     accumulate=accumulate)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

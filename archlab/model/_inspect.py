@@ -219,6 +219,7 @@ class Memory:
     activations_per_sample: float
     activations_fixed: float
     note: str = ""                  # how the activations were found, where not measured directly
+    accumulate: int = 1             # micro-batches per step: activations are those of batch / accumulate
 
     @property
     def total(self) -> int:
@@ -263,7 +264,7 @@ class Inspection:
         room = self.device_memory - (m.weights + m.gradients + m.optimizer + m.activations_fixed)
         if room <= 0 or m.activations_per_sample <= 0:
             return 0 if room <= 0 else None
-        return max(0, int(room // m.activations_per_sample))
+        return max(0, int(room // m.activations_per_sample)) * m.accumulate
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -546,8 +547,13 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
 
 def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...] | None = None,
             batch: int = 1, dtype: str = "fp32", optimizer: str = "adamw",
-            device_memory: str | int | None = None, vars: Mapping[str, Any] | None = None) -> Inspection:
+            device_memory: str | int | None = None, vars: Mapping[str, Any] | None = None,
+            accumulate: int = 1) -> Inspection:
     """Parameters, forward FLOPs and training memory of a spec, on the meta device.
+
+    With `accumulate` K (gradient accumulation, `archlab train --accumulate K`), a step of
+    `batch` samples runs as K micro-batches of batch / K: the activations saved for backward
+    are those of one micro-batch.
 
     >>> r = inspect({"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]})
     >>> r.params, r.flops_per_sample
@@ -559,6 +565,10 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         raise SpecError(f"--optimizer: expected one of {', '.join(OPTIMIZER_STATES)}. Received: {optimizer!r}")
     if batch < 1:
         raise SpecError(f"--batch: expected a positive integer. Received: {batch}")
+    if accumulate < 1 or batch % accumulate:
+        raise SpecError(f"--accumulate: expected a number of micro-batches >= 1 that divides --batch {batch}. "
+                        f"Received: {accumulate}")
+    micro = batch // accumulate
     spec = load_spec(spec)
     if vars:
         spec = spec.with_vars(vars)
@@ -577,13 +587,13 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     fixed = measured[2] - 2 * per_sample
     memory_note = ""
     try:
-        act_b = measured[batch] if batch in measured else _forward_cost(net, batch, torch_dtype, cache=cache)[1]
+        act_b = measured[micro] if micro in measured else _forward_cost(net, micro, torch_dtype, cache=cache)[1]
     except ValueError as e:  # batch norm over one value per channel, in training mode
         if "value per channel" not in str(e):
             raise
-        act_b = int(fixed + per_sample * batch)
-        memory_note = (f"activations at batch {batch} read off the line through batches 2 and 3: batch norm "
-                f"cannot train on one value per channel (nor can this model at batch {batch})")
+        act_b = int(fixed + per_sample * micro)
+        memory_note = (f"activations at batch {micro} read off the line through batches 2 and 3: batch norm "
+                f"cannot train on one value per channel (nor can this model at batch {micro})")
 
     seen: set[int] = set()
     rows = []
@@ -604,7 +614,7 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     memory = Memory(batch=batch, weights=4 * params + sum(b.numel() * 4 for b in net.buffers()),
                     gradients=4 * trainable, optimizer=4 * trainable * OPTIMIZER_STATES[optimizer],
                     activations=act_b, activations_per_sample=float(per_sample),
-                    activations_fixed=float(fixed), note=memory_note)
+                    activations_fixed=float(fixed), note=memory_note, accumulate=accumulate)
     uncounted = tuple(Uncounted(op, c, w) for op, (c, w) in sorted(mode1.uncounted.items()))
     return Inspection(
         name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,

@@ -23,8 +23,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 MAX_SEED = 2**32 - 1  # epoch_order seeds a generator with seed * 1_000_003 + epoch: this keeps it in range
 
-# Settings that decide how data is read, not what is computed: a resume may change them.
-IO_SETTINGS = ("stream", "workers")
+STRATEGIES = ("ddp", "fsdp")
+
+# Settings that decide how data is read, not what is computed: a resume may change them. How the
+# work is spread over processes (DDP or FSDP2) changes no result either (archlab.train._distributed).
+IO_SETTINGS = ("stream", "workers", "strategy")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class TrainSettings:
     stream: bool | None = None      # None: stream npy data from disk only when it exceeds memory
     workers: int | None = None      # DataLoader reader processes when streaming (None: half the cores, <= 4)
     max_minutes: float | None = None  # time budget: stop (after validating) once it is spent
+    accumulate: int = 1             # micro-batches per optimizer step (batch_size is the whole step's)
+    strategy: str | None = None     # on several processes: ddp (default) or fsdp
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
@@ -100,6 +105,9 @@ class TrainSettings:
         need(self.early_stop is None or self.early_stop >= 1, f"early_stop must be >= 1 epoch. Received: {self.early_stop}")
         need(self.workers is None or self.workers >= 0, f"workers must be >= 0. Received: {self.workers}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0. Received: {self.max_minutes}")
+        need(self.accumulate >= 1, f"accumulate must be >= 1 micro-batch per step. Received: {self.accumulate}")
+        need(self.strategy is None or self.strategy in STRATEGIES,
+             f"strategy must be one of {', '.join(STRATEGIES)}. Received: {self.strategy!r}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
 
     def to_dict(self) -> dict[str, Any]:
