@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -58,8 +59,14 @@ def train_cmd(
     rdzv_timeout: Annotated[float, typer.Option(help="Seconds to wait for the other machines.")] = 120,
 ) -> None:
     """Train a spec on a data set; every run is recorded in the run store."""
+    launching = (nproc or 1) > 1 or nnodes != 1 or rdzv_endpoint is not None
+    quiet_cpp = launching and "TORCH_CPP_LOG_LEVEL" not in os.environ and "WORLD_SIZE" not in os.environ
+    if quiet_cpp:  # the launcher's own C++ store logs (retries, timeouts) are noise; read at import
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
     from ..train import launch, rank_info
 
+    if quiet_cpp:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]  # the ranks log as usual
     info = rank_info()
     if nproc is not None or nnodes != 1 or rdzv_endpoint:
         if nproc is not None and nproc < 1:

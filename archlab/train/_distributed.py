@@ -508,15 +508,49 @@ def launch(argv: Sequence[str], *, nproc: int, nnodes: int = 1, rdzv_endpoint: s
     import logging
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    where = rdzv_endpoint or "the local rendezvous"
+    message = (f"--rdzv-endpoint {where}: the rendezvous did not complete within {rdzv_timeout:g} s; check that "
+               f"HOST:PORT is reachable from every machine and that all {nnodes} machines started with the same "
+               f"--rdzv-id")
+    watchdog = _Watchdog(rdzv_timeout + 5, message) if rdzv_endpoint else None
     try:
         run(parse_args(args))
     except ChildFailedError as e:
         codes = {f.local_rank: f.exitcode for f in e.failures.values()}
         code = codes.get(0, next(iter(codes.values()), 1))
         return code if isinstance(code, int) and code > 0 else 1
-    except RendezvousError as e:
-        where = rdzv_endpoint or "the local rendezvous"
-        raise TrainingError(f"--rdzv-endpoint {where}: the rendezvous did not complete within {rdzv_timeout:g} s "
-                            f"({type(e).__name__}); check that HOST:PORT is reachable from every machine and that "
-                            f"all {nnodes} machines started with the same --rdzv-id") from None
+    except RendezvousError:
+        raise TrainingError(message) from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     return 0
+
+
+class _Watchdog:
+    """Ends the launcher with `message` (exit 2) if it has started no worker process within
+    `seconds`: a TCP store client waiting on an endpoint that accepts connections but never
+    answers does not always honour its own read timeout."""
+
+    def __init__(self, seconds: float, message: str):
+        import threading
+
+        self.message = message
+        self.timer = threading.Timer(seconds, self._check)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+    def _check(self) -> None:
+        import sys
+
+        try:
+            children = [c for task in Path(f"/proc/{os.getpid()}/task").iterdir()
+                        for c in (task / "children").read_text().split()]
+        except OSError:  # no /proc: nothing to tell by
+            return
+        if not children:
+            print(f"error: {self.message}", file=sys.stderr, flush=True)
+            os._exit(2)

@@ -157,6 +157,7 @@ def batches(split: Split | DiskSplit, order: torch.Tensor, batch_size: int, star
         if world > 1:  # this rank's parts of every batch, in order: it streams them at batch_size / world
             order = torch.cat([order[s * batch_size:(s + 1) * batch_size][slice(*part(
                 min(batch_size, n - s * batch_size), rank, world))] for s in range(end)])
+            limit = end  # the reader counts batches of the whole split: stop after this rank's
         batches_ = stream_batches(split, order, batch_size // world, start, device=device, workers=workers)
     else:
         order = order.to(split.x.device)
