@@ -36,14 +36,17 @@ from archlab.spec import Spec
 from archlab.train import (
     RankInfo,
     batches,
+    check_layout,
+    child_arguments,
     epoch_order,
     fit,
     load_checkpoint,
     load_distributed_weights,
+    load_run_model,
     newest_checkpoint,
+    part,
     resume,
 )
-from archlab.train._distributed import check_layout, child_arguments, part
 from tests.interrupts import interrupt_at
 
 # A one-process load of a DCP checkpoint: torch says it assumes one process, which it is.
@@ -248,6 +251,9 @@ def test_a_one_process_run_resumes_on_two_with_fsdp(home, baseline, one_to_two):
     _assert_close(baseline[1], _weights(home, run_id))
     record = open_store(home).get_run(run_id)
     assert record.status == "finished" and len(record.history) == EPOCHS
+    net, _ = load_run_model(run_id, store=home)  # the best weights, gathered whole by rank 0: safetensors
+    assert (open_store(home).run_dir(run_id) / "best.safetensors").exists()
+    assert net.state_dict().keys() == baseline[1].keys()
     # The epoch that straddled the resume has the whole epoch's all-reduced sums.
     one = open_store(home).get_run(baseline[0]).history[2].metrics
     assert record.history[2].metrics["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
@@ -297,6 +303,8 @@ def test_a_rendezvous_that_never_answers_is_a_bounded_one_line_error(home, spec_
 def test_nproc_zero_and_other_launch_mistakes_are_one_line():
     runner = CliRunner()
     for args, words in ((["--nproc", "0"], "--nproc: expected at least 1"),
+                        (["--nproc", "2", "--strategy", "zero"], "--strategy: expected one of ddp, fsdp"),
+                        (["--nproc", "2", "--batch-size", "33"], "--batch-size: the batch size is the global"),
                         (["--nproc", "2", "--nnodes", "2"], "--rdzv-endpoint HOST:PORT"),
                         (["--nproc", "2", "--nnodes", "2", "--rdzv-endpoint", "nohost"], "expected HOST:PORT")):
         result = runner.invoke(app, ["train", "zoo:mlp", *args])

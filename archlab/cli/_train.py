@@ -72,6 +72,7 @@ def train_cmd(
         if nproc is not None and nproc < 1:
             raise ArchlabError(f"--nproc: expected at least 1 process per machine. Received: {nproc}")
         if not info.distributed and ((nproc or 1) > 1 or nnodes > 1):
+            _check_before_launch(strategy, batch_size, (nproc or 1) * nnodes, accumulate or 1)
             code = launch(_child_argv(ctx), nproc=nproc or 1, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
                           rdzv_id=rdzv_id, rdzv_timeout=rdzv_timeout)
             raise typer.Exit(code)
@@ -127,6 +128,16 @@ def _train(spec, data, resume, quiet, target, assignments, settings):  # noqa: A
 
     return fit(spec, data=data, quiet=quiet, target=target, vars=parse_vars(assignments), on_start=started,
                **settings)
+
+
+def _check_before_launch(strategy: str | None, batch_size: int | None, world: int, accumulate: int) -> None:
+    """What can be refused before any process starts (the ranks check the rest themselves)."""
+    from ..train import STRATEGIES, check_layout
+
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ArchlabError(f"--strategy: expected one of {', '.join(STRATEGIES)}. Received: {strategy!r}")
+    if batch_size is not None:
+        check_layout(batch_size, world, accumulate, where="--batch-size")
 
 
 def _child_argv(ctx: typer.Context) -> list[str]:

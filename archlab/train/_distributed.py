@@ -104,7 +104,7 @@ def part(total: int, rank: int, world: int) -> tuple[int, int]:
     return a, a + base + (rank < extra)
 
 
-def check_layout(batch_size: int, world: int, accumulate: int, where: str = "train") -> None:
+def check_layout(batch_size: int, world: int, accumulate: int, where: str = "train.batch_size") -> None:
     """The global batch must split evenly into `world` ranks x `accumulate` micro-batches."""
     parts = world * accumulate
     if batch_size % parts:
@@ -112,7 +112,7 @@ def check_layout(batch_size: int, world: int, accumulate: int, where: str = "tra
                                       f"{accumulate} micro-batches" if accumulate > 1 else "") if x)
         lower, upper = batch_size // parts * parts, (batch_size // parts + 1) * parts
         fix = f"--batch-size {upper}" if lower == 0 else f"--batch-size {lower} or {upper}"
-        raise SpecError(f"{where}.batch_size: the batch size is the global batch, split into {what}; it must "
+        raise SpecError(f"{where}: the batch size is the global batch, split into {what}; it must "
                         f"be divisible by {parts}. Received: batch_size={batch_size}; use {fix}")
 
 
