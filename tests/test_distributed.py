@@ -200,6 +200,18 @@ def test_ddp_ends_with_the_one_process_weights(home, baseline, ddp):
     assert (store.run_dir(ddp) / "best.safetensors").exists()  # final weights stay safetensors
 
 
+def test_plain_torchrun_with_accumulation(home, baseline, spec_file):
+    """`torchrun ... -m archlab train` works as --nproc does (RANK/WORLD_SIZE detected); two ranks
+    x two micro-batches of 16 take the one-process step at 64 (gradients reduced once per step)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "archlab", "train", str(spec_file), "--epochs", str(EPOCHS), "--accumulate", "2", "-q"]
+    proc = subprocess.Popen(torchrun, env=_env(home), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    code, out, err = _finish(proc)
+    assert code == 0, err[-3000:]
+    _assert_close(baseline[1], _weights(home, _run_id(out)))
+
+
 @pytest.fixture(scope="module")
 def killed(home, spec_file) -> str:
     """A 2-process run whose rank 1 is SIGKILLed once its first distributed checkpoint is committed."""
