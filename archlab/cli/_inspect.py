@@ -44,7 +44,8 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
     if r.uncounted:
         ops = escape(", ".join(f"{u.op} x{u.calls} (in {u.first_seen_in})" for u in r.uncounted))
         console.print(f"[yellow]uncounted ops     {ops} — not priced, so FLOPs are a lower bound[/yellow]")
-    console.print(f"training memory   batch {m.batch}, {r.dtype} compute, {r.optimizer}: "
+    micro = f" ({m.accumulate} micro-batches of {m.batch // m.accumulate})" if m.accumulate > 1 else ""
+    console.print(f"training memory   batch {m.batch}{micro}, {r.dtype} compute, {r.optimizer}: "
                   f"{nbytes(m.total)} = weights {nbytes(m.weights)} + gradients {nbytes(m.gradients)} "
                   f"+ optimizer {nbytes(m.optimizer)} + activations {nbytes(m.activations)} "
                   f"({nbytes(m.activations_per_sample)}/sample)")
@@ -76,6 +77,8 @@ def inspect_cmd(
     device: Annotated[str | None, typer.Option(help="Price the training step of this device: cpu or cuda "
                                                     "(its attention kernel and autocast rules; default: cuda "
                                                     "where one is present, else cpu).")] = None,
+    accumulate: Annotated[int, typer.Option(help="Micro-batches per step (gradient accumulation): "
+                                              "activations for batch / K.")] = 1,
     set: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
@@ -84,7 +87,8 @@ def inspect_cmd(
     from ..model import inspect
 
     report = inspect(spec, input_shape=parse_shape(input) if input else None, batch=batch, dtype=dtype,
-                     optimizer=optimizer, device_memory=device_memory, vars=parse_vars(set), device=device)
+                     optimizer=optimizer, device_memory=device_memory, vars=parse_vars(set), device=device,
+                     accumulate=accumulate)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from ._format import parse_vars
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     spec: Annotated[str | None, typer.Argument(help="A YAML spec file or zoo:NAME (omit with --resume).")] = None,
     data: Annotated[str, typer.Option(help="digits, mnist[:PATH], fashion-mnist[:PATH], cifar10[:PATH], csv:PATH, "
                                            "npy:FOLDER, imdb:PATH, text:PATH|stdlib, seq:TASK.")] = "digits",
@@ -55,9 +57,37 @@ def train_cmd(
     resume: Annotated[str | None, typer.Option(help="Continue a stopped run from its last checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     store: StoreOption = None,
+    accumulate: Annotated[int | None, typer.Option(help="Gradient accumulation: K micro-batches of batch-size / K "
+                          "per optimizer step.")] = None,
+    nproc: Annotated[int | None, typer.Option(help="Processes per machine, started by torchrun; --batch-size is "
+                     "the global batch, split across them.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="On several processes: ddp (replicated weights) or fsdp "
+                        "(FSDP2: weights, gradients and optimizer state sharded by block).")] = None,
+    nnodes: Annotated[int, typer.Option(help="Machines taking part (each runs this command).")] = 1,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="Several machines: HOST:PORT where they meet (c10d "
+                             "rendezvous, on the first machine).")] = None,
+    rdzv_id: Annotated[str | None, typer.Option(help="Several machines: the same job id on each.")] = None,
+    rdzv_timeout: Annotated[float, typer.Option(help="Seconds to wait for the other machines.")] = 120,
 ) -> None:
     """Train a spec on a data set; every run is recorded in the run store."""
-    use_store(store)
+    use_store(store)  # before launching: the ranks inherit $ARCHLAB_STORE
+    launching = (nproc or 1) > 1 or nnodes != 1 or rdzv_endpoint is not None
+    quiet_cpp = launching and "TORCH_CPP_LOG_LEVEL" not in os.environ and "WORLD_SIZE" not in os.environ
+    if quiet_cpp:  # the launcher's own C++ store logs (retries, timeouts) are noise; read at import
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    from ..train import launch, rank_info
+
+    if quiet_cpp:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]  # the ranks log as usual
+    info = rank_info()
+    if nproc is not None or nnodes != 1 or rdzv_endpoint:
+        if nproc is not None and nproc < 1:
+            raise ArchlabError(f"--nproc: expected at least 1 process per machine. Received: {nproc}")
+        if not info.distributed and ((nproc or 1) > 1 or nnodes > 1):
+            _check_before_launch(strategy, batch_size, (nproc or 1) * nnodes, accumulate or 1)
+            code = launch(_child_argv(ctx), nproc=nproc or 1, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                          rdzv_id=rdzv_id, rdzv_timeout=rdzv_timeout)
+            raise typer.Exit(code)
     try:
         run = _train(spec, data, resume, quiet, target, set, dict(
             epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
@@ -65,11 +95,24 @@ def train_cmd(
             precision=precision, compile=compile, seed=seed, early_stop=early_stop, device=device,
             task=task, crop_padding=crop_padding, hflip=hflip, label_smoothing=label_smoothing,
             max_minutes=max_minutes, stream=stream, workers=workers, init_from=init_from, map=map or None,
-            partial=partial or None, freeze=freeze or None, bn=bn))
+            partial=partial or None, freeze=freeze or None, bn=bn,
+            accumulate=accumulate, strategy=strategy))
     except KeyboardInterrupt as e:
         # typer would swallow the interrupt into a bare exit code; say how to go on.
-        print(f"stopped: {e}" if str(e) else "stopped", file=sys.stderr)
+        if info.primary:
+            print(f"stopped: {e}" if str(e) else "stopped", file=sys.stderr)
         raise typer.Exit(130) from None
+    except ArchlabError:
+        if info.primary:
+            raise
+        raise typer.Exit(2) from None  # rank 0 says it, once
+    finally:
+        if info.distributed:
+            from ..train import shutdown
+
+            shutdown()
+    if not info.primary:
+        return
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in run.test_metrics.items())
     print(f"test  {metrics}")
     print(f"run   {run.run_id}  (best epoch {run.best_epoch}; details: archlab show {run.run_id})")
@@ -82,7 +125,7 @@ def _train(spec, data, resume, quiet, target, assignments, settings):  # noqa: A
     if resume:
         # A resumed run continues with the spec, data and settings it was recorded with; only how
         # the data is read (--stream/--no-stream, --workers) may change: it changes no result.
-        io = {k: settings.pop(k) for k in ("stream", "workers")}
+        io = {k: settings.pop(k) for k in ("stream", "workers", "strategy")}
         given = [f"--{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
         given += ["SPEC"] if spec is not None else []
         given += ["--set"] if assignments else []
@@ -99,6 +142,44 @@ def _train(spec, data, resume, quiet, target, assignments, settings):  # noqa: A
 
     return fit(spec, data=data, quiet=quiet, target=target, vars=parse_vars(assignments), on_start=started,
                **settings)
+
+
+def _check_before_launch(strategy: str | None, batch_size: int | None, world: int, accumulate: int) -> None:
+    """What can be refused before any process starts (the ranks check the rest themselves)."""
+    from ..train import STRATEGIES, check_layout
+
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ArchlabError(f"--strategy: expected one of {', '.join(STRATEGIES)}. Received: {strategy!r}")
+    if batch_size is not None:
+        check_layout(batch_size, world, accumulate, where="--batch-size")
+
+
+def _child_argv(ctx: typer.Context) -> list[str]:
+    """This `archlab train` command's arguments, rebuilt from what click parsed, minus the launch
+    flags: what every rank runs."""
+    from ..train import LAUNCH_FLAGS
+
+    argv = [ctx.info_name or "train"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or param.param_type_name != "option":
+            if param.param_type_name == "argument" and value is not None:
+                argv.append(str(value))
+            continue
+        flag = max(param.opts, key=len)
+        if flag in LAUNCH_FLAGS or value == param.default:
+            continue
+        if param.is_flag:
+            if param.secondary_opts:
+                argv.append(flag if value else max(param.secondary_opts, key=len))
+            elif value:
+                argv.append(flag)
+        elif param.multiple:
+            for v in value:
+                argv += [flag, str(v)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 @app.command("evaluate")

@@ -358,17 +358,23 @@ class Augment:
     def __bool__(self) -> bool:
         return self.crop_padding > 0 or self.hflip
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator | None,
+                 part: tuple[int, int] | None = None) -> Tensor:
+        """`part` (start, total): x is rows start.. of a batch of `total` samples (one rank's part
+        of the global batch). The draws are made for the whole batch and this part's are used,
+        so every rank draws the same numbers and a sample gets what one process would give it."""
         if x.ndim != 4:
             raise DataError(f"augment: expects image batches (B, C, H, W), got {tuple(x.shape)}")
         b, _, h, w = x.shape
+        start, total = part if part is not None else (0, b)
+        rows_ = slice(start, start + b)
         # Random draws come from the (CPU) generator so runs are reproducible, then move to x.
         if self.hflip:
-            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+            flip = (torch.rand(total, generator=generator)[rows_] < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         if p := self.crop_padding:
             padded = F.pad(x, (p, p, p, p))  # (B, C, H+2p, W+2p)
-            dy, dx = (torch.randint(0, 2 * p + 1, (2, b), generator=generator)).to(x.device)
+            dy, dx = (torch.randint(0, 2 * p + 1, (2, total), generator=generator)[:, rows_]).to(x.device)
             rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
             cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
             batch = torch.arange(b, device=x.device)[:, None, None]

@@ -232,6 +232,7 @@ class Memory:
     attention: str = ""             # the attention kernel priced in training, e.g. "math (dropout 0.1 on cpu)"
     loss: str = ""                  # the loss whose saved tensors are included, e.g. "cross-entropy over 10"
     left_out: str = LEFT_OUT        # what the figure does not hold, in words
+    accumulate: int = 1             # micro-batches per step: activations are those of batch / accumulate
 
     @property
     def total(self) -> int:
@@ -279,7 +280,7 @@ class Inspection:
         room = self.device_memory - (m.weights + m.gradients + m.optimizer + m.activations_fixed)
         if room <= 0 or m.activations_per_sample <= 0:
             return 0 if room <= 0 else None
-        return max(0, int(room // m.activations_per_sample))
+        return max(0, int(room // m.activations_per_sample)) * m.accumulate
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -589,12 +590,16 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
 def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...] | None = None,
             batch: int = 1, dtype: str = "fp32", optimizer: str = "adamw",
             device_memory: str | int | None = None, vars: Mapping[str, Any] | None = None,
-            device: str | None = None) -> Inspection:
+            device: str | None = None, accumulate: int = 1) -> Inspection:
     """Parameters, forward FLOPs and training memory of a spec, on the meta device.
 
     `device` ("cpu" or "cuda"; default: cuda where one is present, else cpu) is the device
     whose training step is priced: its attention kernel and, under bf16/fp16, its autocast
     rules decide what autograd saves.
+
+    With `accumulate` K (gradient accumulation, `archlab train --accumulate K`), a step of
+    `batch` samples runs as K micro-batches of batch / K: the activations saved for backward
+    are those of one micro-batch.
 
     >>> r = inspect({"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]})
     >>> r.params, r.flops_per_sample
@@ -610,6 +615,10 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in DEVICES:
         raise SpecError(f"--device: expected one of {', '.join(DEVICES)}. Received: {device!r}")
+    if accumulate < 1 or batch % accumulate:
+        raise SpecError(f"--accumulate: expected a number of micro-batches >= 1 that divides --batch {batch}. "
+                        f"Received: {accumulate}")
+    micro = batch // accumulate
     spec = load_spec(spec)
     if vars:
         spec = spec.with_vars(vars)
@@ -626,14 +635,14 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     fixed = measured[2] - 2 * per_sample
     memory_note = ""
     try:
-        act_b = measured[batch] if batch in measured else \
-            _forward_cost(net, batch, torch_dtype, cache=cache, device=device)[1]
+        act_b = measured[micro] if micro in measured else \
+            _forward_cost(net, micro, torch_dtype, cache=cache, device=device)[1]
     except ValueError as e:  # batch norm over one value per channel, in training mode
         if "value per channel" not in str(e):
             raise
-        act_b = int(fixed + per_sample * batch)
-        memory_note = (f"activations at batch {batch} read off the line through batches 2 and 3: batch norm "
-                f"cannot train on one value per channel (nor can this model at batch {batch})")
+        act_b = int(fixed + per_sample * micro)
+        memory_note = (f"activations at batch {micro} read off the line through batches 2 and 3: batch norm "
+                f"cannot train on one value per channel (nor can this model at batch {micro})")
 
     seen: set[int] = set()
     rows = []
@@ -666,7 +675,8 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
                     activations_fixed=float(fixed), note=memory_note, priced_for=device,
                     attention=_attention_priced(net, device, torch_dtype), loss=mode2.loss,
                     left_out=LEFT_OUT + ("; " + LEFT_OUT_RECURRENT if any(isinstance(m, nn.RNNBase) for m in net.modules())
-                                         else ""))
+                                         else ""),
+                    accumulate=accumulate)
     uncounted = tuple(Uncounted(op, c, w) for op, (c, w) in sorted(mode1.uncounted.items()))
     return Inspection(
         name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,

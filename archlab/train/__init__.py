@@ -3,6 +3,22 @@ record, optimizers and schedules, checkpoints and progress."""
 
 from ._api import evaluate, fit, fit_generative, load_run_model, resume, sample_run
 from ._checkpoint import CheckpointWriter, has_checkpoint, load_checkpoint, save_checkpoint
+from ._distributed import (
+    LAUNCH_FLAGS,
+    STRATEGIES,
+    Group,
+    RankInfo,
+    check_layout,
+    child_arguments,
+    fsdp_units,
+    has_any_checkpoint,
+    launch,
+    load_distributed_weights,
+    newest_checkpoint,
+    part,
+    rank_info,
+    shutdown,
+)
 from ._generative import (
     GANTask,
     GenerativeTask,
@@ -55,7 +71,21 @@ from ._trainer import (
 
 __all__ = [
     "CONVERTERS",
+    "LAUNCH_FLAGS",
+    "STRATEGIES",
     "CheckpointWriter",
+    "Group",
+    "RankInfo",
+    "check_layout",
+    "child_arguments",
+    "fsdp_units",
+    "has_any_checkpoint",
+    "launch",
+    "load_distributed_weights",
+    "newest_checkpoint",
+    "part",
+    "rank_info",
+    "shutdown",
     "DIVERGED_FACTOR",
     "EpochProgress",
     "GANTask",

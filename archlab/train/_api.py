@@ -20,6 +20,7 @@ from ..model import Network, build, generative_task
 from ..runs import BEST_WEIGHTS, SQLiteRunStorage, open_store
 from ..spec import Spec, load_spec
 from ._checkpoint import has_checkpoint, load_checkpoint
+from ._distributed import has_any_checkpoint, load_distributed_weights, newest_checkpoint, rank_info
 from ._generative import GenerativeTask
 from ._runinfo import check_resumable
 from ._settings import IO_SETTINGS, TrainSettings, resolve_settings
@@ -100,17 +101,20 @@ def resume(run_id: str, *, store: SQLiteRunStorage | str | Path | None = None, q
     st = _store(store)
     record = st.get_run(run_id)
     directory = st.run_dir(record.run_id)
-    check_resumable(record, directory)  # the rules `archlab runs` lists runs by (_runinfo)
+    primary = rank_info().primary  # on several processes rank 0 checks and records
+    if primary:
+        check_resumable(record, directory)  # the rules `archlab runs` lists runs by (_runinfo)
     spec = Spec.from_dict(thaw(record.spec))
     s = dataclasses.replace(TrainSettings.from_mapping(thaw(record.settings)), **io)
     dataset = load_dataset(record.data, seed=s.seed, root=data_root, target=s.target, stream=s.stream)
-    resuming = has_checkpoint(directory)  # then the checkpoint has the weights: init_from is not read again
+    resuming = has_any_checkpoint(directory)  # then the checkpoint has the weights: init_from is not read again
     trainer = Trainer(spec, dataset, s, st, data_uri=record.data, quiet=quiet, run_id=record.run_id,
                       on_epoch=on_epoch, initialize=not resuming)
-    if resuming:
+    if resuming:  # one process's, or several ranks' (DCP): either resumes on any number
         trainer.restore()  # a damaged checkpoint raises StoreError here, saying so
-        st.set_status(record.run_id, "running", message="resumed")
-    else:  # stopped before its first checkpoint: nothing saved, so it starts over, same id and seed
+        if primary:
+            st.set_status(record.run_id, "running", message="resumed")
+    elif primary:  # stopped before its first checkpoint: nothing saved, so it starts over, same id and seed
         st.set_status(record.run_id, "running", message="started over (no checkpoint yet)")
     return trainer.run()
 
@@ -126,6 +130,8 @@ def load_run_model(run_id: str, *, store: SQLiteRunStorage | str | Path | None =
     best = directory / BEST_WEIGHTS
     if best.exists():
         load_weights(best, net)
+    elif newest_checkpoint(directory) == "distributed":
+        load_distributed_weights(directory, net)
     elif has_checkpoint(directory):
         load_checkpoint(directory, model=net, restore_rng=False)
     else:

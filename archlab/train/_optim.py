@@ -74,9 +74,15 @@ def autocast(device: torch.device, precision: str):  # noqa: ANN201
 class StepContext:
     """What a task's `train_step` works with besides its batch and optimizers.
 
-    `model` is the module to call (compiled with --compile), `net` the plain one (its
-    parameters and halves); noise a step draws (a VAE's eps, a GAN's z) comes from
-    `generator`, this epoch's, so a run resumed mid-epoch draws the same numbers.
+    `model` is the module to call (compiled with --compile, wrapped by DDP on several
+    processes), `net` the plain one (its parameters and halves); noise a step draws (a VAE's
+    eps, a GAN's z) comes from `generator`, this epoch's, so a run resumed mid-epoch draws the
+    same numbers.
+
+    On several processes (`world` > 1) or with gradient accumulation (`accumulate` > 1) the
+    batch a step gets is this rank's part of a global batch of `global_batch` samples; a step
+    walks it in `micro_batches` and weights each one's loss by its share of the global batch,
+    so the update is the one a single process takes on the whole batch.
     """
 
     model: nn.Module
@@ -86,9 +92,63 @@ class StepContext:
     precision: str = "fp32"
     grad_clip: float | None = None
     scaler: torch.amp.GradScaler | None = None
+    world: int = 1
+    accumulate: int = 1
+    global_batch: int = 0   # set by the loop before each step (plain runs leave it at 0)
+
+    @property
+    def plain(self) -> bool:
+        """One process, one batch per step: the step as archlab has always taken it."""
+        return self.world == 1 and self.accumulate == 1
 
     def autocast(self):  # noqa: ANN201
         return autocast(self.device, self.precision)
+
+    def micro_batches(self, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN201
+        """(x, y, weight, last) for each of the `accumulate` micro-batches of this rank's part:
+        weight = world x its samples / the global batch (DDP and FSDP average the ranks'
+        gradients). A micro-batch with no samples (a short last batch) runs on one sample
+        at weight 0, so every rank still takes part in each gradient reduction."""
+        n, k = x.shape[0], self.accumulate
+        total = self.global_batch or n * self.world
+        base, extra = divmod(n, k)
+        start = 0
+        for i in range(k):
+            size = base + (i < extra)
+            if size:
+                yield x[start:start + size], y[start:start + size], self.world * size / total, i == k - 1
+            else:
+                yield x[:1], y[:1], 0.0, i == k - 1
+            start += size
+
+    def sync(self, last: bool):  # noqa: ANN201
+        """Around one micro-batch's forward and backward: gradients are reduced across ranks on
+        the last one only."""
+        if self.world == 1:
+            return nullcontext()
+        from ._distributed import no_sync
+
+        return no_sync(self.model, last)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        scaler = self.scaler
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor] | None = None) -> None:
+        """Clip the gradients' global norm to --grad-clip (default: the whole model's), step."""
+        scaler = self.scaler
+        if scaler is not None and scaler.is_enabled():
+            if self.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.net.parameters() if params is None else params, self.grad_clip)
+            scaler.step(optimizer)
+            return
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters() if params is None else params, self.grad_clip)
+        optimizer.step()
 
     def update(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                params: Iterable[torch.Tensor] | None = None) -> None:
@@ -96,15 +156,5 @@ class StepContext:
         global norm to --grad-clip (default: the whole model's), step. The loop updates the
         scaler once after the task's step (GradScaler's pattern for several optimizers)."""
         optimizer.zero_grad(set_to_none=True)
-        scaler = self.scaler
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            if self.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(self.net.parameters() if params is None else params, self.grad_clip)
-            scaler.step(optimizer)
-            return
-        loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.net.parameters() if params is None else params, self.grad_clip)
-        optimizer.step()
+        self.backward(loss)
+        self.step(optimizer, params)

@@ -24,6 +24,7 @@ from ..runs import (
     read_json,
 )
 from ._checkpoint import has_checkpoint
+from ._distributed import has_any_checkpoint
 from ._tasks import TASKS
 
 __all__ = [
@@ -166,7 +167,8 @@ def run_state(store: RunStorage, record: RunRecord) -> RunState:
     except StoreError as exc:  # its folder is a link out of the store
         problem = "unsafe", StoreError(f"run {record.run_id} cannot be resumed: {exc}")
     if problem is None:
-        fresh = not has_checkpoint(store.run_dir(record.run_id, create=False))
+        folder = store.run_dir(record.run_id, create=False)
+        fresh = not has_checkpoint(folder) and not has_any_checkpoint(folder)
         return RunState(status, True, "no checkpoint" if fresh else None)
     return RunState(status, False, problem[0], str(problem[1]))
 

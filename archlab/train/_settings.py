@@ -24,8 +24,11 @@ BN_MODES = ("train", "frozen")  # --bn: batch norm trains as usual, or stays in 
 
 MAX_SEED = 2**32 - 1  # epoch_order seeds a generator with seed * 1_000_003 + epoch: this keeps it in range
 
-# Settings that decide how data is read, not what is computed: a resume may change them.
-IO_SETTINGS = ("stream", "workers")
+STRATEGIES = ("ddp", "fsdp")
+
+# Settings that decide how data is read, not what is computed: a resume may change them. How the
+# work is spread over processes (DDP or FSDP2) changes no result either (archlab.train._distributed).
+IO_SETTINGS = ("stream", "workers", "strategy")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class TrainSettings:
     partial: bool = False           # load what matches; unused names and shape mismatches are skipped
     freeze: tuple[str, ...] = ()    # globs on parameter names: requires_grad False, not optimized
     bn: str = "train"               # train | frozen (batch-norm layers stay in eval mode)
+    accumulate: int = 1             # micro-batches per optimizer step (batch_size is the whole step's)
+    strategy: str | None = None     # on several processes: ddp (default) or fsdp
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
@@ -107,6 +112,9 @@ class TrainSettings:
         need(self.early_stop is None or self.early_stop >= 1, f"early_stop must be >= 1 epoch. Received: {self.early_stop}")
         need(self.workers is None or self.workers >= 0, f"workers must be >= 0. Received: {self.workers}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0. Received: {self.max_minutes}")
+        need(self.accumulate >= 1, f"accumulate must be >= 1 micro-batch per step. Received: {self.accumulate}")
+        need(self.strategy is None or self.strategy in STRATEGIES,
+             f"strategy must be one of {', '.join(STRATEGIES)}. Received: {self.strategy!r}")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
         need(self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}. Received: {self.bn!r}")
         need(not (self.map or self.partial) or self.init_from is not None,

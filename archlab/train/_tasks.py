@@ -70,11 +70,41 @@ class Task(ABC):
         The default is supervised learning: forward (under autocast), the task's loss, one
         optimizer step."""
         x, y = batch
+        if not ctx.plain:
+            return self._accumulated_step(ctx, batch, optimizers[0])
         with ctx.autocast():
             out = self.forward(ctx.model, x, y)
             loss = self.loss(out.float(), y)
         ctx.update(loss, optimizers[0])
         return loss, self.stats(out.detach().float(), y, loss)
+
+    def _accumulated_step(self, ctx: StepContext, batch: tuple[torch.Tensor, torch.Tensor],
+                          optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update from micro-batches (this rank's part of the global batch, `--accumulate`
+        pieces): each loss weighted by its share, gradients reduced across ranks once, one step.
+        Returns this rank's share of the global mean loss and its sums."""
+        optimizer.zero_grad(set_to_none=True)
+        share = sums = None
+        for x, y, weight, last in ctx.micro_batches(*batch):
+            with ctx.sync(last):
+                with ctx.autocast():
+                    out = self.forward(ctx.model, x, y)
+                    loss = self.loss(out.float(), y)
+                ctx.backward(loss * weight)
+            if weight:
+                part = loss.detach() * weight
+                stats = self.stats(out.detach().float(), y, loss)
+                share = part if share is None else share + part
+                sums = stats if sums is None else sums + stats
+        ctx.step(optimizer)
+        assert share is not None and sums is not None  # a rank's part is never empty
+        return share, sums
+
+    @property
+    def own_step(self) -> bool:
+        """Whether this task writes its own training step (a VAE, a GAN): then it trains on one
+        process without accumulation."""
+        return type(self).train_step is not Task.train_step
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, split: Any, *, device: torch.device, precision: str = "fp32",

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import StoreError, TrainingError, thaw
+from ..core import SpecError, StoreError, TrainingError, thaw
 from ..data import (
     Augment,
     DataInfo,
@@ -78,6 +78,18 @@ from ..runs import (
 )
 from ..spec import Spec
 from ._checkpoint import CheckpointWriter, load_checkpoint
+from ._distributed import (
+    Group,
+    check_layout,
+    full_model_state,
+    load_distributed,
+    newest_checkpoint,
+    part,
+    rank_info,
+    save_distributed,
+    set_full_state,
+    wrap,
+)
 from ._init_from import (
     InitReport,
     check_bn,
@@ -147,23 +159,41 @@ def epoch_order(n: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Gene
 
 def batches(split: Split | DiskSplit, order: torch.Tensor, batch_size: int, start: int,
             augment: Augment | None, generator: torch.Generator, *, device: torch.device | None = None,
-            workers: int | None = None, steps: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+            workers: int | None = None, steps: int | None = None, rank: int = 0,
+            world: int = 1) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(step, x, y) from `start` on, up to `steps` (default: every batch). In-memory data is sliced
     where it lies (the order moves to its device once); data on disk streams through a
-    DataLoader to `device`, in the same order."""
+    DataLoader to `device`, in the same order.
+
+    On `world` ranks, each step's global batch of `batch_size` is still cut from `order` and
+    rank `rank` gets its contiguous part of it (`part`); augmentation draws for the whole
+    batch, so each sample is augmented as one process would augment it."""
     limit = steps
+    n = len(split)
+    end = math.ceil(n / batch_size) if limit is None else limit
     if isinstance(split, DiskSplit):
-        batches_ = stream_batches(split, order, batch_size, start, device=device, workers=workers)
+        if world > 1:  # this rank's parts of every batch, in order: it streams them at batch_size / world
+            order = torch.cat([order[s * batch_size:(s + 1) * batch_size][slice(*part(
+                min(batch_size, n - s * batch_size), rank, world))] for s in range(end)])
+            limit = end  # the reader counts batches of the whole split: stop after this rank's
+        batches_ = stream_batches(split, order, batch_size // world, start, device=device, workers=workers)
     else:
         order = order.to(split.x.device)
-        end = math.ceil(len(split) / batch_size) if limit is None else limit
-        batches_ = ((step, *split.take(order[step * batch_size:(step + 1) * batch_size]))
-                    for step in range(start, end))
+
+        def take(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            return split.take(idx[slice(*part(len(idx), rank, world))] if world > 1 else idx)
+
+        batches_ = ((step, *take(step)) for step in range(start, end))
     for step, x, y in batches_:
         if limit is not None and step >= limit:
             break
         if augment:  # in this process, from the run's generator: the same draws on either path
-            x = augment(x, generator)
+            if world > 1:
+                total = min(batch_size, n - step * batch_size)
+                x = augment(x, generator, part=(part(total, rank, world)[0], total))
+            else:
+                x = augment(x, generator)
         yield step, x, y
 
 
@@ -233,8 +263,22 @@ class Trainer:
             settings = dataclasses.replace(settings, task=task.name)
         self.settings = s = settings
         self.spec = task.adapt_spec(spec, dataset)
-        self.dataset, self.store, self.quiet = dataset, store, quiet
         self.device = pick_device(s.device)
+        # Several processes (torchrun's RANK/WORLD_SIZE): rank 0 alone records and reports.
+        ranks = rank_info()
+        self.world, self.primary = ranks.world, ranks.primary
+        if (ranks.distributed or s.accumulate > 1) and task.own_step:
+            what = f"{ranks.world} processes" if ranks.distributed else f"--accumulate {s.accumulate}"
+            raise SpecError(f"train: task {task.name} writes its own training step, which trains on one process "
+                            f"without accumulation. Received: {what}; train it with --nproc 1 --accumulate 1")
+        check_layout(s.batch_size, ranks.world, s.accumulate)
+        self.group: Group | None = None
+        if ranks.distributed:
+            self.group = Group.start(self.device, ranks)
+            self.device = self.group.device
+        self.strategy = s.strategy or "ddp"
+        quiet = quiet or not self.primary
+        self.dataset, self.store, self.quiet = dataset, store, quiet
 
         # First on the meta device (no weights): the output check and whether a step fits in
         # memory, before anything is recorded or allocated.
@@ -255,6 +299,10 @@ class Trainer:
             # Batch norm cannot train on one value per channel: a last batch of one sample is
             # dropped (a different sample each epoch, as the order changes).
             self.steps_per_epoch -= 1
+        elif 0 < n % s.batch_size < self.world and n > s.batch_size:
+            # Every rank must take part in every step: a last batch smaller than the number of
+            # processes is dropped (a different part each epoch).
+            self.steps_per_epoch -= 1
         self.epoch_samples = min(self.steps_per_epoch * s.batch_size, n)
         self.augment = Augment(crop_padding=s.crop_padding, hflip=s.hflip)
         self.state = LoopState()
@@ -263,10 +311,12 @@ class Trainer:
         self.out_of_time = False
         self.saved_at: str | None = None  # where the last checkpoint was taken, for messages
         created = run_id is None
-        if created:
+        if created and self.primary:
             params = sum(p.numel() for p in meta.parameters())
             run_id = store.create_run(name=self.spec.name, data=data_uri, spec=self.spec.to_dict(),
-                                      settings=s.to_dict(), env=environment(self.device), params=params,
+                                      settings=s.to_dict(), params=params,
+                                      env={**environment(self.device), **({"world_size": self.world,
+                                           "strategy": self.strategy} if self.world > 1 else {})},
                                       tags={"task": task.name, **dict(tags or {})})
             (store.run_dir(run_id) / SPEC_FILE).write_text(self.spec.to_yaml())
             tokenizer = getattr(info, "tokenizer", None)
@@ -280,19 +330,23 @@ class Trainer:
             write_text(store.run_dir(run_id) / PREPROCESSING_FILE, json.dumps(prep))
             if on_start is not None:
                 on_start(run_id)
+        if self.group is not None:  # the id and folder rank 0 recorded; the others never write the store
+            run_id, folder = self.group.broadcast_json([run_id, str(store.run_dir(run_id)) if self.primary else None])
+            if not self.primary:
+                self.store = _Quiet(Path(folder))
         self.run_id = run_id
-        self.dir = store.run_dir(run_id)
+        self.dir = self.store.run_dir(run_id)
         # Snapshots at each save; a background thread writes them while the next epoch runs.
         self.checkpoints = CheckpointWriter(self.dir)
         try:
             self._allocate(dataset)
         except KeyboardInterrupt:
-            if created:
+            if created and self.primary:
                 store.set_status(run_id, "interrupted", message="interrupted by the user before its first step "
                                  "(no checkpoint: `archlab train --resume` says how to start it again)")
             raise
         except BaseException as e:  # recorded already: say why it never trained
-            if created:
+            if created and self.primary:
                 store.set_status(run_id, "failed", message=f"{type(e).__name__}: {e}")
             raise
         # Cross-validation folds never look at the test split; their train metric is
@@ -317,7 +371,14 @@ class Trainer:
             self.init_report.load(self.net)
         freeze_parameters(self.net, s.freeze)  # before the optimizers: frozen ones stay out of them
         self.net.to(self.device)
-        self.model: nn.Module = torch.compile(self.net) if s.compile else self.net
+        # What validation and the kept weights use: the plain net, or on FSDP a whole copy on rank 0.
+        self.eval_net: nn.Module = self.net
+        model: nn.Module = self.net
+        if self.group is not None:
+            model = wrap(self.net, self.strategy, self.device)  # before the optimizer: FSDP swaps the parameters
+            if self.strategy == "fsdp" and self.primary:
+                self.eval_net = build(self.spec, seed=s.seed).to(self.device)
+        self.model: nn.Module = torch.compile(model) if s.compile else model
         self.optimizers = task.configure_optimizers(self.net, s)
         self.schedulers = [make_schedule(o, s, self.steps_per_epoch) for o in self.optimizers]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=s.precision == "fp16" and self.device.type == "cuda")
@@ -383,14 +444,38 @@ class Trainer:
         st = self.state
         # Mid-epoch only: where the epoch's generator (order, augmentation, noise) had got to.
         st.generator = self.generator.get_state() if st.step_in_epoch and self.generator is not None else None
+        if self.group is not None:  # every rank's part, through torch.distributed.checkpoint
+            state = self.state_dict()
+            if st.partial_sums is not None:  # the whole run's sums so far: they resume on any number of ranks
+                state["partial_sums"] = self.group.sum(st.partial_sums)
+            save_distributed(self.dir, self.group, self.net, self.optimizers[0], self.schedulers[0], state,
+                             strategy=self.strategy)
+            self.saved_at = self._position()
+            return
         self.checkpoints.save(model=self.net, optimizer=self.optimizers[0], scheduler=self.schedulers[0],
                               state=self.state_dict())
         self.saved_at = self._position()
 
     def restore(self) -> None:
         self.checkpoints.wait()
-        state = load_checkpoint(self.dir, model=self.net, optimizer=self.optimizers[0], scheduler=self.schedulers[0])
+        kind = newest_checkpoint(self.dir)
+        if kind == "distributed":  # written by several ranks: DCP reshards it onto this many
+            state = load_distributed(self.dir, self.net, self.optimizers[0], self.schedulers[0], self.group)
+        elif self.group is not None:  # a one-process checkpoint, on several ranks: whole, then sharded
+            net = build(self.spec, seed=self.settings.seed).to(self.device)
+            optimizer = self.task.configure_optimizers(net, self.settings)[0]
+            schedule = make_schedule(optimizer, self.settings, self.steps_per_epoch)
+            state = load_checkpoint(self.dir, model=net, optimizer=optimizer, scheduler=schedule)
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            set_full_state(self.net, self.optimizers[0], *get_state_dict(net, optimizer))
+            self.schedulers[0].load_state_dict(schedule.state_dict())
+        else:
+            state = load_checkpoint(self.dir, model=self.net, optimizer=self.optimizers[0],
+                                    scheduler=self.schedulers[0])
         self.load_state_dict(state)
+        if self.group is not None and not self.primary and self.state.partial_sums is not None:
+            self.state.partial_sums = torch.zeros_like(self.state.partial_sums)  # rank 0 holds the sums so far
         self.saved_at = self._position()
 
     def _position(self) -> str:
@@ -403,6 +488,8 @@ class Trainer:
     # -- the loop
 
     def run(self) -> Run:
+        if not self.primary:  # rank 0 holds the run's lock
+            return self._run()
         with run_lock(self.dir, self.run_id):
             return self._run()
 
@@ -418,8 +505,8 @@ class Trainer:
 
             with EpochProgress(total_epochs=s.epochs, steps=self.steps_per_epoch, quiet=self.quiet,
                                batch_size=s.batch_size, primary=self.task.primary) as progress, \
-                    TensorBoardLog(self.dir, first_epoch=st.epoch + 1, spec=self.spec.to_yaml(),
-                                   settings=s.to_dict(), note=progress.note) as board:
+                    (TensorBoardLog(self.dir, first_epoch=st.epoch + 1, spec=self.spec.to_yaml(),
+                                    settings=s.to_dict(), note=progress.note) if self.primary else _NoBoard()) as board:
                 total_steps = s.epochs * self.steps_per_epoch
                 if note := describe_data_path(self.dataset):
                     progress.note(note)
@@ -508,7 +595,9 @@ class Trainer:
         if st.generator is not None:  # resumed mid-epoch: same order, same later draws
             self.generator.set_state(st.generator)
             st.generator = None
-        ctx = StepContext(self.model, self.net, self.generator, self.device, s.precision, s.grad_clip, self.scaler)
+        ctx = StepContext(self.model, self.net, self.generator, self.device, s.precision, s.grad_clip, self.scaler,
+                          world=self.world, accumulate=s.accumulate)
+        n, group = len(self.train_split), self.group
         sums = st.partial_sums
         first_bad = torch.tensor(-1, device=self.device)
         t0 = time.perf_counter()
@@ -516,8 +605,14 @@ class Trainer:
         progress.start_epoch(st.epoch, st.step_in_epoch)
         for step, x, y in batches(self.train_split, order, s.batch_size, st.step_in_epoch,
                                   self.augment, self.generator, device=self.device, workers=s.workers,
-                                  steps=self.steps_per_epoch):
+                                  steps=self.steps_per_epoch, rank=group.rank if group else 0, world=self.world):
+            ctx.global_batch = min(s.batch_size, n - step * s.batch_size)
             loss, batch_sums = task.train_step(ctx, (x, y), self.optimizers)
+            stop = late = False
+            if group is not None:  # every rank sees the global loss and stops at the same step
+                late = self.deadline is not None and time.perf_counter() >= self.deadline
+                loss, (stop, late) = group.agree(loss, self._signals.requested, late)
+                loss = loss / self.world
             self.scaler.update()
             for schedule in self.schedulers:
                 schedule.step()
@@ -535,20 +630,23 @@ class Trainer:
             st.step_in_epoch, st.global_step = step + 1, st.global_step + 1
             st.partial_sums = sums
             progress.step(step + 1, loss)
-            if self._signals.requested:
+            if group is None:
+                stop = self._signals.requested
+                late = self.deadline is not None and time.perf_counter() >= self.deadline
+            if stop:
+                self._signals.requested = True
                 raise KeyboardInterrupt
-            if self.deadline is not None and time.perf_counter() >= self.deadline:
+            if late:
                 self.out_of_time = True  # validate and record this (partial) epoch, then stop
                 break
         assert sums is not None
         self._check_finite(first_bad)  # before anything of this epoch is saved
         seen = min(st.step_in_epoch * s.batch_size, self.epoch_samples)
-        train = task.summarize(sums, seen)
+        train = task.summarize(sums if group is None else group.sum(sums), seen)
         self._check_growth(train)
         val: dict[str, float] = {}
         if task.validates:
-            val, _ = task.evaluate(self.model, self.val_split, device=self.device, precision=s.precision,
-                                   batch_size=s.eval_batch(self.device), seed=s.seed)
+            val = self._validate()
         seconds = time.perf_counter() - t0
         st.epoch += 1
         st.step_in_epoch, st.partial_sums = 0, None
@@ -563,6 +661,24 @@ class Trainer:
         st.history.append(record)
         return record
 
+    def _validate(self) -> dict[str, float]:
+        """The validation metrics; on several ranks rank 0 measures them on the whole model (the
+        numbers one process gets) and sends them to the others."""
+        s = self.settings
+        if self.group is None:
+            val, _ = self.task.evaluate(self.model, self.val_split, device=self.device, precision=s.precision,
+                                        batch_size=s.eval_batch(self.device), seed=s.seed)
+            return val
+        if self.strategy == "fsdp":  # gather the shards (every rank) into rank 0's whole copy
+            weights = full_model_state(self.net, self.group)
+            if self.primary:
+                self.eval_net.load_state_dict(weights)
+        val = None
+        if self.primary:
+            val, _ = self.task.evaluate(self.eval_net, self.val_split, device=self.device, precision=s.precision,
+                                        batch_size=s.eval_batch(self.device), seed=s.seed)
+        return self.group.broadcast_json(val)
+
     def _keep_if_best(self, val: Mapping[str, float]) -> None:
         """Keep this epoch's weights if its validation primary metric is the best so far.
 
@@ -575,7 +691,8 @@ class Trainer:
                and loss < st.best_loss)
         if task.better(primary, st.best) or tie:
             st.best, st.best_epoch, st.best_loss, st.stale = primary, st.epoch, loss, 0
-            save_weights(self.dir / BEST_WEIGHTS, self.net)
+            if self.primary:  # on several ranks rank 0's whole copy, as validated
+                save_weights(self.dir / BEST_WEIGHTS, self.eval_net)
         else:
             st.stale += 1
 
@@ -619,10 +736,18 @@ class Trainer:
 
     def finish(self, duration: float) -> Run:
         """Restore the best-validation weights, score the test split once, record it."""
+        s, task = self.settings, self.task
+        if self.group is not None:  # rank 0 scores its whole copy; the others are done
+            weights = full_model_state(self.net, self.group)
+            if not self.primary:
+                return Run(self.run_id, self.net, self.spec, s, self.dataset.info, self.history, {}, {},
+                           "finished", self.state.best_epoch, self.dir)
+            if self.eval_net is not self.net:
+                self.eval_net.load_state_dict(weights)
+            self.net = self.eval_net  # the plain module (DDP's inner one, or the whole FSDP copy)
         best_path = self.dir / BEST_WEIGHTS
         if best_path.exists():
             load_weights(best_path, self.net)
-        s, task = self.settings, self.task
         test, report = {}, {}
         if self.evaluate_test:
             test, report = task.evaluate(self.net, self.dataset.test.to(self.device), device=self.device,
@@ -641,6 +766,35 @@ class Trainer:
         best_epoch = self.state.best_epoch if task.validates else self.state.epoch
         return Run(self.run_id, self.net, self.spec, self.settings, self.dataset.info, self.history, test,
                    report, "finished", best_epoch, self.dir, train_metrics)
+
+
+class _Quiet:
+    """The run store as ranks other than 0 see it: the run's folder, and no writes."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def run_dir(self, run_id: str, create: bool = True) -> Path:
+        return self.folder
+
+    def log_epoch(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def set_status(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _NoBoard:
+    """TensorBoardLog's place on ranks other than 0."""
+
+    def __enter__(self) -> _NoBoard:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def epoch(self, record: Any) -> None:
+        pass
 
 
 def absolute_data_uri(uri: str) -> str:
