@@ -11,8 +11,30 @@ from ._measure import (
     size_on_disk,
     time_forward,
 )
+from ._quantize import (
+    DEFAULT_TOLERANCE,
+    MODES,
+    QUANTIZED_META,
+    QUANTIZED_WEIGHTS,
+    QuantizationWarning,
+    QuantizedNetwork,
+    load_quantized,
+    quantize,
+    save_quantized,
+    time_candidates,
+)
 
 __all__: list[str] = [
+    "DEFAULT_TOLERANCE",
+    "MODES",
+    "QUANTIZED_META",
+    "QUANTIZED_WEIGHTS",
+    "QuantizationWarning",
+    "QuantizedNetwork",
+    "load_quantized",
+    "quantize",
+    "save_quantized",
+    "time_candidates",
     "accuracy",
     "compare_measurements",
     "count_macs",
