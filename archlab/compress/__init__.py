@@ -2,6 +2,7 @@
 spec, distillation, quantization, and the measurements (parameters, MACs, size, latency,
 accuracy) of every variant against its parent."""
 
+from ._compress import COMPRESSION_JSON, Compressed, Variant, compress, read_compression
 from ._measure import (
     accuracy,
     compare_measurements,
@@ -11,6 +12,7 @@ from ._measure import (
     size_on_disk,
     time_forward,
 )
+from ._prune import METHODS, Pruned, PrunedLayer, check_method, check_ratio, prune, taylor_scores
 from ._quantize import (
     DEFAULT_TOLERANCE,
     MODES,
@@ -23,8 +25,25 @@ from ._quantize import (
     save_quantized,
     time_candidates,
 )
+from ._unstructured import SCOPES, Sparsity, magnitude_prune, sparsity_of
 
 __all__: list[str] = [
+    "COMPRESSION_JSON",
+    "Compressed",
+    "Variant",
+    "compress",
+    "read_compression",
+    "METHODS",
+    "Pruned",
+    "PrunedLayer",
+    "SCOPES",
+    "Sparsity",
+    "magnitude_prune",
+    "sparsity_of",
+    "check_method",
+    "check_ratio",
+    "prune",
+    "taylor_scores",
     "DEFAULT_TOLERANCE",
     "MODES",
     "QUANTIZED_META",
