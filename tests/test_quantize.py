@@ -161,7 +161,7 @@ def test_no_deprecation_warnings_reach_the_user(tmp_path):
 
 def test_bad_mode_and_missing_calibration_are_one_line_errors(tmp_path):
     net = _net(DENSE)
-    with pytest.raises(ArchlabError, match=r"mode must be one of .*Received: mode='int4'") as e:
+    with pytest.raises(ArchlabError, match=r"mode must be one of .*Received: 'int4'") as e:
         quantize(net, "int4")
     assert "\n" not in str(e.value)
     with pytest.raises(ArchlabError, match=r"calibration=None; pass calibration="):
@@ -266,3 +266,80 @@ def test_auto_measures_for_real_and_returns_a_consistent_choice():
     best = min((c for c in q.candidates if c["within_tolerance"]), key=lambda c: c["seconds"])
     assert (q.mode, q.engine) == (best["mode"], best["engine"])
     assert all(c["seconds"] > 0 for c in q.candidates)
+
+
+# --------------------------------------------------------------------------- archlab compress --quantize
+
+@pytest.fixture(scope="module")
+def parent_run(tmp_path_factory):
+    """A small finished classifier run on digits (its own store)."""
+    from archlab.train import fit
+
+    store = tmp_path_factory.mktemp("quant-store")
+    spec = {"name": "dense", "input": {"shape": [1, 8, 8]},
+            "model": ["flatten", {"linear": 64}, "relu", {"linear": "$num_classes"}], "vars": {"num_classes": 10}}
+    run = fit(spec, data="digits", epochs=1, quiet=True, store=store, seed=0)
+    return run.run_id, store
+
+
+def _main(monkeypatch, capsys, *args):
+    import sys
+
+    import archlab.cli._app as cli
+
+    monkeypatch.setattr(sys, "argv", ["archlab", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compress_quantize_makes_a_linked_run_with_quantized_weights(parent_run, monkeypatch, capsys):
+    from archlab.compress import read_compression
+    from archlab.runs import open_store
+
+    run_id, store = parent_run
+    monkeypatch.setenv("ARCHLAB_HOME", str(store))
+    code, out, err = _main(monkeypatch, capsys, "compress", run_id, "--quantize", "int8")
+    assert code in (0, None), err
+    assert "size on disk" in out and "before" in out
+    st = open_store(store)
+    child = next(r for r in st.list_runs() if r.tags.get("parent") == run_id)
+    assert child.status == "finished" and "quantize int8" in child.tags["compression"]
+    folder = st.run_dir(child.run_id)
+    q = load_quantized(folder)
+    assert q.mode == "int8-dynamic"
+    record = read_compression(st, child.run_id)
+    step = record["steps"][-1]
+    assert step["kind"] == "quantize" and step["mode"] == "int8-dynamic"
+    assert record["after"]["size_bytes"] == (folder / QUANTIZED_WEIGHTS).stat().st_size
+    assert record["ratios"]["size_bytes"] > 3
+    assert record["after"]["params"] == record["before"]["params"]
+    assert record["after"]["macs"] == record["before"]["macs"]
+    assert abs(record["ratios"]["accuracy_points"]) <= 2.0
+    # the child's test metrics are the quantized model's (in the task's evaluation batches: dynamic
+    # int8 scales each batch's activations by that batch's range)
+    from archlab.core import thaw
+    from archlab.data import load_dataset
+    from archlab.train import TrainSettings
+
+    test = load_dataset("digits", seed=0).test
+    bs = TrainSettings.from_mapping(thaw(child.settings)).eval_batch("cpu")
+    with torch.inference_mode():
+        correct = sum(int((q(test.x[i:i + bs]).argmax(-1) == test.y[i:i + bs]).sum()) for i in range(0, len(test), bs))
+    assert child.test_metrics["acc"] == pytest.approx(correct / len(test), abs=1e-9)
+
+
+def test_compress_quantize_bad_mode_is_one_line_and_writes_nothing(parent_run, monkeypatch, capsys):
+    from archlab.runs import open_store
+
+    run_id, store = parent_run
+    monkeypatch.setenv("ARCHLAB_HOME", str(store))
+    before = len(open_store(store).list_runs())
+    code, out, err = _main(monkeypatch, capsys, "compress", run_id, "--quantize", "int4")
+    assert code == 2
+    assert err.startswith("error: --quantize must be one of int8,") and err.count("\n") == 1
+    assert len(open_store(store).list_runs()) == before

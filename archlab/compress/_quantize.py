@@ -168,6 +168,10 @@ class QuantizedNetwork(BuiltNetwork, nn.Module):
 
     example_input = Network.example_input
 
+    def train(self, mode: bool = True) -> QuantizedNetwork:
+        """A quantized model is for inference only: it stays in eval mode."""
+        return super().train(False)
+
     def extra_repr(self) -> str:
         return f"mode={self.mode}" + (f", engine={self.engine}" if self.engine else "")
 
@@ -443,11 +447,9 @@ def quantize(net: nn.Module, mode: str = "int8", *, calibration: Any = None, dat
     >>> quantize(net, "int4")
     Traceback (most recent call last):
     ...
-    archlab.core._errors.ArchlabError: quantize: mode must be one of int8, int8-dynamic, int8-static, fp16, bf16, auto. Received: mode='int4'; pass e.g. mode='int8'
+    archlab.core._errors.ArchlabError: quantize: mode must be one of int8, int8-dynamic, int8-static, fp16, bf16, auto. Received: 'int4'; pass e.g. int8
     """
-    if mode not in MODES:
-        raise ArchlabError(f"quantize: mode must be one of {', '.join(MODES)}. Received: mode={mode!r}; "
-                           f"pass e.g. mode='int8'")
+    check_mode(mode, "quantize: mode")
     if not isinstance(tolerance, int | float) or not 0 <= tolerance <= 100:
         raise ArchlabError(f"quantize: tolerance is in accuracy points, between 0 and 100. Received: "
                            f"tolerance={tolerance!r}; pass e.g. 0.5")
@@ -467,8 +469,15 @@ def quantize(net: nn.Module, mode: str = "int8", *, calibration: Any = None, dat
         t = time_candidates({"fp32": net, mode: result}, x, threads=threads)
         if t[mode] > t["fp32"]:
             _note(result, f"{mode} is slower than fp32 on this machine: {t['fp32'] / t[mode]:.2f}× its speed "
-                          f"at batch {batch}, {threads} thread(s); keep the fp32 model or try mode='auto'")
+                          f"at batch {batch}, {threads} thread(s); keep the fp32 model or try auto")
     return result
+
+
+def check_mode(mode: Any, where: str = "quantize: mode") -> str:
+    """`mode` if it is one of MODES, else a one-line ArchlabError naming `where`."""
+    if mode not in MODES:
+        raise ArchlabError(f"{where} must be one of {', '.join(MODES)}. Received: {mode!r}; pass e.g. int8")
+    return mode
 
 
 def _note(result: QuantizedNetwork, text: str) -> None:
