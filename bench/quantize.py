@@ -10,8 +10,9 @@ Models (trained here on digits with archlab.train.fit, seeds given by --seeds):
 - dense: zoo:mlp (256-128 hidden) and a wider zoo:mlp (--wide hidden units, default 2048-1024)
 - conv:  zoo:resnet-mini (static int8, calibrated on 16 training batches of 64)
 
-Timing: every candidate of one model is timed in turn within each round (interleaved), after
-warm-up, `--rounds` rounds; the median of wall time (perf_counter) and of process CPU time
+Timing: every candidate of one model is timed in turn within each round (interleaved, in a new
+random order each round: an AVX-512-heavy or cache-evicting model must not always run just
+before the same one), after warm-up, `--rounds` rounds; the median of wall time (perf_counter) and of process CPU time
 (process_time: with one thread it counts the work, not the time other jobs took) is printed.
 On a machine shared with other jobs, read the CPU-time column.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -47,8 +49,11 @@ def timed(models: dict, x: torch.Tensor, rounds: int, warmup: int = 5) -> dict[s
         for m in models.values():
             for _ in range(warmup):
                 m(x)
+        order, shuffle = list(models), random.Random(0).shuffle
         for _ in range(rounds):
-            for k, m in models.items():
+            shuffle(order)  # a new order each round: no model always runs after the same one
+            for k in order:
+                m = models[k]
                 w0, c0 = time.perf_counter(), time.process_time()
                 m(x)
                 cpu[k].append(time.process_time() - c0)

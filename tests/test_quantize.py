@@ -18,6 +18,7 @@ from archlab.compress import (
     QuantizationWarning,
     QuantizedNetwork,
     load_quantized,
+    load_run_quantized,
     quantize,
     save_quantized,
 )
@@ -312,6 +313,11 @@ def test_compress_quantize_makes_a_linked_run_with_quantized_weights(parent_run,
     folder = st.run_dir(child.run_id)
     q = load_quantized(folder)
     assert q.mode == "int8-dynamic"
+    x = torch.randn(5, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(load_run_quantized(child.run_id, store=store)(x), q(x))
+    with pytest.raises(ArchlabError, match=r"holds no quantized model"):
+        load_run_quantized(run_id, store=store)
     record = read_compression(st, child.run_id)
     step = record["steps"][-1]
     assert step["kind"] == "quantize" and step["mode"] == "int8-dynamic"
@@ -343,3 +349,16 @@ def test_compress_quantize_bad_mode_is_one_line_and_writes_nothing(parent_run, m
     assert code == 2
     assert err.startswith("error: --quantize must be one of int8,") and err.count("\n") == 1
     assert len(open_store(store).list_runs()) == before
+
+
+def test_compress_prunes_then_quantizes(parent_run):
+    from archlab.compress import compress
+
+    run_id, store = parent_run
+    result = compress(run_id, prune_ratio=0.5, finetune=0, quantize_mode="bf16", store=store, quiet=True,
+                      repeats=2)
+    kinds = [s["kind"] for s in result.steps]
+    assert kinds == ["prune", "quantize"] and result.steps[-1]["mode"] == "bf16"
+    q = load_run_quantized(result.run_id, store=store)
+    assert q.mode == "bf16" and q.spec.to_dict()["model"][1]["linear"] == {"out": 32}  # the pruned spec
+    assert result.ratios["size_bytes"] > 3  # half the units, half the bits

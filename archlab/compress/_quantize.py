@@ -80,6 +80,7 @@ import contextlib
 import copy
 import json
 import math
+import random
 import statistics
 import time
 import warnings
@@ -104,6 +105,7 @@ __all__ = [
     "QuantizationWarning",
     "QuantizedNetwork",
     "load_quantized",
+    "load_run_quantized",
     "quantize",
     "save_quantized",
     "time_candidates",
@@ -296,7 +298,12 @@ def time_candidates(models: Mapping[str, nn.Module], x: Any, *, threads: int = 1
                     rounds: int = 15, min_seconds: float = 0.3) -> dict[str, float]:
     """Median seconds per forward pass of each model on `x`, on `threads` CPU threads (restored
     after), the models timed in turn within each round so that a change in the machine's load
-    falls on all of them alike."""
+    falls on all of them alike (in a new random order each round: what ran just before, e.g. a
+    cache-evicting or AVX-512-heavy model, then falls on all alike too). On one thread the clock is the process's CPU time (torch then
+    computes on the calling thread, so it counts the work and not the time other jobs on a busy
+    machine took: a long forward pass is preempted more often than a short one, which would
+    flatter the faster model); on more threads, wall time."""
+    clock = time.process_time if threads == 1 else time.perf_counter
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     times: dict[str, list[float]] = {k: [] for k in models}
@@ -306,11 +313,13 @@ def time_candidates(models: Mapping[str, nn.Module], x: Any, *, threads: int = 1
                 for _ in range(warmup):
                     m(x)
             start = time.perf_counter()
+            order, shuffle = list(models), random.Random(0).shuffle
             while True:
-                for key, m in models.items():
-                    t0 = time.perf_counter()
-                    m(x)
-                    times[key].append(time.perf_counter() - t0)
+                shuffle(order)  # a fresh order each round: no model always follows the same one
+                for key in order:
+                    t0 = clock()
+                    models[key](x)
+                    times[key].append(clock() - t0)
                 n = len(next(iter(times.values())))
                 if n >= rounds and (time.perf_counter() - start >= min_seconds or n >= 1000):
                     break
@@ -471,6 +480,19 @@ def quantize(net: nn.Module, mode: str = "int8", *, calibration: Any = None, dat
             _note(result, f"{mode} is slower than fp32 on this machine: {t['fp32'] / t[mode]:.2f}× its speed "
                           f"at batch {batch}, {threads} thread(s); keep the fp32 model or try auto")
     return result
+
+
+def load_run_quantized(run_id: str, *, store: Any = None) -> QuantizedNetwork:
+    """The quantized model `archlab compress RUN --quantize` stored with a run."""
+    from ..runs import open_store
+
+    st = store if hasattr(store, "run_dir") else open_store(store)
+    record = st.get_run(run_id)
+    folder = st.run_dir(record.run_id, create=False)
+    if not (folder / QUANTIZED_META).is_file():
+        raise ArchlabError(f"run {record.run_id} holds no quantized model. Received: a run without "
+                           f"{QUANTIZED_META}; make one with `archlab compress {record.run_id} --quantize int8`")
+    return load_quantized(folder)
 
 
 def check_mode(mode: Any, where: str = "quantize: mode") -> str:
