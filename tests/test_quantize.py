@@ -87,7 +87,10 @@ def test_int8_is_close_to_fp32_smaller_and_reloads_bit_identical(spec, mode, tol
     assert loaded.mode == mode and loaded.spec == net.spec
     with torch.inference_mode():
         assert torch.equal(loaded(x), out)
-    # the net itself is untouched
+    # the net itself is untouched (its mode too)
+    net.train()
+    quantize(net, "int8", calibration=cal, speed_check=False)
+    assert net.training
     assert all(not p.is_quantized and p.dtype == torch.float32 for p in net.parameters())
 
 

@@ -465,8 +465,21 @@ def quantize(net: nn.Module, mode: str = "int8", *, calibration: Any = None, dat
     if isinstance(net, QuantizedNetwork):
         raise ArchlabError(f"quantize: the model is already quantized ({net.mode}). Received: a "
                            f"QuantizedNetwork; quantize the float model")
-    net = net.eval()
-    batches = _calibration_batches(calibration, calibration_batches)
+    devices = {str(t.device) for t in [*net.parameters(), *net.buffers()]}
+    if devices - {"cpu"}:
+        raise ArchlabError(f"quantize: quantized models run on the CPU. Received: a model on "
+                           f"{', '.join(sorted(devices - {'cpu'}))}; pass net.cpu()")
+    was_training = net.training
+    net.eval()
+    try:
+        return _quantize(net, mode, _calibration_batches(calibration, calibration_batches), data, engine,
+                         tolerance, batch, speed_check, threads)
+    finally:
+        net.train(was_training)
+
+
+def _quantize(net: nn.Module, mode: str, batches: Sequence[Any], data: Any, engine: str | None, tolerance: float,
+              batch: int, speed_check: bool, threads: int) -> QuantizedNetwork:
     if mode == "auto":
         return _auto(net, batches, data, engine, tolerance, batch, threads)
     if mode == "int8":
@@ -540,7 +553,7 @@ def _auto(net: nn.Module, batches: Sequence[Any], data: Any, engine: str | None,
         metric = "agreement with fp32"
     x = _batch_input(net, batches[0] if batches else None, batch)
     seconds = time_candidates(built, x, threads=threads)
-    floor = scores["fp32@"] if "fp32@" in scores else scores["fp32"]
+    floor = scores["fp32"]
     fp32 = seconds["fp32"]
     candidates = [{"candidate": k, "mode": m.mode, "engine": m.engine, "seconds": seconds[k],
                    "speedup": fp32 / seconds[k], metric.replace(" ", "_"): scores[k],
