@@ -14,7 +14,10 @@ Timing: every candidate of one model is timed in turn within each round (interle
 random order each round: an AVX-512-heavy or cache-evicting model must not always run just
 before the same one), after warm-up, `--rounds` rounds; the median of wall time (perf_counter) and of process CPU time
 (process_time: with one thread it counts the work, not the time other jobs took) is printed.
-On a machine shared with other jobs, read the CPU-time column.
+On a machine shared with other jobs, read the CPU-time column. Before timing, every candidate
+runs once on the val split (180 samples), as auto's pick did while being scored: a oneDNN int8
+model that has seen another batch size was ~20% slower at batch 64 in a test here, so all rows
+share that history.
 
     .venv/bin/python bench/quantize.py                   # ~2-4 min on a loaded 2-core machine
     .venv/bin/python bench/quantize.py --quick           # smoke run: fewer epochs and rounds
@@ -89,6 +92,9 @@ def bench_model(label: str, spec, vars_: dict, epochs: int, seed: int, args, tmp
     auto_s = time.perf_counter() - t0
     candidates["auto"] = auto
     x = data.test.x[:64].contiguous()
+    with torch.inference_mode():  # every candidate has now seen the val split's batch size, as auto's has
+        for m in candidates.values():
+            m(data.val.x)
     times = timed(candidates, x, args.rounds)
     rows = []
     for key, model in candidates.items():
