@@ -15,9 +15,9 @@ random order each round: an AVX-512-heavy or cache-evicting model must not alway
 before the same one), after warm-up, `--rounds` rounds; the median of wall time (perf_counter) and of process CPU time
 (process_time: with one thread it counts the work, not the time other jobs took) is printed.
 On a machine shared with other jobs, read the CPU-time column. Before timing, every candidate
-runs once on the val split (180 samples), as auto's pick did while being scored: a oneDNN int8
-model that has seen another batch size was ~20% slower at batch 64 in a test here, so all rows
-share that history.
+runs once at batch 64 and then on the val split (180 samples), as auto's pick did (timed, then
+scored): an int8 model whose first forward pass was at another batch size was 15-25% slower at
+batch 64 afterwards in tests here, so all rows share one history.
 
     .venv/bin/python bench/quantize.py                   # ~2-4 min on a loaded 2-core machine
     .venv/bin/python bench/quantize.py --quick           # smoke run: fewer epochs and rounds
@@ -92,8 +92,9 @@ def bench_model(label: str, spec, vars_: dict, epochs: int, seed: int, args, tmp
     auto_s = time.perf_counter() - t0
     candidates["auto"] = auto
     x = data.test.x[:64].contiguous()
-    with torch.inference_mode():  # every candidate has now seen the val split's batch size, as auto's has
+    with torch.inference_mode():  # every candidate: batch 64 first, then the val split, as auto's pick
         for m in candidates.values():
+            m(x)
             m(data.val.x)
     times = timed(candidates, x, args.rounds)
     rows = []

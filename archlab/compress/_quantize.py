@@ -32,35 +32,42 @@ Modes (what runs in which dtype):
 Explicit modes check the speed too (``speed_check=True``): a result slower than fp32 comes
 with a note in ``notes`` and a :class:`QuantizationWarning`, never silently.
 
-Which flow, and why (torch 2.13.0+cpu, Intel Xeon with AVX-512 VNNI/AMX, one thread, batch 64,
-measured 1 Dec 2026 on a machine shared with other jobs, so ±20%; `bench/quantize.py --flows`
-re-measures them):
+Which flow, and why. Measured 1-2 Dec 2026: torch 2.13.0+cpu, torchao 0.18.0, a 2-vCPU Intel
+Xeon with AVX-512 VNNI/BF16/FP16 and AMX, one thread, batch 64, process CPU time per forward
+pass (the machine was shared with other jobs: wall time swung 2-4×; CPU time ±15%). Ratios
+are fp32 eager / flow, above 1 faster; ``bench/quantize.py --flows`` re-measures them:
 
-============================================  =========  ===========  ===========
-flow                                          MLP 1024   MLP 2048     CNN (8×8)
-============================================  =========  ===========  ===========
-``torch.ao`` eager ``quantize_dynamic`` x86   2.0×       2.8×         1.25×
-``torch.ao`` eager ``quantize_dynamic`` onednn 2.3×      3.6×         1.26×
-``torch.ao`` FX static (``convert_fx``) x86   2.6×       8×           23×
-PT2E + X86InductorQuantizer + torch.compile   0.69×      —            1.2× (fp32 compiled 1.6×)
-PT2E without compile (reference q/dq ops)     0.08×      —            0.66×
-torchao ``Int8DynamicActivationInt8Weight``   0.43×      —            —
-torchao ``Int8WeightOnly``                    0.70×      —            —
-bf16 (weights cast)                           2.0×       2.9×         1.35×
-fp16 (weights cast)                           0.96×      0.45×        —
-============================================  =========  ===========  ===========
+=============================================  ===============  ===========
+flow (random weights)                          MLP 2048-1024    CNN 8×8
+=============================================  ===============  ===========
+``torch.ao`` eager ``quantize_dynamic`` (x86)  1.9×             —
+``torch.ao`` FX static ``convert_fx`` (x86)    (2.5×, below)    2.7×
+PT2E (torchao) + X86InductorQuantizer,         0.73×            1.29×
+then ``torch.compile`` (17-22 s per model)
+PT2E without compile (reference q/dq ops)      0.15×            0.49×
+fp32 + ``torch.compile`` (for reference)       0.91×            1.47×
+torchao ``Int8DynamicActivationInt8Weight``    0.83×            0.73×
+torchao ``Int8WeightOnly``                     0.73×            0.94×
+=============================================  ===============  ===========
 
-(ratios = fp32 eager time / quantized time; above 1 is faster.) PT2E lives in torchao now
-(``torch.ao.quantization.quantize_pt2e`` is gone in 2.13); it is fast only after
-``torch.compile``, which took 15-40 s per model here, must be redone at every load, and was
-still slower than fp32 for the dense model. torchao's int8 configs were 1.4-2.3× *slower*
-than fp32 (as found before: its CPU path for these shapes is not a fused int8 kernel). So
-archlab uses ``torch.ao.quantization``'s eager dynamic flow and its FX static flow: real
-int8 kernels (fbgemm / oneDNN), no compile step, modules that rebuild from a spec and load
-int8 tensors. For a small recurrent model (LSTM 128, sequence 50) int8-dynamic was 0.7-0.9×
-fp32: ``auto`` keeps fp32 there and says so. ``torch.ao.quantization`` warns at every call that
-it is deprecated (and that quantized tensors are); those warnings are silenced inside archlab's
-calls only, because the alternative measured slower — the choice is re-measured by the bench.
+PT2E now lives in torchao (``torch.ao.quantization.quantize_pt2e`` is gone from torch 2.13);
+its int8 is fast only after ``torch.compile``, which would be redone at every load, and was
+still slower than fp32 for the dense model and than archlab's FX int8 for the CNN. torchao's
+int8 configs were slower than fp32 for both. So archlab uses ``torch.ao.quantization``: its
+eager dynamic flow and its FX static flow run real int8 kernels (fbgemm / oneDNN, VNNI/AMX)
+with no compile step, and their modules rebuild from a spec and take stored int8 tensors.
+Trained on digits (``bench/quantize.py``, 3 seeds, median CPU-time speed-up): the wide MLP
+int8-dynamic 2.2×, int8-static 2.5× (x86) / 2.9× (onednn), bf16 2.2×, fp16 1.1×, file 3.9-4.0×
+smaller, accuracy unchanged; zoo:resnet-mini int8-static 2.8×, bf16 1.5×, fp16 0.74×, file
+3.7× smaller; zoo:mlp (256-128) is too small: every mode was 0.4-0.75× fp32, and ``auto``
+kept fp32. A small LSTM (hidden 128, sequence 50) was 0.7-0.9× fp32 with int8-dynamic.
+``torch.ao.quantization`` warns at every call that it is deprecated (and that quantized
+tensors are); archlab silences those warnings inside its own calls only, because the
+successor measured slower here — the bench re-measures the choice.
+
+One more measured effect: an int8 model (oneDNN kernels) whose first forward pass was at one
+batch size ran 15-25% slower at another afterwards than a model first run at that size; run
+a loaded model once at the batch size you serve. ``auto`` times candidates before scoring them.
 
 Engines: ``x86`` (PyTorch's default: fbgemm or oneDNN per op) or ``onednn``; the int8 weights
 are packed for the engine at quantize and load time (both recorded), so a loaded model runs
