@@ -41,7 +41,7 @@ are fp32 eager / flow, above 1 faster; ``bench/quantize.py --flows`` re-measures
 flow (random weights)                          MLP 2048-1024    CNN 8×8
 =============================================  ===============  ===========
 ``torch.ao`` eager ``quantize_dynamic`` (x86)  1.9×             —
-``torch.ao`` FX static ``convert_fx`` (x86)    (2.5×, below)    2.7×
+``torch.ao`` FX static ``convert_fx`` (x86)    (2.7×, below)    2.7×
 PT2E (torchao) + X86InductorQuantizer,         0.73×            1.29×
 then ``torch.compile`` (17-22 s per model)
 PT2E without compile (reference q/dq ops)      0.15×            0.49×
@@ -56,11 +56,11 @@ still slower than fp32 for the dense model and than archlab's FX int8 for the CN
 int8 configs were slower than fp32 for both. So archlab uses ``torch.ao.quantization``: its
 eager dynamic flow and its FX static flow run real int8 kernels (fbgemm / oneDNN, VNNI/AMX)
 with no compile step, and their modules rebuild from a spec and take stored int8 tensors.
-Trained on digits (``bench/quantize.py``, 3 seeds, median CPU-time speed-up): the wide MLP
-int8-dynamic 2.2×, int8-static 2.5× (x86) / 2.9× (onednn), bf16 2.2×, fp16 1.1×, file 3.9-4.0×
-smaller, accuracy unchanged; zoo:resnet-mini int8-static 2.8×, bf16 1.5×, fp16 0.74×, file
-3.7× smaller; zoo:mlp (256-128) is too small: every mode was 0.4-0.75× fp32, and ``auto``
-kept fp32. A small LSTM (hidden 128, sequence 50) was 0.7-0.9× fp32 with int8-dynamic.
+Trained on digits (``bench/quantize.py --seeds 3``, median CPU-time speed-up): the wide MLP
+int8-dynamic 2.2× (x86) / 3.0× (onednn), int8-static 2.7× / 4.0×, bf16 2.5×, fp16 1.1×, file
+3.9-4.0× smaller, test accuracy unchanged; zoo:resnet-mini int8-static 3.8× / 3.7×, bf16
+1.5×, fp16 0.75×, file 3.7× smaller, accuracy unchanged; zoo:mlp (256-128) is too small:
+every mode was 0.5-0.72× fp32, and ``auto`` kept fp32. A small LSTM (hidden 128, sequence 50) was 0.7-0.9× fp32 with int8-dynamic.
 ``torch.ao.quantization`` warns at every call that it is deprecated (and that quantized
 tensors are); archlab silences those warnings inside its own calls only, because the
 successor measured slower here — the bench re-measures the choice.
