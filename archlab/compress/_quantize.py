@@ -60,7 +60,8 @@ Trained on digits (``bench/quantize.py --seeds 3``, median CPU-time speed-up): t
 int8-dynamic 2.2× (x86) / 3.0× (onednn), int8-static 2.7× / 4.0×, bf16 2.5×, fp16 1.1×, file
 3.9-4.0× smaller, test accuracy unchanged; zoo:resnet-mini int8-static 3.8× / 3.7×, bf16
 1.5×, fp16 0.75×, file 3.7× smaller, accuracy unchanged; zoo:mlp (256-128) is too small:
-every mode was 0.5-0.72× fp32, and ``auto`` kept fp32. A small LSTM (hidden 128, sequence 50) was 0.7-0.9× fp32 with int8-dynamic.
+every mode was 0.5-0.72× fp32, and ``auto`` kept fp32. A small LSTM (hidden 128, sequence
+50) was 0.7-0.9× fp32 with int8-dynamic.
 ``torch.ao.quantization`` warns at every call that it is deprecated (and that quantized
 tensors are); archlab silences those warnings inside its own calls only, because the
 successor measured slower here — the bench re-measures the choice.
