@@ -10,8 +10,12 @@ from archlab import SpecError, build, zoo_names
 from archlab.compress import count_macs, latency, magnitude_prune, prune, sparsity_of, taylor_scores
 from archlab.spec import Spec
 
-# Too large to hold real weights in a test: pruned and built on the meta device.
-HUGE = {"gpt2", "llama-7b", "resnet18", "vgg11"}
+# Specs too large to hold real weights in a test are pruned and built on the meta device.
+HUGE_PARAMS = 3_000_000
+
+
+def _is_huge(name: str) -> bool:
+    return sum(p.numel() for p in build(f"zoo:{name}", device="meta").parameters()) > HUGE_PARAMS
 
 
 def _out(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -21,7 +25,7 @@ def _out(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", zoo_names())
 def test_every_zoo_spec_prunes_to_a_plain_spec_with_the_parents_output_shape(name):
-    meta = name in HUGE
+    meta = _is_huge(name)
     net = build(f"zoo:{name}", device="meta" if meta else "cpu")
     pruned = prune(net, 0.5, round_to=8)
     assert any(g.after < g.before for g in pruned.groups), "every zoo spec has prunable layers"
@@ -135,10 +139,10 @@ def test_joined_channels_are_ranked_together_across_a_residual_add():
                       "global_avgpool", {"linear": 2}]}
     net = build(spec)
     with torch.no_grad():
-        net.get_submodule("model.0").weight.fill_(0.01)  # the stem cannot tell its channels apart
+        for p in net.parameters():  # no weight can tell the channels apart ...
+            p.fill_(0.01)
         branch = net.get_submodule("model.1.residual.0").weight
-        branch.fill_(0.01)
-        branch[[1, 3, 5, 7]] = 1.0  # the branch can: the add keeps its odd channels on both sides
+        branch[[1, 3, 5, 7]] = 1.0  # ... but the branch's: the add keeps its odd channels on both sides
     pruned = prune(net, 0.5)
     assert [g.keep for g in pruned.groups] == [(1, 3, 5, 7)]  # one group: the classes are not pruned
     small = pruned.model
@@ -245,3 +249,29 @@ def test_unstructured_magnitude_pruning_reports_sparsity_and_keeps_the_shapes():
     assert timing["1"]["median"] > 0
     with pytest.raises(SpecError, match="scope"):
         magnitude_prune(net, 0.5, scope="block")
+
+
+def test_a_branch_never_shrinks_to_its_inputs_width_and_loses_its_projection():
+    # 16 -> 8 and 12 -> 8 (round_to 8) would make the skip an identity: the branch keeps more.
+    spec = {"input": {"shape": [3, 6, 6]},
+            "model": [{"conv2d": {"out": 16, "kernel": 3, "padding": 1}}, "relu",
+                      {"residual": [{"conv2d": {"out": 12, "kernel": 1}}, "batchnorm"]}, "relu", "global_avgpool",
+                      {"linear": 4}]}
+    pruned = prune(build(spec), 0.5, round_to=8)
+    assert [(g.before, g.after) for g in pruned.groups] == [(16, 8), (12, 12)]
+    assert pruned.spec.to_dict()["model"][2]["residual"]["projection"] == "auto"
+    assert pruned.model(torch.randn(2, 3, 6, 6)).shape == (2, 4)
+
+
+def test_recalibrate_batchnorm_re_estimates_the_statistics_on_batches():
+    from archlab.compress import recalibrate_batchnorm
+
+    net = build({"input": {"shape": [4]}, "model": [{"linear": 3}, "batchnorm", {"linear": 2}]}, seed=0)
+    bn = net.get_submodule("model.1")
+    bn.running_mean.fill_(5.0)
+    x = [torch.randn(32, 4), torch.randn(32, 4)]
+    assert recalibrate_batchnorm(net.eval(), x) == 1
+    with torch.no_grad():
+        pre = net.get_submodule("model.0")(torch.cat(x))
+    torch.testing.assert_close(bn.running_mean, pre.mean(0), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.1 and not net.training  # restored

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
 from ..compress import read_compression
 from ..runs import SQLiteRunStorage, open_store
 from ._html import html_chart, html_page, html_section, new_figure, place_labels, svg_of
@@ -28,6 +30,13 @@ def compression_variants(store: SQLiteRunStorage, parent_id: str) -> tuple[str, 
         if found is not None:
             out.append({**found, "name": r.name, "compression": r.tags.get("compression", "")})
     return parent.run_id, out
+
+
+def _si(v: float) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{unit}"
+    return f"{v:g}"
 
 
 def _ms(m: dict[str, Any], batch: str) -> float | None:
@@ -54,6 +63,10 @@ def _chart(points: list[tuple[str, dict[str, Any]]], xkey: str, xlabel: str, cid
         ys.append(100 * m["accuracy"])
         labels.append(label.split()[0] if i else "parent")
     ax.set_xscale("log")
+    # Plain labels at the decades and 2, 5 between (matplotlib's minor labels collide on a narrow range).
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _si(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(f"{xlabel} (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")

@@ -12,7 +12,16 @@ from ._measure import (
     size_on_disk,
     time_forward,
 )
-from ._prune import METHODS, Pruned, PrunedLayer, check_method, check_ratio, prune, taylor_scores
+from ._prune import (
+    METHODS,
+    Pruned,
+    PrunedLayer,
+    check_method,
+    check_ratio,
+    prune,
+    recalibrate_batchnorm,
+    taylor_scores,
+)
 from ._quantize import (
     DEFAULT_TOLERANCE,
     MODES,
@@ -44,6 +53,7 @@ __all__: list[str] = [
     "check_method",
     "check_ratio",
     "prune",
+    "recalibrate_batchnorm",
     "taylor_scores",
     "DEFAULT_TOLERANCE",
     "MODES",

@@ -6,7 +6,7 @@
 The steps, in order: load the parent's network (its best weights), apply each compression
 step to a `Variant` (a spec and the network built from it), fine-tune the result as a normal
 run of the one training loop (the parent's settings unless overridden) starting from the
-surviving weights, then measure parent and child the same way (`measure`). The new run's
+surviving weights (batch norms re-estimated on training batches), then measure parent and child the same way (`measure`). The new run's
 tags link it to its parent (`parent`, `compression`); the measurements go to
 `compression.json` in its run folder.
 
@@ -45,7 +45,7 @@ from ..train import (
     task_for,
 )
 from ._measure import compare_measurements, count_macs, measure
-from ._prune import check_method, check_ratio, prune, taylor_scores
+from ._prune import check_method, check_ratio, prune, recalibrate_batchnorm, taylor_scores
 from ._quantize import (
     QUANTIZED_WEIGHTS,
     QuantizationWarning,
@@ -57,7 +57,7 @@ from ._quantize import (
 from ._unstructured import magnitude_prune
 
 COMPRESSION_JSON = "compression.json"  # in the child's run folder: before, after, ratios, steps
-TAYLOR_BATCHES = 8
+SAMPLE_BATCHES = 16  # training batches for taylor scores and batch-norm re-estimation
 
 
 @dataclass
@@ -157,7 +157,7 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
     if epochs > 0 and variant.finetune:
         run = fit(spec, data=record.data, store=st, quiet=quiet, data_root=data_root, tags=tags,
                   initial_weights=variant.model.state_dict(),
-                  **{**settings.to_dict(), "epochs": epochs})
+                  **{**_inherited(settings), "epochs": epochs})
         child_id, child = run.run_id, run.model
     else:
         child_id = _store_untrained(st, spec, variant.model, record, settings, tags, data_root)
@@ -192,6 +192,16 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
     return Compressed(child_id, record.run_id, before, after, ratios, variant.steps, directory)
 
 
+# Settings a fine-tuning run does not take from its parent: where the parent's own weights came
+# from (transfer learning) and globs on its parameter names (a pruned spec writes repeats out,
+# so names move; frozen layers carry `freeze: true` in the pruned spec instead).
+_NOT_INHERITED = ("init_from", "map", "partial", "freeze")
+
+
+def _inherited(settings: TrainSettings) -> dict[str, Any]:
+    return {k: v for k, v in settings.to_dict().items() if k not in _NOT_INHERITED}
+
+
 def _quantize_step(model: nn.Module, mode: str, dataset: Any, classify: bool) -> tuple[QuantizedNetwork, dict]:
     """Quantize the final model: calibrated on training batches, `auto` scored on the val split."""
     import warnings
@@ -216,17 +226,23 @@ def _prune_step(v: Variant, ratio: float, method: str, structured: bool, round_t
                 "sparsity": sparsity.sparsity, "summary": f"unstructured {ratio:g} ({sparsity.sparsity:.1%} zeros)",
                 "note": sparsity.summary()}
         return Variant(v.spec, model, [*v.steps, step], v.tags, finetune=False)
+    n = len(dataset.train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(settings.seed))
+    bs = settings.batch_size
+    batches = [dataset.train.take(order[i * bs:(i + 1) * bs]) for i in range(min(SAMPLE_BATCHES, -(-n // bs)))]
     scores = None
     if method == "taylor":
-        n = len(dataset.train)
-        g = torch.Generator().manual_seed(settings.seed)
-        order = torch.randperm(n, generator=g)
-        bs = settings.batch_size
-        batches = [dataset.train.take(order[i * bs:(i + 1) * bs]) for i in range(min(TAYLOR_BATCHES, -(-n // bs)))]
         scores = taylor_scores(v.model, batches, task.loss, forward=task.forward)
     pruned = prune(v.model, ratio, method=method, round_to=round_to, scores=scores)
+    # The parent's batch-norm statistics do not fit the pruned network: re-estimated on
+    # training batches (no weight changes), so it is usable before any fine-tuning.
+    norms = recalibrate_batchnorm(pruned.model, [x for x, _ in batches]) if batches and \
+        not isinstance(task, GenerativeTask) else 0
+    note = pruned.summary() + (f"; {norms} batch norms re-estimated on {len(batches)} training batches" if norms
+                               else "")
     step = {"kind": "prune", "structured": True, "ratio": ratio, "method": method, "round_to": round_to,
             "summary": f"structured {ratio:g} {method}" + (f" round-to {round_to}" if round_to else ""),
+            "note": note, "recalibrated_norms": norms,
             "groups": [dataclasses.asdict(g) | {"keep": None} for g in pruned.groups]}
     return Variant(pruned.spec, pruned.model, [*v.steps, step], v.tags)
 
