@@ -22,6 +22,19 @@ from ._prune import (
     recalibrate_batchnorm,
     taylor_scores,
 )
+from ._quantize import (
+    DEFAULT_TOLERANCE,
+    MODES,
+    QUANTIZED_META,
+    QUANTIZED_WEIGHTS,
+    QuantizationWarning,
+    QuantizedNetwork,
+    load_quantized,
+    load_run_quantized,
+    quantize,
+    save_quantized,
+    time_candidates,
+)
 from ._unstructured import SCOPES, Sparsity, magnitude_prune, sparsity_of
 
 __all__: list[str] = [
@@ -42,6 +55,17 @@ __all__: list[str] = [
     "prune",
     "recalibrate_batchnorm",
     "taylor_scores",
+    "DEFAULT_TOLERANCE",
+    "MODES",
+    "QUANTIZED_META",
+    "QUANTIZED_WEIGHTS",
+    "QuantizationWarning",
+    "QuantizedNetwork",
+    "load_quantized",
+    "load_run_quantized",
+    "quantize",
+    "save_quantized",
+    "time_candidates",
     "accuracy",
     "compare_measurements",
     "count_macs",

@@ -44,8 +44,16 @@ from ..train import (
     save_weights,
     task_for,
 )
-from ._measure import compare_measurements, measure
+from ._measure import compare_measurements, count_macs, measure
 from ._prune import check_method, check_ratio, prune, recalibrate_batchnorm, taylor_scores
+from ._quantize import (
+    QUANTIZED_WEIGHTS,
+    QuantizationWarning,
+    QuantizedNetwork,
+    check_mode,
+    quantize,
+    save_quantized,
+)
 from ._unstructured import magnitude_prune
 
 COMPRESSION_JSON = "compression.json"  # in the child's run folder: before, after, ratios, steps
@@ -77,10 +85,14 @@ class Compressed:
 
 
 def _check_args(prune_ratio: float | None, method: str, structured: bool, round_to: int | None,
-                finetune: int | None) -> None:
-    if prune_ratio is None:
-        raise SpecError("compress: nothing to do. Received: no compression step; give one, e.g. --prune 0.5")
-    check_ratio(prune_ratio, "--prune")
+                finetune: int | None, quantize_mode: str | None = None) -> None:
+    if prune_ratio is None and quantize_mode is None:
+        raise SpecError("compress: nothing to do. Received: no compression step; give one, e.g. --prune 0.5 "
+                        "or --quantize int8")
+    if quantize_mode is not None:
+        check_mode(quantize_mode, "--quantize")
+    if prune_ratio is not None:
+        check_ratio(prune_ratio, "--prune")
     check_method(method)
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise SpecError(f"--round-to: expected a positive integer such as 8. Received: {round_to!r}")
@@ -100,14 +112,19 @@ def _check_args(prune_ratio: float | None, method: str, structured: bool, round_
 def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1", structured: bool = True,
              round_to: int | None = None, finetune: int | None = None, out: str | None = None,
              store: SQLiteRunStorage | str | Path | None = None, quiet: bool = False,
-             data_root: str | Path | None = None, repeats: int = 10, **overrides: Any) -> Compressed:
-    """Compress a finished run into a new run (pruned, fine-tuned, measured), linked to it.
+             data_root: str | Path | None = None, repeats: int = 10, quantize_mode: str | None = None,
+             **overrides: Any) -> Compressed:
+    """Compress a finished run into a new run (pruned, fine-tuned, quantized, measured), linked to it.
 
-    `finetune`: epochs of fine-tuning (default: the parent's epochs; 0: none). `overrides`:
+    `quantize_mode` (int8, int8-dynamic, int8-static, fp16, bf16, auto) quantizes the result
+    last, after any fine-tuning; the new run then also stores quantized.safetensors + .json
+    (archlab.compress.load_quantized(run folder) rebuilds it) and its test metrics and "after"
+    measurements are the quantized model's.
+    `finetune`: epochs of fine-tuning (default: the parent's epochs when pruning, else 0; 0: none). `overrides`:
     training settings that differ from the parent's (lr, batch_size, ...). `repeats`: timed
     forward passes per latency figure.
     """
-    _check_args(prune_ratio, method, structured, round_to, finetune)
+    _check_args(prune_ratio, method, structured, round_to, finetune, quantize_mode)
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     record = st.get_run(run_id)
     if record.status != "finished":
@@ -119,7 +136,7 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
         settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     except TypeError as e:
         raise SpecError(f"compress: unknown training setting. Received: {sorted(overrides)}; ({e})") from None
-    epochs = settings.epochs if finetune is None else finetune
+    epochs = (settings.epochs if prune_ratio is not None else 0) if finetune is None else finetune
     dataset = load_dataset(record.data, seed=settings.seed, root=data_root, target=settings.target,
                            stream=settings.stream)
     task = task_for(Spec.from_dict(thaw(record.spec)), settings, dataset.info)
@@ -128,14 +145,15 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
                         f"{task.name}; use --method l1")
 
     variant = Variant(parent.spec, parent)
-    steps = [lambda v: _prune_step(v, prune_ratio, method, structured, round_to, dataset, task, settings)]
+    steps = [] if prune_ratio is None else \
+        [lambda v: _prune_step(v, prune_ratio, method, structured, round_to, dataset, task, settings)]
     # distillation and quantization steps join this list
     for step in steps:
         variant = step(variant)
 
     spec = dataclasses.replace(variant.spec, name=out) if out else variant.spec
-    tags = {"parent": record.run_id, "compression": "; ".join(s["summary"] for s in variant.steps),
-            **variant.tags}
+    summaries = [s["summary"] for s in variant.steps] + ([f"quantize {quantize_mode}"] if quantize_mode else [])
+    tags = {"parent": record.run_id, "compression": "; ".join(summaries), **variant.tags}
     if epochs > 0 and variant.finetune:
         run = fit(spec, data=record.data, store=st, quiet=quiet, data_root=data_root, tags=tags,
                   initial_weights=variant.model.state_dict(),
@@ -151,7 +169,19 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
     x = dataset.test.slice(0, 1)[0] if len(dataset.test) else None
     data = dataset.test if classify and len(dataset.test) else None
     before = measure(parent, x, data=data, repeats=repeats)
-    after = measure(child, x, data=data, repeats=repeats)
+    if quantize_mode is not None:
+        q, step = _quantize_step(child, quantize_mode, dataset, classify)
+        variant.steps.append(step)
+        qfile = save_quantized(q, st.run_dir(child_id))
+        after = measure(q, x, data=data, repeats=repeats, file=qfile, macs=count_macs(child, x if x is not None
+                                                                                      else child.example_input(1)))
+        after["params"] = sum(p.numel() for p in child.parameters())  # the same weights, stored in fewer bits
+        metrics, _ = task.evaluate(q, dataset.test, device=torch.device("cpu"), seed=settings.seed,
+                                   batch_size=settings.eval_batch("cpu"))
+        if metrics:  # the run's test metrics are the quantized model's
+            st.set_status(child_id, "finished", test_metrics=metrics)
+    else:
+        after = measure(child, x, data=data, repeats=repeats)
     before["test_metrics"] = dict(thaw(record.test_metrics))
     after["test_metrics"] = dict(thaw(st.get_run(child_id).test_metrics))
     ratios = compare_measurements(before, after)
@@ -170,6 +200,22 @@ _NOT_INHERITED = ("init_from", "map", "partial", "freeze")
 
 def _inherited(settings: TrainSettings) -> dict[str, Any]:
     return {k: v for k, v in settings.to_dict().items() if k not in _NOT_INHERITED}
+
+
+def _quantize_step(model: nn.Module, mode: str, dataset: Any, classify: bool) -> tuple[QuantizedNetwork, dict]:
+    """Quantize the final model: calibrated on training batches, `auto` scored on the val split."""
+    import warnings
+
+    with warnings.catch_warnings(record=True):  # the notes say it, printed by the caller
+        warnings.simplefilter("always", QuantizationWarning)
+        q = quantize(model, mode, calibration=dataset.train,
+                     data=dataset.val if classify and len(dataset.val) else None)
+    step = {"kind": "quantize", "mode": q.mode, "engine": q.engine, "requested": mode, "notes": list(q.notes),
+            "candidates": q.candidates, "file": QUANTIZED_WEIGHTS,
+            "summary": f"quantize {q.mode}" + (f"@{q.engine}" if q.engine else "")}
+    if q.notes:
+        step["note"] = "\n".join(q.notes)
+    return q, step
 
 
 def _prune_step(v: Variant, ratio: float, method: str, structured: bool, round_to: int | None, dataset: Any,
