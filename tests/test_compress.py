@@ -176,3 +176,12 @@ def test_fit_starts_from_initial_weights(archlab_home):
         torch.testing.assert_close(value.cpu(), start[key], rtol=0, atol=1e-6)
     with pytest.raises(TrainingError, match="initial_weights"):
         fit(spec, data="digits", epochs=1, quiet=True, initial_weights={"model.1.weight": torch.zeros(3, 3)})
+
+
+def test_a_pruned_run_exports_to_onnx_and_verifies_in_onnxruntime(parent, archlab_home, tmp_path):
+    from archlab.deploy import export_onnx
+
+    child = compress(parent, prune_ratio=0.5, round_to=8, finetune=1, quiet=True, repeats=2)
+    exported = export_onnx(child.run_id, tmp_path / "pruned.onnx", verify=True)
+    assert exported.path.is_file() and set(exported.max_diff) == {1, 2, 7}
+    assert max(exported.max_diff.values()) <= 1e-4
