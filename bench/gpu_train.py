@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 40; tiny 4)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 8; tiny 2)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute every block's forward in backward (MFU still counts the model's FLOPs only)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     p.add_argument("--no-eager", action="store_true", help="skip the eager baseline row")
     p.add_argument("--budget-s", type=float, default=420.0,
@@ -154,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.allow_tf32 = True
 
     from archlab import build
+    from archlab.model import checkpoint_repeats
 
     vars = model_vars(args.tiny)
     per_token, rule, params = flops_per_token(vars, args.context, device.type)
     tokens = args.batch * args.context
     print(f"zoo:gpt2{' (tiny: ' + str(vars) + ')' if args.tiny else ''}: {params:,} params, context "
           f"{args.context}, batch {args.batch} ({tokens:,} tokens a step), bf16 autocast, "
-          f"{'flash SDPA, ' if cuda else ''}AdamW{' (fused)' if cuda else ''} on {name}")
+          f"{'flash SDPA, ' if cuda else ''}AdamW{' (fused)' if cuda else ''}"
+          f"{', activation checkpointing' if args.activation_checkpointing else ''} on {name}")
     print(f"FLOPs per token: {per_token / 1e9:.3f} GFLOPs (archlab inspector: 3 x forward matmul+attention); "
           f"6N + attention rule: {rule / 1e9:.3f} GFLOPs ({per_token / rule:.3f}x)")
     print(f"peak: {f'{peak:g} TFLOPS dense bf16' if peak else 'unknown (give --peak-tflops): MFU not shown'}")
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     for compiled in ([] if args.no_eager else [False]) + ([] if args.no_compile else [True]):
         torch.manual_seed(0)
         net = build("zoo:gpt2", input_shape=(args.context,), vars=vars, seed=0).to(device).train()
+        if args.activation_checkpointing:
+            checkpoint_repeats(net)
         seconds, done = time_row(net, args, device, compiled, started)
         rows.append((compiled, seconds, done))
         del net

@@ -26,7 +26,7 @@ import archlab.train._trainer as trainer_module
 from archlab import build, inspect
 from archlab.cli import app
 from archlab.core import SpecError
-from archlab.model import checkpoint_repeats, is_checkpointed
+from archlab.model import Repeat, checkpoint_repeats, is_checkpointed
 from archlab.runs import open_store
 from archlab.train import fit, resume
 
@@ -83,6 +83,56 @@ def test_checkpointed_gpt_saves_less_and_the_inspector_prices_what_a_real_step_s
     assert 0 < priced.recompute < plain.activations
     assert priced.total == priced.weights + priced.gradients + priced.optimizer + priced.activations + priced.recompute
     assert priced.total < plain.total
+
+
+def _real_recompute_bytes(vars: dict | None, batch: int) -> int:
+    """What the largest block saves when it runs without checkpointing (its input aside, which
+    is kept anyway): what its recomputation saves again during backward, on real tensors."""
+    net = build("zoo:gpt-mini", seed=0, vars=vars).train()
+    weights = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
+    outside: set[int] = set()
+    inside: list[dict[int, int]] = []
+    largest = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        c = t.untyped_storage()._cdata
+        if c not in weights:
+            if inside:
+                inside[-1][c] = t.untyped_storage().nbytes()
+            else:
+                outside.add(c)
+        return t
+
+    def enter(_m, args) -> None:
+        outside.add(args[0].untyped_storage()._cdata)  # checkpoint keeps the input
+        inside.append({})
+
+    def leave(_m, _a, _o) -> None:
+        saves = inside.pop()
+        largest[0] = max(largest[0], sum(n for c, n in saves.items() if c not in outside))
+
+    blocks = next(m for m in net.modules() if isinstance(m, Repeat)).repeat
+    for block in blocks:
+        block.register_forward_pre_hook(enter)
+        block.register_forward_hook(leave)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(net.example_input(batch))
+    return largest[0]
+
+
+@pytest.mark.parametrize("vars", [None, {"dropout": 0.0}], ids=["dropout", "no-dropout"])
+def test_the_recompute_is_what_one_block_saves(vars) -> None:
+    priced = inspect("zoo:gpt-mini", batch=2, vars=vars, device="cpu", activation_checkpointing=True).memory
+    assert priced.recompute == _real_recompute_bytes(vars, 2)
+
+
+def test_bf16_checkpointed_activations_equal_a_real_cpu_autocast_step() -> None:
+    net = build("zoo:gpt-mini", seed=0)
+    checkpoint_repeats(net)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        real = _real_saved_bytes(net, 2)
+    assert inspect("zoo:gpt-mini", batch=2, dtype="bf16", device="cpu",
+                   activation_checkpointing=True).memory.activations == real
 
 
 def test_checkpoint_true_on_a_repeat_a_residual_and_a_block_reference() -> None:
