@@ -209,3 +209,21 @@ def test_cli_inspect_prices_activation_checkpointing() -> None:
     assert result.exit_code == 0, result.output
     assert "activation checkpointing: 4 segments keep only their input" in result.stdout
     assert "+ recompute" in result.stdout
+
+
+def test_checkpointed_decoder_blocks_get_the_encoder_memory_back_in_backward() -> None:
+    # A cross-attention block reads the encoder's output from an attribute set only for the
+    # forward; its recomputation during backward must see the same memory.
+    def gradients(checkpointed: bool) -> dict[str, torch.Tensor]:
+        net = build("zoo:seq2seq-transformer", seed=0).train()
+        if checkpointed:
+            assert checkpoint_repeats(net) == 4  # 2 encoder and 2 decoder blocks
+        g = torch.Generator().manual_seed(1)
+        src, tgt = torch.randint(3, 13, (4, 13), generator=g), torch.randint(3, 13, (4, 13), generator=g)
+        net(src, tgt).float().square().mean().backward()
+        return {n: p.grad for n, p in net.named_parameters()}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys()
+    for key in plain:
+        torch.testing.assert_close(plain[key], checkpointed[key], rtol=1e-6, atol=1e-8)

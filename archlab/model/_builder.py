@@ -51,7 +51,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from ..core import FrozenDict, ShapeError, SpecError, thaw
-from ..layers import LAYERS, BuildContext, TensorType
+from ..layers import LAYERS, BuildContext, MemoryUser, TensorType
 from ..spec import (
     MAX_DEPTH,
     MAX_LAYERS,
@@ -133,7 +133,24 @@ def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     marked and a graph is being recorded. On the meta device (the inspector) it runs plainly:
     the inspector prices what checkpoint keeps itself."""
     if is_checkpointed(module) and torch.is_grad_enabled() and module.training and x.device.type != "meta":
-        return _torch_checkpoint(module, x, use_reentrant=False)
+        users = [m for m in module.modules() if isinstance(m, MemoryUser)]
+        if not users:
+            return _torch_checkpoint(module, x, use_reentrant=False)
+        # A decoder block reads the encoder's memory from an attribute its network sets for the
+        # forward and clears after it: the recomputation in backward gets the forward's memory back.
+        memories = [(m.memory, m.memory_mask) for m in users]
+
+        def run(inp: torch.Tensor) -> torch.Tensor:
+            before = [(m.memory, m.memory_mask) for m in users]
+            for m, (memory, mask) in zip(users, memories, strict=True):
+                m.memory, m.memory_mask = memory, mask
+            try:
+                return module(inp)
+            finally:
+                for m, (memory, mask) in zip(users, before, strict=True):
+                    m.memory, m.memory_mask = memory, mask
+
+        return _torch_checkpoint(run, x, use_reentrant=False)
     return module(x)
 
 
