@@ -125,14 +125,14 @@ CHECKPOINT = "archlab_checkpoint"  # the attribute that marks a module as a chec
 
 
 def is_checkpointed(module: nn.Module) -> bool:
-    return bool(getattr(module, CHECKPOINT, False))
+    return bool(module.__dict__.get(CHECKPOINT))  # not getattr: nn.Module's miss path is slow
 
 
 def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """module(x); through torch's (non-reentrant) activation checkpoint where the module is
     marked and a graph is being recorded. On the meta device (the inspector) it runs plainly:
     the inspector prices what checkpoint keeps itself."""
-    if is_checkpointed(module) and torch.is_grad_enabled() and module.training and x.device.type != "meta":
+    if module.__dict__.get(CHECKPOINT) and torch.is_grad_enabled() and module.training and x.device.type != "meta":
         users = [m for m in module.modules() if isinstance(m, MemoryUser)]
         if not users:
             return _torch_checkpoint(module, x, use_reentrant=False)
@@ -181,8 +181,8 @@ class Serial(nn.Sequential):
     """Layers in order. Children are named "0", "1", ... after their spec index."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self:
-            x = call(module, x)
+        for module in self._modules.values():
+            x = call(module, x) if CHECKPOINT in module.__dict__ else module(x)  # inline: the hot path
         return x
 
 
