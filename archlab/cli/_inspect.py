@@ -48,7 +48,11 @@ def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
     console.print(f"training memory   batch {m.batch}{micro}, {r.dtype} compute, {r.optimizer}: "
                   f"{nbytes(m.total)} = weights {nbytes(m.weights)} + gradients {nbytes(m.gradients)} "
                   f"+ optimizer {nbytes(m.optimizer)} + activations {nbytes(m.activations)} "
-                  f"({nbytes(m.activations_per_sample)}/sample)")
+                  f"({nbytes(m.activations_per_sample)}/sample)"
+                  + (f" + recompute {nbytes(m.recompute)}" if m.checkpointed else ""))
+    if m.checkpointed:
+        console.print(f"                  activation checkpointing: {m.checkpointed} segments keep only their "
+                      f"input; the largest saves {nbytes(m.recompute)} again while its backward runs")
     priced = [f"for {m.priced_for}", f"loss: {m.loss}" if m.loss else "", f"attention: {m.attention}" if m.attention else ""]
     console.print(f"                  priced {escape('; '.join(p for p in priced if p))}; left out: {escape(m.left_out)}")
     if m.note:
@@ -79,6 +83,9 @@ def inspect_cmd(
                                                     "where one is present, else cpu).")] = None,
     accumulate: Annotated[int, typer.Option(help="Micro-batches per step (gradient accumulation): "
                                               "activations for batch / K.")] = 1,
+    activation_checkpointing: Annotated[bool, typer.Option("--activation-checkpointing", help="Price the step "
+                                        "with every repeat copy checkpointed (archlab train "
+                                        "--activation-checkpointing).")] = False,
     set: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
@@ -88,7 +95,7 @@ def inspect_cmd(
 
     report = inspect(spec, input_shape=parse_shape(input) if input else None, batch=batch, dtype=dtype,
                      optimizer=optimizer, device_memory=device_memory, vars=parse_vars(set), device=device,
-                     accumulate=accumulate)
+                     accumulate=accumulate, activation_checkpointing=activation_checkpointing)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -59,6 +59,9 @@ def train_cmd(
     store: StoreOption = None,
     accumulate: Annotated[int | None, typer.Option(help="Gradient accumulation: K micro-batches of batch-size / K "
                           "per optimizer step.")] = None,
+    activation_checkpointing: Annotated[bool, typer.Option("--activation-checkpointing", help="Recompute each "
+                                        "repeat copy's forward during backward: less activation memory, about "
+                                        "a third more compute; the same results.")] = False,
     nproc: Annotated[int | None, typer.Option(help="Processes per machine, started by torchrun; --batch-size is "
                      "the global batch, split across them.")] = None,
     strategy: Annotated[str | None, typer.Option(help="On several processes: ddp (replicated weights) or fsdp "
@@ -96,7 +99,7 @@ def train_cmd(
             task=task, crop_padding=crop_padding, hflip=hflip, label_smoothing=label_smoothing,
             max_minutes=max_minutes, stream=stream, workers=workers, init_from=init_from, map=map or None,
             partial=partial or None, freeze=freeze or None, bn=bn,
-            accumulate=accumulate, strategy=strategy))
+            accumulate=accumulate, strategy=strategy, activation_checkpointing=activation_checkpointing or None))
     except KeyboardInterrupt as e:
         # typer would swallow the interrupt into a bare exit code; say how to go on.
         if info.primary:

@@ -1,6 +1,15 @@
 """Spec -> nn.Module: the builder (shape inference), the network kinds, the inspector, KV-cache decoding."""
 
-from ._builder import COMPOSITES, Network, Parallel, Repeat, Residual, Serial
+from ._builder import (
+    COMPOSITES,
+    Network,
+    Parallel,
+    Repeat,
+    Residual,
+    Serial,
+    checkpoint_repeats,
+    is_checkpointed,
+)
 from ._decode import KVCache, generate
 from ._generative import GAN_BETAS, GENERATIVE_TASKS, GANNetwork, VAENetwork, generative_task
 from ._generative import _eval as eval_mode  # the VAE and GAN tasks (archlab.train) use these two
@@ -41,12 +50,14 @@ __all__ = [
     "Serial",
     "VAENetwork",
     "build",
+    "checkpoint_repeats",
     "count_params",
     "generate",
     "eval_mode",
     "generative_task",
     "group_by_kind",
     "inspect",
+    "is_checkpointed",
     "network_kind",
     "normal_noise",
 ]

@@ -15,6 +15,14 @@ Node forms (after `$var` / `${expr}` substitution):
     {residual: {body: [...], projection: ...}}        both under residual, the branch as body)
     {repeat: N, block: ..., var: i}        N copies; the copy index is var `i`
 
+Activation checkpointing (`checkpoint: true`) is an option of a repeat (every copy is a
+checkpointed segment), of a residual (the whole residual), and of a block reference
+(`{name: {checkpoint: true, var: value}}`). A checkpointed module keeps only its input for
+backward and runs its forward again during backward, through
+`torch.utils.checkpoint.checkpoint(..., use_reentrant=False)`; `checkpoint_repeats(net)`
+marks every repeat copy (`archlab train --activation-checkpointing`). State-dict keys do
+not change: the mark is a plain attribute the parent reads when it calls the module.
+
 A residual adds its input to its branch's output. Where the branch changes the shape, the
 input goes through a projection first: `auto` (the default) makes a 1x1 convolution (with
 batch norm if the branch has one) or a linear layer; `none` refuses the shape change; a
@@ -40,9 +48,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from ..core import FrozenDict, ShapeError, SpecError, thaw
-from ..layers import LAYERS, BuildContext, TensorType
+from ..layers import LAYERS, BuildContext, MemoryUser, TensorType
 from ..spec import (
     MAX_DEPTH,
     MAX_LAYERS,
@@ -112,8 +121,69 @@ class _WeightGuard(TorchFunctionMode):
 # ----------------------------------------------------------------- container modules
 
 
+CHECKPOINT = "archlab_checkpoint"  # the attribute that marks a module as a checkpointed segment
+
+
+def is_checkpointed(module: nn.Module) -> bool:
+    return bool(module.__dict__.get(CHECKPOINT))  # not getattr: nn.Module's miss path is slow
+
+
+def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """module(x); through torch's (non-reentrant) activation checkpoint where the module is
+    marked and a graph is being recorded. On the meta device (the inspector) it runs plainly:
+    the inspector prices what checkpoint keeps itself."""
+    if module.__dict__.get(CHECKPOINT) and torch.is_grad_enabled() and module.training and x.device.type != "meta":
+        users = [m for m in module.modules() if isinstance(m, MemoryUser)]
+        if not users:
+            return _torch_checkpoint(module, x, use_reentrant=False)
+        # A decoder block reads the encoder's memory from an attribute its network sets for the
+        # forward and clears after it: the recomputation in backward gets the forward's memory back.
+        memories = [(m.memory, m.memory_mask) for m in users]
+
+        def run(inp: torch.Tensor) -> torch.Tensor:
+            before = [(m.memory, m.memory_mask) for m in users]
+            for m, (memory, mask) in zip(users, memories, strict=True):
+                m.memory, m.memory_mask = memory, mask
+            try:
+                return module(inp)
+            finally:
+                for m, (memory, mask) in zip(users, before, strict=True):
+                    m.memory, m.memory_mask = memory, mask
+
+        return _torch_checkpoint(run, x, use_reentrant=False)
+    return module(x)
+
+
+def checkpoint_repeats(net: nn.Module) -> int:
+    """Mark every copy of every repeat as a checkpointed segment; returns how many.
+
+    >>> import archlab
+    >>> checkpoint_repeats(archlab.build("zoo:gpt-mini"))
+    4
+    """
+    n = 0
+    for module in net.modules():
+        if isinstance(module, Repeat):
+            for copy in module.repeat:
+                setattr(copy, CHECKPOINT, True)
+                n += 1
+    return n
+
+
+def _checkpoint_flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}.checkpoint: expected true or false. Received: {value!r}; write "
+                        f"checkpoint: true to recompute this part's forward during backward, or leave it out")
+    return value
+
+
 class Serial(nn.Sequential):
     """Layers in order. Children are named "0", "1", ... after their spec index."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self._modules.values():
+            x = call(module, x) if CHECKPOINT in module.__dict__ else module(x)  # inline: the hot path
+        return x
 
 
 class Parallel(nn.Module):
@@ -125,7 +195,7 @@ class Parallel(nn.Module):
         self.merge, self.dim = merge, dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [branch(x) for branch in self.parallel]
+        outs = [call(branch, x) for branch in self.parallel]
         if self.merge == "concat":
             return torch.cat(outs, dim=self.dim)
         total = outs[0]
@@ -152,7 +222,7 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x if self.proj is None else self.proj(x)
-        return skip + self.residual(x)
+        return skip + call(self.residual, x)
 
 
 class Repeat(nn.Module):
@@ -319,8 +389,12 @@ class _Builder:
         if not isinstance(overrides, Mapping):
             raise SpecError(f"{path}.{name}: a block takes a mapping of var overrides such as "
                             f"{{{name}: {{width: 64}}}}. Received: {thaw(overrides)!r}")
+        ckpt = _checkpoint_flag(overrides.get("checkpoint", False), f"{path}.{name}")
+        overrides = {k: v for k, v in overrides.items() if k != "checkpoint"}
         inner = {**env, **overrides}
         module, out = self.node(self.spec.blocks[name], x, f"{path}.{name}", qual, FrozenDict(inner))
+        if ckpt:
+            setattr(module, CHECKPOINT, True)
         self.last = Node("block", f"{path}.{name}", x, out, name=name, args=FrozenDict(overrides),
                          children=(self.last,) if self.last is not None else ())
         return module, out
@@ -395,7 +469,8 @@ class _Builder:
 
     def residual(self, body: Any, options: Mapping[str, Any], x: TensorType, where: str,
                  qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
-        self._check_options(options, ("projection",), where)
+        self._check_options(options, ("projection", "checkpoint"), where)
+        ckpt = _checkpoint_flag(options.get("checkpoint", False), where)
         if isinstance(body, str) and "$" in body:
             body = substitute(body, env, where)
         if body is None:
@@ -426,7 +501,10 @@ class _Builder:
         self.last = Node("residual", where, x, out, children=(branch,) if branch is not None else (),
                          projection=skip)
         auto = (f"{where}.projection", skip) if isinstance(skip, str) else None
-        return Residual(module, proj, auto), out
+        residual = Residual(module, proj, auto)
+        if ckpt:
+            setattr(residual, CHECKPOINT, True)
+        return residual, out
 
     def _auto_projection(self, x: TensorType, out: TensorType, where: str, body: Any) -> nn.Module:
         if x.dtype != "float":
@@ -452,7 +530,8 @@ class _Builder:
 
     def repeat(self, times: Any, options: Mapping[str, Any], x: TensorType, where: str,
                qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
-        self._check_options(options, ("block", "var"), where)
+        self._check_options(options, ("block", "var", "checkpoint"), where)
+        ckpt = _checkpoint_flag(options.get("checkpoint", False), where)
         times = substitute(times, env, where)
         if isinstance(times, bool) or not isinstance(times, int) or times < 0:
             raise SpecError(f"{where}: expected a non-negative integer count. Received: {thaw(times)!r}")
@@ -468,6 +547,8 @@ class _Builder:
         for i in range(times):
             inner = FrozenDict({**env, var: i})
             module, x = self.node(options["block"], x, f"{where}[{i}]", f"{qual}.repeat.{i}", inner)
+            if ckpt:
+                setattr(module, CHECKPOINT, True)
             modules.append(module)
             copies.append(self.last)
         out = TensorType(x.shape, x.dtype, x.layout, x.source)

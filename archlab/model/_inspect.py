@@ -43,7 +43,7 @@ from ..core import SpecError, parse_size, thaw
 from ..layers import LAYERS, PRICED_DEVICE, MemoryUser, SelfAttention, attention_kernel
 from ..spec import Spec, load_spec
 from ._autocast import DEVICES, MetaAutocast
-from ._builder import Network, Residual
+from ._builder import Network, Residual, checkpoint_repeats, is_checkpointed
 from ._kinds import build
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -181,6 +181,7 @@ class _CostMode(TorchDispatchMode):
         self.macs = 0
         self.uncounted: dict[str, list] = {}
         self.loss = ""  # what _priced_loss priced, in words
+        self.recompute = 0  # bytes the largest checkpointed segment saves again during its backward
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
@@ -233,17 +234,20 @@ class Memory:
     loss: str = ""                  # the loss whose saved tensors are included, e.g. "cross-entropy over 10"
     left_out: str = LEFT_OUT        # what the figure does not hold, in words
     accumulate: int = 1             # micro-batches per step: activations are those of batch / accumulate
+    checkpointed: int = 0           # activation-checkpointed segments (repeat copies, blocks, residuals)
+    recompute: int = 0              # what the largest segment saves again while its backward runs
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.activations + self.recompute
 
     def at_batch(self, batch: int) -> int:
         """The step's bytes at `batch`: measured at the batch inspected, else read off the line."""
         if batch == self.batch:
             return self.total
         act = self.activations_fixed + self.activations_per_sample * batch
-        return int(self.weights + self.gradients + self.optimizer + act)
+        again = self.recompute * batch / self.batch  # a segment's saves grow with the batch
+        return int(self.weights + self.gradients + self.optimizer + act + again)
 
 
 @dataclass(frozen=True)
@@ -278,9 +282,10 @@ class Inspection:
             return None
         m = self.memory
         room = self.device_memory - (m.weights + m.gradients + m.optimizer + m.activations_fixed)
-        if room <= 0 or m.activations_per_sample <= 0:
+        per_sample = m.activations_per_sample + m.recompute / (m.batch // m.accumulate)
+        if room <= 0 or per_sample <= 0:
             return 0 if room <= 0 else None
-        return max(0, int(room // m.activations_per_sample)) * m.accumulate
+        return max(0, int(room // per_sample)) * m.accumulate
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -387,11 +392,21 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
     recording: list[list[tuple[int, int]]] = []
     extra = [0]  # bytes saved inside leaves that were not run again
     keep: list[torch.Tensor] = []  # what replayed leaves "saved": alive, so no storage id is reused
+    # Inside a checkpointed segment (torch.utils.checkpoint, non-reentrant) nothing is kept for
+    # backward: torch's own saved-tensor hooks take the segment's saves (the innermost hooks
+    # win), and only the segment's input is saved, by torch, under the outer hooks. What the
+    # segment would have saved goes to `segment` instead; it is saved again, one segment at a
+    # time, while that segment's backward runs.
+    segment: list[list] = []  # [saves by storage, bytes of replayed leaves] of the open segment
+    depth = [0]
+
+    def keep_saved(cdata: int, nbytes: int) -> None:
+        (segment[0][0] if segment else saved)[cdata] = nbytes
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage._cdata not in exclude:
-            saved[storage._cdata] = storage.nbytes()
+            keep_saved(storage._cdata, storage.nbytes())
             if recording:
                 recording[-1].append((storage._cdata, storage.nbytes()))
         return t
@@ -467,7 +482,7 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
             else:
                 del mode.uncounted[k]
         for c, _ in stored:
-            saved.pop(c, None)
+            (segment[0][0] if segment else saved).pop(c, None)
         return (cost, y) if cost is not None else None
 
     def record_only(x: torch.Tensor, real: Any, path: str) -> _LeafCost | None:
@@ -538,11 +553,14 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
                 base = torch.empty(elems, dtype=out_dtype, device="meta", requires_grad=grad)
                 y = base.as_strided(shape, stride, offset)
         if hit.saves_input:
-            saved[x.untyped_storage()._cdata] = x.untyped_storage().nbytes()
+            keep_saved(x.untyped_storage()._cdata, x.untyped_storage().nbytes())
         if hit.saves_output:
-            saved[y.untyped_storage()._cdata] = y.untyped_storage().nbytes()
+            keep_saved(y.untyped_storage()._cdata, y.untyped_storage().nbytes())
         keep.extend((x, y))
-        extra[0] += hit.internal_bytes
+        if segment:
+            segment[0][1] += hit.internal_bytes
+        else:
+            extra[0] += hit.internal_bytes
         return y
 
     for leaf in net.layers:
@@ -565,6 +583,27 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
             path = module.auto_projection[0]
             handles.append(module.proj.register_forward_pre_hook(lambda _m, _a, p=path: mode.stack.append(p)))
             handles.append(module.proj.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
+
+    def enter_segment(_m: nn.Module, args: tuple) -> None:
+        if not segment:
+            inp = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if inp is not None and inp.untyped_storage()._cdata not in exclude:
+                saved[inp.untyped_storage()._cdata] = inp.untyped_storage().nbytes()  # torch keeps it
+            segment.append([{}, 0])
+        depth[0] += 1
+
+    def leave_segment(_m: nn.Module, _a: tuple, _o: Any) -> None:
+        depth[0] -= 1
+        if depth[0] == 0:
+            saves, replayed = segment.pop()
+            again = sum(n for c, n in saves.items() if c not in saved) + replayed
+            mode.recompute = max(mode.recompute, again)
+
+    if train:
+        for module in net.modules():
+            if is_checkpointed(module):
+                handles.append(module.register_forward_pre_hook(enter_segment))
+                handles.append(module.register_forward_hook(leave_segment))
 
     x = net.example_input(batch, device="meta")  # data arrives in fp32; autocast casts it
     net.train(train)
@@ -590,7 +629,8 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
 def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...] | None = None,
             batch: int = 1, dtype: str = "fp32", optimizer: str = "adamw",
             device_memory: str | int | None = None, vars: Mapping[str, Any] | None = None,
-            device: str | None = None, accumulate: int = 1) -> Inspection:
+            device: str | None = None, accumulate: int = 1,
+            activation_checkpointing: bool = False) -> Inspection:
     """Parameters, forward FLOPs and training memory of a spec, on the meta device.
 
     `device` ("cpu" or "cuda"; default: cuda where one is present, else cpu) is the device
@@ -600,6 +640,11 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     With `accumulate` K (gradient accumulation, `archlab train --accumulate K`), a step of
     `batch` samples runs as K micro-batches of batch / K: the activations saved for backward
     are those of one micro-batch.
+
+    With `activation_checkpointing` every repeat copy is a checkpointed segment (`archlab
+    train --activation-checkpointing`); segments the spec marks (`checkpoint: true`) always
+    are. A segment keeps only its input for backward, and saves its activations again, one
+    segment at a time, during backward: `memory.recompute`, the largest, is in the total.
 
     >>> r = inspect({"input": {"shape": [4]}, "model": [{"linear": 8}, "relu", {"linear": 2}]})
     >>> r.params, r.flops_per_sample
@@ -623,6 +668,8 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     if vars:
         spec = spec.with_vars(vars)
     net = build(spec, input_shape=input_shape, device="meta")
+    if activation_checkpointing:
+        checkpoint_repeats(net)
     torch_dtype = DTYPES[dtype]
 
     cache: dict | None = {} if _CACHE_LEAVES else None
@@ -630,17 +677,23 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     # The line through batches 2 and 3, not 1 and 2: at batch 1 PyTorch often skips a copy
     # (a transpose across a size-1 dim is already contiguous), so batch 1 may save less.
     mode2, act2 = _forward_cost(net, 2, torch_dtype, cache=cache, device=device)
-    measured = {2: act2, 3: _forward_cost(net, 3, torch_dtype, cache=cache, device=device)[1]}
+    mode3, act3 = _forward_cost(net, 3, torch_dtype, cache=cache, device=device)
+    measured = {2: act2, 3: act3}
     per_sample = measured[3] - measured[2]
     fixed = measured[2] - 2 * per_sample
     memory_note = ""
+    recompute = {2: mode2.recompute, 3: mode3.recompute}
     try:
-        act_b = measured[micro] if micro in measured else \
-            _forward_cost(net, micro, torch_dtype, cache=cache, device=device)[1]
+        if micro in measured:
+            act_b = measured[micro]
+        else:
+            mode_b, act_b = _forward_cost(net, micro, torch_dtype, cache=cache, device=device)
+            recompute[micro] = mode_b.recompute
     except ValueError as e:  # batch norm over one value per channel, in training mode
         if "value per channel" not in str(e):
             raise
         act_b = int(fixed + per_sample * micro)
+        recompute[micro] = int(mode2.recompute * micro / 2)
         memory_note = (f"activations at batch {micro} read off the line through batches 2 and 3: batch norm "
                 f"cannot train on one value per channel (nor can this model at batch {micro})")
 
@@ -676,7 +729,9 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
                     attention=_attention_priced(net, device, torch_dtype), loss=mode2.loss,
                     left_out=LEFT_OUT + ("; " + LEFT_OUT_RECURRENT if any(isinstance(m, nn.RNNBase) for m in net.modules())
                                          else ""),
-                    accumulate=accumulate)
+                    accumulate=accumulate,
+                    checkpointed=sum(is_checkpointed(m) for m in net.modules()),
+                    recompute=recompute.get(micro, 0))
     uncounted = tuple(Uncounted(op, c, w) for op, (c, w) in sorted(mode1.uncounted.items()))
     return Inspection(
         name=spec.name, input_shape=net.input_shape, output_shape=net.output_shape, dtype=dtype,

@@ -68,6 +68,7 @@ class TrainSettings:
     bn: str = "train"               # train | frozen (batch-norm layers stay in eval mode)
     accumulate: int = 1             # micro-batches per optimizer step (batch_size is the whole step's)
     strategy: str | None = None     # on several processes: ddp (default) or fsdp
+    activation_checkpointing: bool = False  # every repeat copy recomputes its forward in backward
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:

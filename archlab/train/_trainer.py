@@ -64,7 +64,7 @@ from ..data import (
     input_preprocessing,
     stream_batches,
 )
-from ..model import Network, build
+from ..model import Network, build, checkpoint_repeats
 from ..runs import (
     BEST_WEIGHTS,
     CHECKPOINT_JSON,
@@ -360,6 +360,8 @@ class Trainer:
         s, task = self.settings, self.task
         torch.manual_seed(s.seed)
         self.net: Network = build(self.spec, seed=s.seed)
+        if s.activation_checkpointing:  # the same weights and results; less memory, a forward more per step
+            checkpoint_repeats(self.net)
         if self.initial_weights is not None:
             try:
                 self.net.load_state_dict(self.initial_weights, strict=True)
