@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
 import pytest
+from clirun import run_main as _main
 from typer.testing import CliRunner
 
-import archlab.cli._app as cli
 from archlab.cli import app
 from archlab.core import TrainingError
 from archlab.runs import TEST_REPORT, open_store, run_lock, write_text
@@ -25,14 +24,6 @@ def _cli(*args: str) -> tuple[str, str]:
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     return result.stdout, result.stderr
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["archlab", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def _run(store, history=(), status=None, task="classify", **kw):

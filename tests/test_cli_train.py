@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import run_main as _main
 from typer.testing import CliRunner
 
-import archlab.cli._app as cli
 from archlab.cli import app
 from archlab.runs import open_store
 
@@ -23,15 +23,6 @@ def _ok(*args: str) -> str:
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     return result.stdout
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the real entry point (`archlab ...`, which turns errors into one line, exit 2)."""
-    monkeypatch.setattr(sys, "argv", ["archlab", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def _run_id(text: str) -> str:

@@ -60,12 +60,11 @@ def test_compare_measurements_gives_ratios():
 
 import json  # noqa: E402
 import re  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
+from clirun import run_main as _main  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-import archlab.cli._app as cli  # noqa: E402
 from archlab import TrainingError  # noqa: E402
 from archlab.cli import app  # noqa: E402
 from archlab.compare import write_compression_report  # noqa: E402
@@ -74,14 +73,6 @@ from archlab.runs import open_store  # noqa: E402
 from archlab.train import fit, load_run_model  # noqa: E402
 
 runner = CliRunner()
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["archlab", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 @pytest.fixture

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 
 import numpy as np
 import pytest
 import torch
+from clirun import run_main as _main
 from torch import nn
 from typer.testing import CliRunner
 
 import archlab
-import archlab.cli._app as cli
 from archlab.cli import app
 from archlab.compare import explanation_section, write_explanation
 from archlab.core import ArchlabError, SpecError
@@ -380,14 +379,6 @@ def test_explanation_page_renders_in_chromium(store, attn_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the CLI
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["archlab", *args])
-    with pytest.raises(SystemExit) as info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def test_cli_explain_prints_the_checks_and_writes_the_page(monkeypatch, store, cnn_run, tmp_path):

@@ -5,14 +5,13 @@ folder that `archlab.load` turns back into the run's model, bit for bit; one-lin
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 import torch
+from clirun import run_main as _main
 from safetensors import safe_open
 
 import archlab
-import archlab.cli._app as cli
 from archlab.core import ArchlabError, StoreError
 from archlab.deploy import MODEL_WEIGHTS, Shipped, export_folder, export_onnx
 from archlab.runs import PREPROCESSING_FILE, SPEC_FILE, open_store
@@ -160,18 +159,6 @@ def test_a_broken_folder_is_one_line(tmp_path):
 
 
 # --------------------------------------------------------------------------- the command
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The real entry point: 0 when it returns, else its exit code (errors: one line, exit 2)."""
-    monkeypatch.setattr(sys, "argv", ["archlab", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_exports_both_and_fails_verification_in_one_line(mlp_run, store, tmp_path, monkeypatch, capsys):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from clirun import run_main as _main
 
-import archlab.cli._app as cli
 from archlab.core import SpecError
 from archlab.runs import open_store
 from archlab.scratch import (
@@ -141,18 +141,6 @@ def test_classify_mse_task_is_mse_on_one_hot_targets():
     assert task.loss(out, y).item() == pytest.approx(want.item())
     with pytest.raises(SpecError, match=r"expected \(3,\) outputs"):
         task.check_output((1,))
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the real entry point (`archlab ...`: errors become one line, exit 2)."""
-    monkeypatch.setattr(sys, "argv", ["archlab", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_scratch_loss_columns_equal_the_trainers_within_1e_6(monkeypatch, capsys, archlab_home):

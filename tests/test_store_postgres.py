@@ -4,26 +4,13 @@ a bounded connect timeout. Against a real server (tests/pgserver.py)."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
+from clirun import run_main as _main
 
-import archlab.cli._app as cli
 from archlab.core import StoreError
 from archlab.runs import PostgresRunStorage, SQLiteRunStorage, masked_url, open_store
 
 BAD_PASSWORD = "Wr0ngPassw0rd"
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["archlab", *args])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _tables(url: str) -> list[str]:

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
+from clirun import run_main as _main
 from interrupts import interrupt_at
 from safetensors.torch import load_file, save_file
 
-import archlab.cli._app as cli
 from archlab.core import SpecError, StoreError
 from archlab.model import build
 from archlab.runs import open_store
@@ -43,18 +42,6 @@ def store(tmp_path):
 @pytest.fixture
 def source(store):
     return fit(NET, store=store, seed=1, **FAST)
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """The real entry point (errors as one line, exit 2); (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["archlab", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ------------------------------------------------------------------ --init-from a run
