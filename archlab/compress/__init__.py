@@ -2,4 +2,6 @@
 spec, distillation, quantization, and the measurements (parameters, MACs, size, latency,
 accuracy) of every variant against its parent."""
 
-__all__: list[str] = []
+from ._distill import distill
+
+__all__ = ["distill"]

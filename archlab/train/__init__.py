@@ -3,6 +3,7 @@ record, optimizers and schedules, checkpoints and progress."""
 
 from ._api import evaluate, fit, fit_generative, load_run_model, resume, sample_run
 from ._checkpoint import CheckpointWriter, has_checkpoint, load_checkpoint, save_checkpoint
+from ._distill_task import KD_ALPHA, KD_TEMPERATURE, Distill, distillation_loss
 from ._generative import (
     GANTask,
     GenerativeTask,
@@ -45,8 +46,11 @@ from ._trainer import (
 __all__ = [
     "CheckpointWriter",
     "DIVERGED_FACTOR",
+    "Distill",
     "EpochProgress",
     "GANTask",
+    "KD_ALPHA",
+    "KD_TEMPERATURE",
     "GenerativeTask",
     "LanguageModel",
     "LoopState",
@@ -65,6 +69,7 @@ __all__ = [
     "absolute_data_uri",
     "autocast",
     "batches",
+    "distillation_loss",
     "divergence_rule",
     "check_resumable",
     "epoch_order",

@@ -56,6 +56,11 @@ class TrainSettings:
     stream: bool | None = None      # None: stream npy data from disk only when it exceeds memory
     workers: int | None = None      # DataLoader reader processes when streaming (None: half the cores, <= 4)
     max_minutes: float | None = None  # time budget: stop (after validating) once it is spent
+    # Knowledge distillation (archlab.train._distill_task): the teacher's run id; T and alpha
+    # (the weight of the KD term) default to KD_TEMPERATURE and KD_ALPHA when a teacher is set.
+    teacher: str | None = None
+    kd_temperature: float | None = None
+    kd_alpha: float | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
@@ -100,6 +105,12 @@ class TrainSettings:
         need(self.early_stop is None or self.early_stop >= 1, f"early_stop must be >= 1 epoch. Received: {self.early_stop}")
         need(self.workers is None or self.workers >= 0, f"workers must be >= 0. Received: {self.workers}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0. Received: {self.max_minutes}")
+        need(self.kd_temperature is None or self.kd_temperature > 0,
+             f"kd_temperature must be > 0. Received: {self.kd_temperature}")
+        need(self.kd_alpha is None or 0 <= self.kd_alpha <= 1, f"kd_alpha must be in [0, 1]. Received: {self.kd_alpha}")
+        need(self.teacher is not None or (self.kd_temperature is None and self.kd_alpha is None),
+             "kd_temperature and kd_alpha set how a student learns from a teacher run; give the teacher "
+             "too (teacher=RUN_ID, or `archlab distill TEACHER_RUN SPEC`)")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
 
     def to_dict(self) -> dict[str, Any]:

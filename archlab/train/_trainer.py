@@ -68,6 +68,7 @@ from ..runs import (
 )
 from ..spec import Spec
 from ._checkpoint import CheckpointWriter, load_checkpoint
+from ._distill_task import distill_task
 from ._memory import check_memory
 from ._optim import StepContext, autocast, make_schedule
 from ._settings import TrainSettings
@@ -207,6 +208,10 @@ class Trainer:
                  on_start: Callable[[str], None] | None = None):
         info = dataset.info
         self.task = task = task_for(spec, settings, info)
+        if settings.teacher:  # knowledge distillation: the task's step learns from a stored run too
+            self.task, settings = distill_task(task, settings, info, store)
+            task = self.task
+            tags = {"teacher": settings.teacher, **dict(tags or {})}
         task.check_settings(settings, info)
         if settings.task is None and task.name != info.task:  # recorded, so a resume trains the same task
             settings = dataclasses.replace(settings, task=task.name)
