@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from interrupts import interrupt_at
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -291,42 +292,29 @@ def _kill_after_first_epoch(proc: subprocess.Popen, home: Path, teacher: str) ->
 
 @pytest.mark.slow
 def test_a_distilled_cli_run_killed_mid_epoch_resumes_bit_exactly(home, tmp_path):
-    """SIGKILL an `archlab distill` run after its first epoch's checkpoint; `archlab train
-    --resume` finishes it to what an uninterrupted run stored."""
-    src, teacher = home
-    import shutil
-
-    homes = {name: tmp_path / name for name in ("reference", "sigkill")}
-    for h in homes.values():
-        shutil.copytree(src, h)
-    cmd = [sys.executable, "-m", "archlab", "distill", teacher, "zoo:mlp", "--epochs", "3", "--batch-size", "8",
-           "--seed", "3", "--set", "hidden=16", "--quiet"]
-
-    def env(h: Path) -> dict[str, str]:
-        return {**os.environ, "ARCHLAB_HOME": str(h), "OMP_NUM_THREADS": "1",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-    procs = {name: subprocess.Popen(cmd, env=env(h), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, h in homes.items()}
+    """SIGKILL an `archlab distill` process in its second epoch; a resume (a new Trainer that
+    reloads the teacher from the store) finishes it to what an uninterrupted run computes."""
+    dst, teacher = home
+    spec = tmp_path / "student.yaml"
+    spec.write_text(yaml.safe_dump(STUDENT))
+    settings = {"epochs": 3, "batch_size": 16, "seed": 3}
+    cmd = [sys.executable, "-m", "archlab", "distill", teacher, str(spec), "--quiet",
+           *[f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]]
+    env = {**os.environ, "ARCHLAB_HOME": str(dst), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _kill_after_first_epoch(procs["sigkill"], homes["sigkill"], teacher)
-        procs["sigkill"].communicate(timeout=300)
-        assert procs["sigkill"].returncode == -signal.SIGKILL
-        [killed] = [r for r in open_store(homes["sigkill"]).list_runs() if r.run_id != teacher]
-        again = subprocess.run([sys.executable, "-m", "archlab", "train", "--resume", killed.run_id, "--quiet"],
-                               env=env(homes["sigkill"]), capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stderr
-        procs["reference"].communicate(timeout=300)
+        _kill_after_first_epoch(proc, dst, teacher)
+        proc.communicate(timeout=300)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    stored = {}
-    for name, h in homes.items():
-        [r] = [r for r in open_store(h).list_runs() if r.run_id != teacher]
-        stored[name] = (r.status, _strip(e.metrics for e in r.history), dict(r.test_metrics),
-                        load_file(open_store(h).run_dir(r.run_id) / "checkpoint.safetensors"))
-    a, b = stored["reference"], stored["sigkill"]
-    assert a[0] == b[0] == "finished" and a[1] == b[1] and a[2] == b[2]
-    _same_weights(a[3], b[3])
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    [killed] = [r for r in open_store().list_runs() if r.run_id != teacher]
+    assert killed.status == "running"  # as a SIGKILL leaves it
+    resumed = resume(killed.run_id, quiet=True)
+    reference = distill(teacher, STUDENT, quiet=True, **settings)
+    assert _strip(resumed.history) == _strip(reference.history) and resumed.test_metrics == reference.test_metrics
+    _same_weights(load_file(reference.directory / "checkpoint.safetensors"),
+                  load_file(resumed.directory / "checkpoint.safetensors"))
