@@ -199,6 +199,14 @@ def test_a_teacher_with_other_classes_is_refused_before_anything_is_recorded(hom
     assert _runs() == n
 
 
+def test_a_binary_classifier_with_one_logit_learns_from_one(home, tables):
+    one = {"name": "b", "model": [{"linear": 8}, "relu", {"linear": 1}]}
+    teacher = fit(one, data=tables["two"], epochs=2, quiet=True)
+    student = distill(teacher.run_id, one, epochs=2, quiet=True)
+    assert student.data.num_classes == 2 and math.isfinite(student.history[-1]["train_kd"])
+    assert student.history[-1]["train_kd"] > 0 and "acc" in student.test_metrics
+
+
 def test_a_teacher_of_another_input_shape_task_or_status_is_refused(home, tables):
     _, teacher = home
     regressor = fit(REG, data=tables["reg"], task="regress", epochs=1, quiet=True).run_id
