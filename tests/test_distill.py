@@ -326,3 +326,50 @@ def test_a_distilled_cli_run_killed_mid_epoch_resumes_bit_exactly(home, tmp_path
     assert _strip(resumed.history) == _strip(reference.history) and resumed.test_metrics == reference.test_metrics
     _same_weights(load_file(reference.directory / "checkpoint.safetensors"),
                   load_file(resumed.directory / "checkpoint.safetensors"))
+
+
+# ------------------------------------------------------------- archlab compress --distill
+
+
+def test_compress_distill_fine_tunes_the_pruned_network_from_its_parent(home):
+    from archlab.compress import compress
+
+    _, parent = home
+    result = runner().invoke(app, ["compress", parent, "--prune", "0.5", "--finetune", "1", "--distill",
+                                   "--temperature", "2", "--alpha", "0.5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    store = open_store()
+    child = store.get_run(result.stdout.split("run   ")[1].split()[0])
+    assert child.tags["parent"] == child.settings["teacher"] == child.tags["teacher"] == parent
+    assert (child.settings["kd_temperature"], child.settings["kd_alpha"]) == (2.0, 0.5)
+    assert "distilled from the parent" in child.tags["compression"]
+    assert "train_kd" in child.history[-1].metrics
+    # a distilled run pruned without --distill fine-tunes on its own: its teacher is not inherited
+    grandchild = compress(child.run_id, prune_ratio=0.25, finetune=1, quiet=True, repeats=1)
+    record = store.get_run(grandchild.run_id)
+    assert record.settings["teacher"] is None and "teacher" not in record.tags
+    assert "train_kd" not in record.history[-1].metrics
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--distill", "--finetune", "0"], "--distill: the pruned network learns from its parent while it fine-tunes"),
+    (["--distill", "--unstructured", "--finetune", "0"], "--distill: the pruned network learns from its parent "
+                                                         "while it fine-tunes. Received: --unstructured"),
+    (["--temperature", "2"], "--temperature/--alpha: set how --distill learns"),
+    (["--distill", "--alpha", "2"], "--alpha: expected a weight in [0, 1]"),
+])
+def test_compress_distill_refusals_are_one_line_and_write_nothing(home, monkeypatch, capsys, args, message):
+    from archlab import cli
+
+    _, parent = home
+    n = _runs()
+    monkeypatch.setattr(sys, "argv", ["archlab", "compress", parent, "--prune", "0.5", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    _, err = capsys.readouterr()
+    assert info.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert _runs() == n
+
+
+def runner() -> CliRunner:
+    return CliRunner()

@@ -10,6 +10,7 @@ from ._compare import (
     recommend,
     sweep_hints,
 )
+from ._compression import compression_section, compression_variants, write_compression_report
 from ._folds import cached_dataset, development_split, fold_datasets, fold_indices
 from ._html import html_chart, html_page, html_section, new_figure, place_labels, svg_of
 from ._report import architecture_html, write_report
@@ -23,6 +24,9 @@ from ._results import (
 )
 
 __all__ = [
+    "compression_section",
+    "compression_variants",
+    "write_compression_report",
     "CandidateSummary",
     "Comparison",
     "FoldResult",

@@ -2,6 +2,53 @@
 spec, distillation, quantization, and the measurements (parameters, MACs, size, latency,
 accuracy) of every variant against its parent."""
 
+from ._compress import COMPRESSION_JSON, Compressed, Variant, compress, read_compression
 from ._distill import distill
+from ._measure import (
+    accuracy,
+    compare_measurements,
+    count_macs,
+    latency,
+    measure,
+    size_on_disk,
+    time_forward,
+)
+from ._prune import (
+    METHODS,
+    Pruned,
+    PrunedLayer,
+    check_method,
+    check_ratio,
+    prune,
+    recalibrate_batchnorm,
+    taylor_scores,
+)
+from ._unstructured import SCOPES, Sparsity, magnitude_prune, sparsity_of
 
-__all__ = ["distill"]
+__all__: list[str] = [
+    "COMPRESSION_JSON",
+    "Compressed",
+    "Variant",
+    "compress",
+    "read_compression",
+    "distill",
+    "METHODS",
+    "Pruned",
+    "PrunedLayer",
+    "SCOPES",
+    "Sparsity",
+    "magnitude_prune",
+    "sparsity_of",
+    "check_method",
+    "check_ratio",
+    "prune",
+    "recalibrate_batchnorm",
+    "taylor_scores",
+    "accuracy",
+    "compare_measurements",
+    "count_macs",
+    "latency",
+    "measure",
+    "size_on_disk",
+    "time_forward",
+]

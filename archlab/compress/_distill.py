@@ -40,12 +40,7 @@ def distill(teacher: str, student: Spec | str | Mapping[str, Any], *, data: str 
     >>> run.settings.teacher == open_store().get_run(teacher_id).run_id              # doctest: +SKIP
     True
     """
-    if alpha is not None and not 0 <= alpha <= 1:
-        raise SpecError(f"--alpha: expected a weight in [0, 1] (that of the KD term; 1 - alpha weighs the task "
-                        f"loss). Received: {alpha}")
-    if temperature is not None and not temperature > 0:
-        raise SpecError(f"--temperature: expected a number > 0 (1 leaves the logits as they are; Hinton's "
-                        f"default is 4). Received: {temperature}")
+    check_kd(temperature, alpha)
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     try:
         record = st.get_run(teacher)
@@ -57,3 +52,13 @@ def distill(teacher: str, student: Spec | str | Mapping[str, Any], *, data: str 
             settings["target"] = thaw(record.settings).get("target")
     return fit(student, data, store=st, quiet=quiet, teacher=record.run_id, kd_temperature=temperature,
                kd_alpha=alpha, **settings)
+
+
+def check_kd(temperature: float | None, alpha: float | None) -> None:
+    """SpecError, naming the flag, for a temperature or alpha distillation cannot use."""
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise SpecError(f"--alpha: expected a weight in [0, 1] (that of the KD term; 1 - alpha weighs the task "
+                        f"loss). Received: {alpha}")
+    if temperature is not None and not temperature > 0:
+        raise SpecError(f"--temperature: expected a number > 0 (1 leaves the logits as they are; Hinton's "
+                        f"default is 4). Received: {temperature}")

@@ -38,13 +38,15 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
         quiet: bool = False, tags: Mapping[str, str] | None = None, data_root: str | Path | None = None,
         target: str | None = None, vars: Mapping[str, Any] | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
-        on_start: Callable[[str], None] | None = None, **settings: Any) -> Run:
+        on_start: Callable[[str], None] | None = None,
+        initial_weights: Mapping[str, torch.Tensor] | None = None, **settings: Any) -> Run:
     """Train a spec on a data set and record the run; returns the model, history and test metrics.
 
     Any task trains here: a VAE or GAN spec (`archlab.train._generative`) as well as
     classify, regress, language_model and seq2seq. `on_start(run_id)` is called as soon as
     the run is recorded; `on_epoch(record)` after each epoch is logged and checkpointed (it
-    may raise `StopRun` or KeyboardInterrupt).
+    may raise `StopRun` or KeyboardInterrupt). `initial_weights` (a state dict of the spec's
+    network) replaces the fresh initialisation, e.g. to fine-tune a pruned network.
 
     >>> run = fit("zoo:mlp", data="digits", epochs=1, quiet=True)   # doctest: +SKIP
     >>> run.test_metrics["acc"]                                     # doctest: +SKIP
@@ -64,7 +66,7 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
             raise SpecError(f"--set {name}={given}: the data set sets {name} itself ({data} {have}). "
                             f"Received: {name}={given!r}; drop --set {name}")
     trainer = Trainer(spec, dataset, s, _store(store), data_uri=absolute_data_uri(data), quiet=quiet, tags=tags,
-                      on_epoch=on_epoch, on_start=on_start)
+                      on_epoch=on_epoch, on_start=on_start, initial_weights=initial_weights)
     return trainer.run()
 
 

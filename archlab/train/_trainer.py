@@ -205,8 +205,11 @@ class Trainer:
                  *, data_uri: str, quiet: bool = False, tags: Mapping[str, str] | None = None,
                  run_id: str | None = None, evaluate_test: bool = True, evaluate_train: bool = False,
                  on_epoch: Callable[[dict[str, float]], None] | None = None,
-                 on_start: Callable[[str], None] | None = None):
+                 on_start: Callable[[str], None] | None = None,
+                 initial_weights: Mapping[str, torch.Tensor] | None = None):
         info = dataset.info
+        # Weights to start from instead of a fresh initialisation (a pruned network's survivors).
+        self.initial_weights = initial_weights
         self.task = task = task_for(spec, settings, info)
         if settings.teacher:  # knowledge distillation: the task's step learns from a stored run too
             self.task, settings = distill_task(task, settings, info, store)
@@ -278,6 +281,12 @@ class Trainer:
         s, task = self.settings, self.task
         torch.manual_seed(s.seed)
         self.net: Network = build(self.spec, seed=s.seed)
+        if self.initial_weights is not None:
+            try:
+                self.net.load_state_dict(self.initial_weights, strict=True)
+            except RuntimeError as e:
+                raise TrainingError(f"initial_weights: they do not fit the spec {self.spec.name} "
+                                    f"({str(e).splitlines()[0]}); pass the state dict of a network built from it") from None
         task.check_output(self.net.output_shape)
         self.net.to(self.device)
         self.model: nn.Module = torch.compile(self.net) if s.compile else self.net
