@@ -16,6 +16,8 @@ function of the batch. Validation and test passes are the student task's own (ac
 
 The student's epochs log `train_loss` (the CE part: comparable with `val_loss`) and
 `train_kd`; the loss the step optimises and checks for divergence is the mixed one.
+The teacher's forward costs time on every step (2.9x a 128-unit MLP's run with a zoo:cnn
+teacher, bench/distill.py) and memory that the pre-run memory check does not count.
 A teacher that cannot teach this student is refused before the run is recorded: a task
 other than classify or language_model, a different task, another input shape, or another
 number of classes (or vocabulary).
