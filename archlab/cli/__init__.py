@@ -4,6 +4,7 @@
 # Importing the command modules registers their commands (in the order `--help` lists them).
 from . import _compare, _data, _inspect, _runs, _scratch, _search, _train  # noqa: F401, E402, I001
 from . import _compress  # noqa: F401, E402, I001
+from . import _distill  # noqa: F401, E402, I001
 from . import _export  # noqa: F401, E402, I001  (after _runs: `runs export` joins its `runs`)
 from . import _import  # noqa: F401, E402, I001
 from . import _explain  # noqa: F401, E402, I001

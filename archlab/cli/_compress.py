@@ -25,6 +25,10 @@ def compress_cmd(
                         "dense/recurrent, static for conv, calibrated on training batches), fp16, bf16, or auto "
                         "(the fastest on this machine within 0.5 accuracy points of fp32).")] = None,
     lr: Annotated[float | None, typer.Option(help="Fine-tuning learning rate (default: the parent's).")] = None,
+    distill: Annotated[bool, typer.Option("--distill", help="Fine-tune by distillation from the parent "
+                                                            "(see `archlab distill`).")] = False,
+    temperature: Annotated[float | None, typer.Option(help="--distill: softens both sides' logits (default 4).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="--distill: weight of the KD term (default 0.9).")] = None,
     out: Annotated[str | None, typer.Option(help="Name of the new run (default: the parent's + -pruned).")] = None,
     report: Annotated[str | None, typer.Option(help="Write an HTML view of every compressed variant of the "
                                                     "parent to this file.")] = None,
@@ -35,7 +39,8 @@ def compress_cmd(
     from ..compress import compress
 
     result = compress(run_id, prune_ratio=prune, method=method, structured=structured, round_to=round_to,
-                      finetune=finetune, out=out, quiet=quiet, lr=lr, quantize_mode=quantize)
+                      finetune=finetune, out=out, quiet=quiet, lr=lr, quantize_mode=quantize, distill=distill,
+                      temperature=temperature, alpha=alpha)
     _print_table(result.before, result.after, result.ratios)
     for step in result.steps:
         if step.get("note"):

@@ -3,6 +3,7 @@ spec, distillation, quantization, and the measurements (parameters, MACs, size, 
 accuracy) of every variant against its parent."""
 
 from ._compress import COMPRESSION_JSON, Compressed, Variant, compress, read_compression
+from ._distill import distill
 from ._measure import (
     accuracy,
     compare_measurements,
@@ -43,6 +44,7 @@ __all__: list[str] = [
     "Variant",
     "compress",
     "read_compression",
+    "distill",
     "METHODS",
     "Pruned",
     "PrunedLayer",

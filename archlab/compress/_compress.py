@@ -44,6 +44,7 @@ from ..train import (
     save_weights,
     task_for,
 )
+from ._distill import check_kd
 from ._measure import compare_measurements, count_macs, measure
 from ._prune import check_method, check_ratio, prune, recalibrate_batchnorm, taylor_scores
 from ._quantize import (
@@ -113,6 +114,7 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
              round_to: int | None = None, finetune: int | None = None, out: str | None = None,
              store: SQLiteRunStorage | str | Path | None = None, quiet: bool = False,
              data_root: str | Path | None = None, repeats: int = 10, quantize_mode: str | None = None,
+             distill: bool = False, temperature: float | None = None, alpha: float | None = None,
              **overrides: Any) -> Compressed:
     """Compress a finished run into a new run (pruned, fine-tuned, quantized, measured), linked to it.
 
@@ -120,11 +122,20 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
     last, after any fine-tuning; the new run then also stores quantized.safetensors + .json
     (archlab.compress.load_quantized(run folder) rebuilds it) and its test metrics and "after"
     measurements are the quantized model's.
-    `finetune`: epochs of fine-tuning (default: the parent's epochs when pruning, else 0; 0: none). `overrides`:
-    training settings that differ from the parent's (lr, batch_size, ...). `repeats`: timed
-    forward passes per latency figure.
+    `finetune`: epochs of fine-tuning (default: the parent's epochs when pruning, else 0; 0: none).
+    `distill`: the fine-tuning learns from the parent as its teacher (archlab.compress.distill's
+    loss, with `temperature` and `alpha`). `overrides`: training settings that differ from the
+    parent's (lr, batch_size, ...). `repeats`: timed forward passes per latency figure.
     """
     _check_args(prune_ratio, method, structured, round_to, finetune, quantize_mode)
+    check_kd(temperature, alpha)
+    if not distill and (temperature is not None or alpha is not None):
+        raise SpecError("--temperature/--alpha: set how --distill learns from the parent. Received: no --distill; "
+                        "add --distill or drop them")
+    if distill and (prune_ratio is None or finetune == 0 or not structured):
+        got = "no --prune" if prune_ratio is None else "--finetune 0" if structured else "--unstructured"
+        raise SpecError(f"--distill: the pruned network learns from its parent while it fine-tunes. Received: "
+                        f"{got}; prune (--prune RATIO, structured) and fine-tune (--finetune EPOCHS), or drop --distill")
     st = store if isinstance(store, SQLiteRunStorage) else open_store(store)
     record = st.get_run(run_id)
     if record.status != "finished":
@@ -151,13 +162,17 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
     for step in steps:
         variant = step(variant)
 
+    kd = {"teacher": record.run_id, "kd_temperature": temperature, "kd_alpha": alpha} if distill else {}
+    if distill:  # the parent teaches its pruned self (archlab.train._distill_task)
+        variant.steps.append({"kind": "distill", "teacher": record.run_id, "temperature": temperature,
+                              "alpha": alpha, "summary": "distilled from the parent"})
     spec = dataclasses.replace(variant.spec, name=out) if out else variant.spec
     summaries = [s["summary"] for s in variant.steps] + ([f"quantize {quantize_mode}"] if quantize_mode else [])
     tags = {"parent": record.run_id, "compression": "; ".join(summaries), **variant.tags}
     if epochs > 0 and variant.finetune:
         run = fit(spec, data=record.data, store=st, quiet=quiet, data_root=data_root, tags=tags,
                   initial_weights=variant.model.state_dict(),
-                  **{**_inherited(settings), "epochs": epochs})
+                  **{**_inherited(settings), "epochs": epochs, **kd})
         child_id, child = run.run_id, run.model
     else:
         child_id = _store_untrained(st, spec, variant.model, record, settings, tags, data_root)
@@ -194,8 +209,9 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
 
 # Settings a fine-tuning run does not take from its parent: where the parent's own weights came
 # from (transfer learning) and globs on its parameter names (a pruned spec writes repeats out,
-# so names move; frozen layers carry `freeze: true` in the pruned spec instead).
-_NOT_INHERITED = ("init_from", "map", "partial", "freeze")
+# so names move; frozen layers carry `freeze: true` in the pruned spec instead), nor the
+# teacher of a distilled parent (`distill=True` makes the parent itself the teacher).
+_NOT_INHERITED = ("init_from", "map", "partial", "freeze", "teacher", "kd_temperature", "kd_alpha")
 
 
 def _inherited(settings: TrainSettings) -> dict[str, Any]:

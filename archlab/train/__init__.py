@@ -3,6 +3,7 @@ record, optimizers and schedules, checkpoints and progress."""
 
 from ._api import evaluate, fit, fit_generative, load_run_model, resume, sample_run
 from ._checkpoint import CheckpointWriter, has_checkpoint, load_checkpoint, save_checkpoint
+from ._distill_task import KD_ALPHA, KD_TEMPERATURE, Distill, distillation_loss
 from ._distributed import (
     LAUNCH_FLAGS,
     STRATEGIES,
@@ -87,8 +88,11 @@ __all__ = [
     "rank_info",
     "shutdown",
     "DIVERGED_FACTOR",
+    "Distill",
     "EpochProgress",
     "GANTask",
+    "KD_ALPHA",
+    "KD_TEMPERATURE",
     "GenerativeTask",
     "InitReport",
     "LanguageModel",
@@ -109,6 +113,7 @@ __all__ = [
     "autocast",
     "batches",
     "convert_hf_gpt2",
+    "distillation_loss",
     "divergence_rule",
     "check_resumable",
     "epoch_order",

@@ -69,6 +69,11 @@ class TrainSettings:
     accumulate: int = 1             # micro-batches per optimizer step (batch_size is the whole step's)
     strategy: str | None = None     # on several processes: ddp (default) or fsdp
     activation_checkpointing: bool = False  # every repeat copy recomputes its forward in backward
+    # Knowledge distillation (archlab.train._distill_task): the teacher's run id; T and alpha
+    # (the weight of the KD term) default to KD_TEMPERATURE and KD_ALPHA when a teacher is set.
+    teacher: str | None = None
+    kd_temperature: float | None = None
+    kd_alpha: float | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], where: str = "train") -> TrainSettings:
@@ -116,6 +121,12 @@ class TrainSettings:
         need(self.accumulate >= 1, f"accumulate must be >= 1 micro-batch per step. Received: {self.accumulate}")
         need(self.strategy is None or self.strategy in STRATEGIES,
              f"strategy must be one of {', '.join(STRATEGIES)}. Received: {self.strategy!r}")
+        need(self.kd_temperature is None or self.kd_temperature > 0,
+             f"kd_temperature must be > 0. Received: {self.kd_temperature}")
+        need(self.kd_alpha is None or 0 <= self.kd_alpha <= 1, f"kd_alpha must be in [0, 1]. Received: {self.kd_alpha}")
+        need(self.teacher is not None or (self.kd_temperature is None and self.kd_alpha is None),
+             "kd_temperature and kd_alpha set how a student learns from a teacher run; give the teacher "
+             "too (teacher=RUN_ID, or `archlab distill TEACHER_RUN SPEC`)")
         need(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1). Received: {self.label_smoothing}")
         need(self.bn in BN_MODES, f"bn must be one of {', '.join(BN_MODES)}. Received: {self.bn!r}")
         need(not (self.map or self.partial) or self.init_from is not None,

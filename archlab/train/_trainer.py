@@ -78,6 +78,7 @@ from ..runs import (
 )
 from ..spec import Spec
 from ._checkpoint import CheckpointWriter, load_checkpoint
+from ._distill_task import distill_task
 from ._distributed import (
     Group,
     check_layout,
@@ -258,6 +259,10 @@ class Trainer:
         # Weights to start from instead of a fresh initialisation (a pruned network's survivors).
         self.initial_weights = initial_weights
         self.task = task = task_for(spec, settings, info)
+        if settings.teacher:  # knowledge distillation: the task's step learns from a stored run too
+            self.task, settings = distill_task(task, settings, info, store)
+            task = self.task
+            tags = {"teacher": settings.teacher, **dict(tags or {})}
         task.check_settings(settings, info)
         if settings.task is None and task.name != info.task:  # recorded, so a resume trains the same task
             settings = dataclasses.replace(settings, task=task.name)
