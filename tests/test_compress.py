@@ -176,3 +176,14 @@ def test_a_pruned_run_exports_to_onnx_and_verifies_in_onnxruntime(parent, archla
     exported = export_onnx(child.run_id, tmp_path / "pruned.onnx", verify=True)
     assert exported.path.is_file() and set(exported.max_diff) == {1, 2, 7}
     assert max(exported.max_diff.values()) <= 1e-4
+
+
+def test_a_distilled_run_exports_to_onnx_and_verifies_in_onnxruntime(parent, archlab_home, tmp_path):
+    from archlab.compress import distill
+    from archlab.deploy import export_onnx
+
+    student = {"name": "student", "input": {"shape": [1, 8, 8]},
+               "model": ["flatten", {"linear": 32}, "relu", {"linear": 10}]}
+    run = distill(parent, student, epochs=1, batch_size=128, quiet=True)
+    exported = export_onnx(run.run_id, tmp_path / "student.onnx", verify=True)
+    assert max(exported.max_diff.values()) <= 1e-4
