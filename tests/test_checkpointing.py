@@ -183,6 +183,22 @@ def test_checkpointed_training_ends_with_the_same_weights(tmp_path, monkeypatch)
     assert checkpointed.history[0]["train_loss"] == pytest.approx(plain.history[0]["train_loss"], rel=1e-6)
 
 
+def test_checkpointed_batch_norm_updates_its_running_statistics_once_per_step(tmp_path) -> None:
+    # The recomputation in backward runs the forward again in training mode: batch norm's
+    # running statistics (and batch count) must be those of one forward, as without checkpointing.
+    spec = {"name": "bn", "input": {"shape": [1, 8, 8]}, "model": [
+        {"conv2d": {"out": 8, "kernel": 3, "padding": 1}},
+        {"repeat": 2, "block": [{"conv2d": {"out": 8, "kernel": 3, "padding": 1}}, "batchnorm", "relu"]},
+        "global_avgpool", {"linear": 10}]}
+    store = open_store(tmp_path / "store")
+    settings = dict(data="digits", epochs=1, batch_size=64, seed=5, store=store, quiet=True)
+    a = _last_weights(fit(spec, **settings))
+    b = _last_weights(fit(spec, activation_checkpointing=True, **settings))
+    assert [k for k in a if "num_batches_tracked" in k]  # the batch norms' buffers are in the checkpoint
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
 def test_resume_keeps_activation_checkpointing(tmp_path, monkeypatch) -> None:
     store = open_store(tmp_path / "store")
     settings = dict(data="digits", epochs=2, batch_size=64, seed=5, store=store, quiet=True,

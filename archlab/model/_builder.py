@@ -39,6 +39,7 @@ Module names follow spec paths: `model[3].residual[0].conv2d` is `model.3.residu
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 from collections.abc import Mapping
@@ -128,6 +129,31 @@ def is_checkpointed(module: nn.Module) -> bool:
     return bool(module.__dict__.get(CHECKPOINT))  # not getattr: nn.Module's miss path is slow
 
 
+class _KeepNormStatistics:
+    """The context of a segment's recomputation in backward. Recomputing runs the forward again
+    in training mode, so batch norm would update its running statistics (and its batch count)
+    a second time each step; they are put back as they were after the forward."""
+
+    def __init__(self, module: nn.Module):
+        self.norms = [m for m in module.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.saved: list[list[torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [[b.clone() for b in m.buffers(recurse=False)] for m in self.norms]
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.norms, self.saved, strict=True):
+                for b, old in zip(m.buffers(recurse=False), saved, strict=True):
+                    b.copy_(old)
+
+
+def _checkpointed(fn: Any, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _torch_checkpoint(fn, x, use_reentrant=False,
+                             context_fn=lambda: (contextlib.nullcontext(), _KeepNormStatistics(module)))
+
+
 def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """module(x); through torch's (non-reentrant) activation checkpoint where the module is
     marked and a graph is being recorded. On the meta device (the inspector) it runs plainly:
@@ -135,7 +161,7 @@ def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if module.__dict__.get(CHECKPOINT) and torch.is_grad_enabled() and module.training and x.device.type != "meta":
         users = [m for m in module.modules() if isinstance(m, MemoryUser)]
         if not users:
-            return _torch_checkpoint(module, x, use_reentrant=False)
+            return _checkpointed(module, module, x)
         # A decoder block reads the encoder's memory from an attribute its network sets for the
         # forward and clears after it: the recomputation in backward gets the forward's memory back.
         memories = [(m.memory, m.memory_mask) for m in users]
@@ -150,7 +176,7 @@ def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
                 for m, (memory, mask) in zip(users, before, strict=True):
                     m.memory, m.memory_mask = memory, mask
 
-        return _torch_checkpoint(run, x, use_reentrant=False)
+        return _checkpointed(run, module, x)
     return module(x)
 
 
