@@ -340,6 +340,13 @@ def test_compress_quantize_makes_a_linked_run_with_quantized_weights(parent_run,
     with torch.inference_mode():
         correct = sum(int((q(test.x[i:i + bs]).argmax(-1) == test.y[i:i + bs]).sum()) for i in range(0, len(test), bs))
     assert child.test_metrics["acc"] == pytest.approx(correct / len(test), abs=1e-9)
+    # A quantized run is not shipped or compressed again from its float weights: one line, exit 2.
+    runs_before = len(st.list_runs())
+    for args in (["export", child.run_id, "--onnx", str(store / "q.onnx")], ["export", child.run_id, "--folder",
+                 str(store / "shipped")], ["compress", child.run_id, "--prune", "0.5"]):
+        code, out, err = _main(monkeypatch, capsys, *args)
+        assert code == 2 and "holds a quantized model" in err and run_id in err and "Traceback" not in err, err
+    assert len(st.list_runs()) == runs_before and not (store / "q.onnx").exists() and not (store / "shipped").exists()
 
 
 def test_compress_quantize_bad_mode_is_one_line_and_writes_nothing(parent_run, monkeypatch, capsys):

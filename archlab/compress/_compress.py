@@ -33,7 +33,15 @@ from torch import nn
 
 from ..core import SpecError, StoreError, TrainingError, thaw
 from ..data import load_dataset
-from ..runs import BEST_WEIGHTS, SPEC_FILE, SQLiteRunStorage, open_store, read_json, write_text
+from ..runs import (
+    BEST_WEIGHTS,
+    QUANTIZED_META,
+    SPEC_FILE,
+    SQLiteRunStorage,
+    open_store,
+    read_json,
+    write_text,
+)
 from ..spec import Spec
 from ..train import (
     GenerativeTask,
@@ -141,6 +149,11 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
     if record.status != "finished":
         raise StoreError(f"run {record.run_id}: is {record.status}, not finished. Received: a run without final "
                          f"weights; compress a finished run (`archlab runs` lists them)")
+    if (st.run_dir(record.run_id) / QUANTIZED_META).is_file():
+        parent_id = record.tags.get("parent", "")
+        raise SpecError(f"run {record.run_id}: holds a quantized model; pruning or quantizing it again would start "
+                        f"from its float weights. Received: a run made by --quantize; compress its parent"
+                        f"{' ' + parent_id if parent_id else ''} instead")
     parent, _ = load_run_model(record.run_id, store=st)
     settings = TrainSettings.from_mapping(thaw(record.settings))
     try:

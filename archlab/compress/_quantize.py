@@ -102,7 +102,7 @@ from torch import nn
 
 from ..core import ArchlabError
 from ..model import BuiltNetwork, Network, build
-from ..runs import read_json, write_text
+from ..runs import QUANTIZED_META, QUANTIZED_WEIGHTS, read_json, write_text
 from ..spec import Spec
 
 __all__ = [
@@ -122,8 +122,6 @@ __all__ = [
 MODES = ("int8", "int8-dynamic", "int8-static", "fp16", "bf16", "auto")
 ENGINES = ("x86", "onednn", "fbgemm")
 DEFAULT_TOLERANCE = 0.5  # accuracy points (percent) auto may give up against fp32
-QUANTIZED_WEIGHTS = "quantized.safetensors"
-QUANTIZED_META = "quantized.json"
 _FORMAT = "archlab-quantized"
 _VERSION = 1
 _HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}

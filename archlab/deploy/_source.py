@@ -16,6 +16,7 @@ from ..core import ArchlabError, DataError, StoreError, thaw
 from ..data import input_preprocessing, load_dataset
 from ..runs import (
     PREPROCESSING_FILE,
+    QUANTIZED_META,
     SPEC_FILE,
     TOKENIZER_FILE,
     RunRecord,
@@ -78,6 +79,12 @@ def _open_run(run_id: str, store: SQLiteRunStorage | None) -> Shipped:
         raise StoreError(f"run {record.run_id} is {record.status}, not finished: only a finished run is exported or "
                          f"predicts. Received: status {record.status!r}; finish it with `archlab train --resume "
                          f"{record.run_id}` or pick another run (`archlab runs`)")
+    if (store.run_dir(record.run_id) / QUANTIZED_META).is_file():  # its float weights are not what it stores
+        parent = record.tags.get("parent")
+        raise ArchlabError(f"run {record.run_id} holds a quantized model, which export and predict cannot ship "
+                           f"(they run the float network). Received: a run made by `archlab compress --quantize`; "
+                           f"ship its parent{' ' + parent if parent else ''}, or load it in Python with "
+                           f"archlab.compress.load_run_quantized({record.run_id!r})")
     net, record = load_run_model(record.run_id, store=store)
     return Shipped(net.eval(), Spec.from_dict(thaw(record.spec)), run_preprocessing(record, store),
                    record.name, record)

@@ -52,6 +52,8 @@ __all__ = [
     "LOCK_FILE",
     "MAX_JSON_BYTES",
     "PREPROCESSING_FILE",
+    "QUANTIZED_META",
+    "QUANTIZED_WEIGHTS",
     "RUNS_FOLDER",
     "SPEC_FILE",
     "STUDIES_JOURNAL",
@@ -71,6 +73,9 @@ RUNS_FOLDER = "runs"
 SPEC_FILE = "spec.yaml"
 TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSING_FILE = "preprocessing.json"
+# A quantized run (archlab compress --quantize): its int8/fp16/bf16 weights and how to rebuild them.
+QUANTIZED_WEIGHTS = "quantized.safetensors"
+QUANTIZED_META = "quantized.json"
 CHECKPOINT_JSON = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.safetensors"
