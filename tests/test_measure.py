@@ -343,8 +343,9 @@ def test_inspecting_a_7b_model_allocates_no_weights() -> None:
 
 
 def test_a_size_without_a_unit_is_refused():
-    with pytest.raises(SpecError, match="no unit"):
+    with pytest.raises(SpecError, match="no unit; write e.g. 80GB .* or 80B \\(bytes\\)"):
         parse_bytes("80")
+    assert parse_bytes("1000000B") == 1_000_000  # bytes, said so
 
 
 def test_one_size_grammar_everywhere() -> None:

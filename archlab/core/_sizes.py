@@ -36,13 +36,14 @@ def parse_size(text: str | int | float, where: str = "size", *, require_unit: bo
             raise error(f"{where}: expected a size in bytes from 0 to 2**80. Received: {text!r}")
         return int(text)
     m = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
+    in_bytes = "1000000B" if require_unit else "1000000"
     if not m:
         raise error(f"{where}: expected a size such as 80GB (10**9 bytes), 24GiB (2**30 bytes) or "
-                    f"1000000 (bytes). Received: {str(text)[:40]!r}")
+                    f"{in_bytes} (bytes). Received: {str(text)[:40]!r}")
     number, letter, binary, b = m.groups()
     if require_unit and not letter and not b:
-        raise error(f"{where}: {text.strip()!r} has no unit; write e.g. 80GB (10**9 bytes) or "
-                    f"80GiB (2**30 bytes)")
+        raise error(f"{where}: {text.strip()!r} has no unit; write e.g. 80GB (10**9 bytes), "
+                    f"80GiB (2**30 bytes) or {text.strip()}B (bytes)")
     power = " kmgt".index((letter or " ").lower())
     value = float(number) * (1024 if binary else 1000) ** power
     if value >= _MAX_BYTES:
