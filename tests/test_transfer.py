@@ -287,4 +287,4 @@ def test_hf_gpt2_older_layout_with_mask_buffers_and_a_saved_lm_head(hf_gpt2, tmp
     with pytest.raises(SpecError, match="untied output layer"):
         init_weights(_gpt2(24), untied, map=["hf-gpt2"])
     code, _, err = _main(monkeypatch, capsys, "import", "hf-gpt2", str(tmp_path / "none.safetensors"))
-    assert code == 2 and err.startswith("error: import hf-gpt2 ") and "no such weights file" in err
+    assert code == 2 and err.startswith("error: import hf-gpt2 ") and "no such folder or file" in err and "Hugging Face GPT-2 folder" in err

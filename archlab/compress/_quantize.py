@@ -555,7 +555,7 @@ def _auto(net: nn.Module, batches: Sequence[Any], data: Any, engine: str | None,
     seconds = time_candidates(built, x, threads=threads)
     if data is not None:
         scores = {k: _accuracy(m, data) for k, m in built.items()}
-        metric = "accuracy"
+        metric = "accuracy on the data given (compress: the validation split)"
     else:
         with torch.inference_mode():
             reference = [net(x).argmax(-1) for x in batches]

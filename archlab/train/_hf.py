@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import SpecError
+from ..core import SpecError, StoreError
 from ..model import build
 from ..spec import load_spec
 from ._init_from import Entry, InitReport, Source, plan_init, read_source, register_converter
@@ -211,6 +211,10 @@ def import_hf_gpt2(path: str | Path, out: str | Path, *, spec: Any = "zoo:gpt2",
 
     The heads come from the config.json beside the file, else from `vars` (the weights do not
     say). `context` (default: the file's n_positions) keeps that many position rows."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise StoreError(f"import hf-gpt2 {path}: no such folder or file. Expected a Hugging Face GPT-2 folder "
+                         f"(model.safetensors and config.json, as save_pretrained writes them) or its model.safetensors")
     source = read_source(path, flag="import hf-gpt2")
     found = {**hf_gpt2_vars(source), **dict(vars or {})}
     ctx = int(context or found.pop("context"))
