@@ -212,7 +212,9 @@ def test_resume_keeps_activation_checkpointing(tmp_path, monkeypatch) -> None:
         fit(RESIDUAL_MLP, **settings)
     [record] = store.list_runs(status="interrupted")
     resumed = resume(record.run_id, store=store, quiet=True)
-    assert calls == [3, 3]  # the interrupted run and its resumption both checkpoint the 3 copies
+    # the interrupted run and its resumption both checkpoint the 3 copies (each marks the meta
+    # network it checks first, then the real one)
+    assert calls == [3, 3, 3, 3]
     a, b = _last_weights(reference), _last_weights(resumed)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
@@ -243,3 +245,12 @@ def test_checkpointed_decoder_blocks_get_the_encoder_memory_back_in_backward() -
     assert plain.keys() == checkpointed.keys()
     for key in plain:
         torch.testing.assert_close(plain[key], checkpointed[key], rtol=1e-6, atol=1e-8)
+
+
+def test_activation_checkpointing_with_nothing_to_checkpoint_is_one_line_and_records_nothing(tmp_path) -> None:
+    store = open_store(tmp_path / "store")
+    with pytest.raises(SpecError, match="the spec has nothing to checkpoint"):
+        fit("zoo:cnn", data="digits", epochs=1, activation_checkpointing=True, store=store, quiet=True)
+    assert store.list_runs() == []
+    with pytest.raises(SpecError, match="the spec has nothing to checkpoint"):
+        inspect("zoo:cnn", activation_checkpointing=True)

@@ -2,6 +2,7 @@
 
 from ._builder import (
     COMPOSITES,
+    NOTHING_TO_CHECKPOINT,
     Network,
     Parallel,
     Repeat,
@@ -50,6 +51,7 @@ __all__ = [
     "Serial",
     "VAENetwork",
     "build",
+    "NOTHING_TO_CHECKPOINT",
     "checkpoint_repeats",
     "count_params",
     "generate",

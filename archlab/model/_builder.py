@@ -180,6 +180,11 @@ def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
+NOTHING_TO_CHECKPOINT = ("--activation-checkpointing: the spec has nothing to checkpoint. Received: a network "
+                         "without repeat: copies or checkpoint: true parts; put the layers to recompute in a "
+                         "repeat:, mark a residual or block use checkpoint: true, or drop the flag")
+
+
 def checkpoint_repeats(net: nn.Module) -> int:
     """Mark every copy of every repeat as a checkpointed segment; returns how many.
 

@@ -43,7 +43,7 @@ from ..core import SpecError, parse_size, thaw
 from ..layers import LAYERS, PRICED_DEVICE, MemoryUser, SelfAttention, attention_kernel
 from ..spec import Spec, load_spec
 from ._autocast import DEVICES, MetaAutocast
-from ._builder import Network, Residual, checkpoint_repeats, is_checkpointed
+from ._builder import NOTHING_TO_CHECKPOINT, Network, Residual, checkpoint_repeats, is_checkpointed
 from ._kinds import build
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -668,8 +668,8 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
     if vars:
         spec = spec.with_vars(vars)
     net = build(spec, input_shape=input_shape, device="meta")
-    if activation_checkpointing:
-        checkpoint_repeats(net)
+    if activation_checkpointing and not checkpoint_repeats(net) and not any(map(is_checkpointed, net.modules())):
+        raise SpecError(NOTHING_TO_CHECKPOINT)
     torch_dtype = DTYPES[dtype]
 
     cache: dict | None = {} if _CACHE_LEAVES else None

@@ -64,7 +64,7 @@ from ..data import (
     input_preprocessing,
     stream_batches,
 )
-from ..model import Network, build, checkpoint_repeats
+from ..model import NOTHING_TO_CHECKPOINT, Network, build, checkpoint_repeats, is_checkpointed
 from ..runs import (
     BEST_WEIGHTS,
     CHECKPOINT_JSON,
@@ -290,6 +290,8 @@ class Trainer:
         meta = build(self.spec, seed=s.seed, device="meta")
         task.check_output(meta.output_shape)
         check_memory(meta, s, info, self.device)
+        if s.activation_checkpointing and not checkpoint_repeats(meta) and not any(map(is_checkpointed, meta.modules())):
+            raise SpecError(NOTHING_TO_CHECKPOINT)  # before anything is recorded
         # Transfer learning (_init_from): what loads, checked on the meta model before the run is
         # recorded. A resume from a checkpoint (initialize=False) never reloads the source.
         self.init_report: InitReport | None = None
