@@ -128,3 +128,10 @@ def test_a_run_folder_linked_out_of_the_store_never_breaks_the_listing(archlab_h
     out, _ = _cli("runs")
     assert good in out and "stopped (cannot resume; see archlab show)" in next(x for x in out.splitlines() if bad in x)
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_runs_with_nothing_to_list_says_so(monkeypatch, capsys) -> None:
+    code, out, _ = _main(monkeypatch, capsys, "runs")
+    assert code == 0 and out.startswith("no runs in ") and "archlab train SPEC" in out
+    code, out, _ = _main(monkeypatch, capsys, "runs", "--status", "stopped")
+    assert code == 0 and "no runs with status 'stopped'" in out

@@ -53,6 +53,11 @@ def runs_cmd(
     use_store(store)
     store = open_store()
     records = _reporting_damage(lambda: find_runs(store, status=status, limit=limit))
+    if not records:  # say so, rather than print an empty table
+        which = f" with status {status!r}" if status else ""
+        console.print(f"no runs{which} in {escape(store.location)}"
+                      + (" (`archlab runs` lists them all)" if status else "; `archlab train SPEC --data NAME` records one"))
+        return
     table = Table(title=f"runs in {escape(store.location)}", title_justify="left")
     for col in ("id", "name", "data", "params", "best val", "test", "status", "time", "started"):
         table.add_column(col, justify="right" if col in ("params", "best val", "test", "time") else "left")
