@@ -100,6 +100,8 @@ def test_compress_makes_a_new_linked_run_measured_before_and_after(parent, archl
     assert saved["before"]["accuracy"] == pytest.approx(store.get_run(parent).test_metrics["acc"], abs=1e-6)
     assert saved["after"]["params"] < saved["before"]["params"] / 2
     assert read_compression(store, child_id)["run"] == child_id
+    shown = runner.invoke(app, ["show", child_id]).stdout
+    assert f"from      {parent} (" in shown and "structured 0.5" in shown  # show names where it came from
     # the stored run reloads from safetensors with bit-identical logits
     net1, _ = load_run_model(child_id, store=store)
     net2, _ = load_run_model(child_id, store=store)

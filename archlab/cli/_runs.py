@@ -99,6 +99,10 @@ def show_cmd(run_id: Annotated[str, typer.Argument(help="A run id (or a unique p
         console.print(f"resume    {escape(state.problem)}")
     console.print(f"params {r.params:,}" if r.params else "params -",
                   f"  time {r.duration_s:.1f}s" if r.duration_s else "", f"  started {when(r.created_at)}")
+    if "parent" in r.tags:  # made by archlab compress: from which run, and how
+        console.print(f"from      {escape(r.tags['parent'])} ({escape(r.tags.get('compression', 'compressed'))})")
+    if "teacher" in r.tags:
+        console.print(f"teacher   {escape(r.tags['teacher'])} (distilled)")
     console.print("settings  " + escape("  ".join(f"{k}={v}" for k, v in r.settings.items() if v not in (None, False))))
     console.print("env       " + escape("  ".join(f"{k}={v}" for k, v in r.env.items())))
     if r.history:
