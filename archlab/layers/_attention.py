@@ -229,25 +229,17 @@ class AdditiveAttention(nn.Module):
             e = e.masked_fill(~mask, float("-inf"))
         return e.softmax(dim=-1)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
+    def _query(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, Dq)
         if self.query == "learned":
-            s = self.query_vector.expand(h.shape[0], -1)
-        elif self.query == "last":
-            s = h[:, -1]
-        else:
-            s = h.mean(dim=1)
-        a = self.score(s, h)  # (B, T)
-        return torch.bmm(a.unsqueeze(1), h).squeeze(1)  # (B, D)
+            return self.query_vector.expand(h.shape[0], -1)
+        return h[:, -1] if self.query == "last" else h.mean(dim=1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
+        return self.forward_with_weights(h)[0]
 
     def forward_with_weights(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` and its weights as one head with one query: (B, D), (B, 1, 1, T)."""
-        if self.query == "learned":
-            s = self.query_vector.expand(h.shape[0], -1)
-        elif self.query == "last":
-            s = h[:, -1]
-        else:
-            s = h.mean(dim=1)
-        a = self.score(s, h)  # (B, T)
+        a = self.score(self._query(h), h)  # (B, T)
         return torch.bmm(a.unsqueeze(1), h).squeeze(1), a[:, None, None, :]
 
     def extra_repr(self) -> str:
