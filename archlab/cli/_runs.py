@@ -103,7 +103,7 @@ def show_cmd(run_id: Annotated[str, typer.Argument(help="A run id (or a unique p
         console.print(f"from      {escape(r.tags['parent'])} ({escape(r.tags.get('compression', 'compressed'))})")
     if "teacher" in r.tags:
         console.print(f"teacher   {escape(r.tags['teacher'])} (distilled)")
-    console.print("settings  " + escape("  ".join(f"{k}={v}" for k, v in r.settings.items() if v not in (None, False))))
+    console.print("settings  " + escape("  ".join(f"{k}={v}" for k, v in r.settings.items() if v not in (None, False, (), []))))
     console.print("env       " + escape("  ".join(f"{k}={v}" for k, v in r.env.items())))
     if r.history:
         kept = kept_epoch(r, folder)
