@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core import DataError, Registry
+from ..layers import Inputs
 
 __all__ = [
     "DATASETS",
@@ -111,15 +112,27 @@ class DataInfo:
     # model input (csv: each column's mean and deviation or categories; imdb: length, padding).
     # `archlab.data.input_preprocessing` completes it; `archlab predict` applies it.
     preprocessing: Mapping[str, Any] | None = field(default=None, hash=False)
+    # Several named inputs, in order: name -> {"shape": [...], "dtype": "float"|"long"} (and "vocab"
+    # for token ids); then each split's x is an `archlab.layers.Inputs` of those tensors, and
+    # input_shape / input_dtype describe the first. None where the data has one unnamed x.
+    inputs: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if self.tokenizer is not None:  # a plain copy: read-only store records become dicts
             object.__setattr__(self, "tokenizer", _plain(self.tokenizer))
         if self.preprocessing is not None:
             object.__setattr__(self, "preprocessing", _plain(self.preprocessing))
+        if self.inputs is not None:
+            object.__setattr__(self, "inputs", _plain(self.inputs))
         object.__setattr__(self, "notes", tuple(self.notes))
         if self.feature_names is not None:
             object.__setattr__(self, "feature_names", tuple(self.feature_names))
+
+    def named_inputs(self) -> dict[str, tuple[tuple[int, ...], str]] | None:
+        """name -> (per-sample shape, dtype) of each named input, what `Spec.with_input(named=)` takes."""
+        if self.inputs is None:
+            return None
+        return {name: (tuple(d["shape"]), d["dtype"]) for name, d in self.inputs.items()}
 
     def vars(self) -> dict[str, int]:
         """Spec vars derived from the data, e.g. ``{"num_classes": 10}`` (non-None only)."""
@@ -127,7 +140,7 @@ class DataInfo:
         return {k: v for k, v in found.items() if v is not None}
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(self)  # `inputs` is already plain data
         d["input_shape"] = list(self.input_shape)
         d["class_names"] = None if self.class_names is None else list(self.class_names)
         d["notes"] = list(self.notes)
@@ -145,9 +158,10 @@ class DataInfo:
 
 @dataclass
 class Split:
-    """One split as two aligned tensors: x (N, *input_shape) and y (N,) or (N, k)."""
+    """One split as two aligned tensors: x (N, *input_shape) and y (N,) or (N, k); x is an
+    `Inputs` of named tensors where the data set has several inputs (`DataInfo.inputs`)."""
 
-    x: Tensor
+    x: Tensor | Inputs
     y: Tensor
 
     def __post_init__(self) -> None:
@@ -165,11 +179,11 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
     # What the trainer asks of any split; `archlab.ondisk.DiskSplit` answers the same from disk.
-    def take(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+    def take(self, indices: Tensor) -> tuple[Tensor | Inputs, Tensor]:
         """The rows at `indices`, in that order (one `index_select`: a fresh contiguous batch)."""
         return self.x.index_select(0, indices), self.y.index_select(0, indices)
 
-    def slice(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+    def slice(self, start: int, stop: int) -> tuple[Tensor | Inputs, Tensor]:
         return self.x[start:stop], self.y[start:stop]
 
     def targets(self) -> Tensor:
@@ -201,7 +215,12 @@ def _check(ds: Dataset) -> None:
         where = f"{info.name}: {part} split"
         if not isinstance(split, Split):  # on disk: its loader checked the ranges; probe the types
             split = Split(*split.slice(0, 1))
-        if tuple(split.x.shape[1:]) != info.input_shape or split.x.dtype != x_dtype:
+        if info.inputs is not None:
+            _check_named(info, split, where)
+        elif not isinstance(split.x, Tensor):
+            raise DataError(f"{where}: x is {split.x!r}, several named inputs, but the data set's info "
+                            f"declares none (DataInfo.inputs)")
+        elif tuple(split.x.shape[1:]) != info.input_shape or split.x.dtype != x_dtype:
             raise DataError(f"{where}: x is {tuple(split.x.shape)} {split.x.dtype}, "
                             f"expected (N, {', '.join(map(str, info.input_shape))}) {x_dtype}")
         if info.task == "classify" and (split.y.dtype != torch.int64 or split.y.ndim != 1):
@@ -219,7 +238,7 @@ def _check(ds: Dataset) -> None:
             if not _ids_in_range(split.y, info.vocab_size):
                 raise DataError(f"{where}: target ids must be in 0..{info.vocab_size - 1}, got "
                                 f"{int(split.y.min())}..{int(split.y.max())}")
-        if info.input_dtype == "long" and info.vocab_size is not None:
+        if info.input_dtype == "long" and info.vocab_size is not None and info.inputs is None:
             if not _ids_in_range(split.x, info.vocab_size):
                 raise DataError(f"{where}: input ids must be in 0..{info.vocab_size - 1}, got "
                                 f"{int(split.x.min())}..{int(split.x.max())}")
@@ -228,6 +247,24 @@ def _check(ds: Dataset) -> None:
         if len(lengths) > 1:
             raise DataError(f"{info.name}: seq2seq target length differs between splits: "
                             f"{sorted(lengths)}")
+
+
+def _check_named(info: DataInfo, split: Split, where: str) -> None:
+    """Each named input: present, of its declared shape and dtype, token ids within its vocabulary."""
+    assert info.inputs is not None
+    if not isinstance(split.x, Inputs) or split.x.names != tuple(info.inputs):
+        got = split.x.names if isinstance(split.x, Inputs) else "one unnamed tensor"
+        raise DataError(f"{where}: x holds {got}, expected the named inputs {', '.join(info.inputs)}")
+    for name, d in info.inputs.items():
+        t = split.x[name]
+        want = torch.float32 if d["dtype"] == "float" else torch.int64
+        if tuple(t.shape[1:]) != tuple(d["shape"]) or t.dtype != want:
+            raise DataError(f"{where}: input {name!r} is {tuple(t.shape)} {t.dtype}, "
+                            f"expected (N, {', '.join(map(str, d['shape']))}) {want}")
+        vocab = d.get("vocab")
+        if vocab is not None and not _ids_in_range(t, vocab):
+            raise DataError(f"{where}: input {name!r} ids must be in 0..{vocab - 1}, got "
+                            f"{int(t.min())}..{int(t.max())}")
 
 
 def _ids_in_range(t: Tensor, vocab_size: int) -> bool:

@@ -12,6 +12,7 @@ from ._attention import (
 )
 from ._basic import LearnedPositions, SinusoidalPositions
 from ._cross import MemoryUser
+from ._inputs import Inputs, cat_inputs
 from ._registry import (
     LAYERS,
     LAYOUTS,
@@ -30,6 +31,7 @@ __all__ = [
     "AdditiveAttention",
     "BuildContext",
     "Built",
+    "Inputs",
     "LAYERS",
     "LAYOUTS",
     "LayerCache",
@@ -41,6 +43,7 @@ __all__ = [
     "SinusoidalPositions",
     "TensorType",
     "attention_kernel",
+    "cat_inputs",
     "default_layout",
     "math_attention",
     "pair",

@@ -12,6 +12,7 @@ from ._limits import (
 from ._spec import (
     ChoiceSpace,
     FloatSpace,
+    DataInputs,
     InputSpec,
     IntSpace,
     SearchSpace,
@@ -37,6 +38,7 @@ __all__ = [
     "MAX_VALUES_PER_SAMPLE",
     "ChoiceSpace",
     "FloatSpace",
+    "DataInputs",
     "InputSpec",
     "IntSpace",
     "SearchSpace",

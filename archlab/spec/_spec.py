@@ -39,7 +39,7 @@ from ._limits import (
     MAX_VALUES_PER_SAMPLE,
 )
 
-SECTIONS = ("name", "description", "input", "vars", "blocks", "model", "encoder", "decoder", "generator",
+SECTIONS = ("name", "description", "input", "inputs", "vars", "blocks", "model", "encoder", "decoder", "generator",
             "discriminator", "train")
 INPUT_DTYPES = ("float", "long")
 # Values a data set supplies at train time; a spec gives defaults for inspection.
@@ -220,9 +220,17 @@ def is_search_marker(value: Any) -> bool:
 class InputSpec:
     shape: tuple[int, ...]
     dtype: str = "float"
+    vocab: int | None = None  # token ids are 0..vocab-1 (long inputs; example batches use it)
 
     def to_dict(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype}
+        d: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype}
+        if self.vocab is not None:
+            d["vocab"] = self.vocab
+        return d
+
+
+# What a data set says it gives, per named input: name -> (per-sample shape, dtype).
+DataInputs = Mapping[str, tuple[tuple[int, ...], str]]
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,15 @@ class Spec:
     decoder: Any = None    # seq2seq: the target decoder's layers, reading the encoder's output
     generator: Any = None      # GAN: latent (latent,) -> image (see archlab.generative)
     discriminator: Any = None  # GAN: image -> one logit (1,)
+    # Several named inputs (`inputs:`), in their declared order; None for one unnamed `input:`.
+    inputs: Mapping[str, InputSpec] | None = None
+
+    @property
+    def input_specs(self) -> dict[str, InputSpec]:
+        """Every input by name: the `inputs:` section, or {"input": ...} for one unnamed input."""
+        if self.inputs is not None:
+            return dict(self.inputs)
+        return {"input": self.input} if self.input is not None else {}
 
     # -- round trip
     @classmethod
@@ -253,6 +270,8 @@ class Spec:
             out["description"] = self.description
         if self.input is not None:
             out["input"] = self.input.to_dict()
+        if self.inputs is not None:
+            out["inputs"] = {name: i.to_dict() for name, i in self.inputs.items()}
         if self.vars or self.spaces:
             merged = {k: thaw(v) for k, v in self.vars.items()}
             merged.update({k: s.to_dict() for k, s in self.spaces.items()})
@@ -309,12 +328,50 @@ class Spec:
                             f"with no default; pick a value with {examples} or add 'default:'")
         return self.with_vars({n: s.default for n, s in self.spaces.items()})
 
-    def with_input(self, shape: tuple[int, ...] | None = None, dtype: str | None = None) -> Spec:
+    def with_input(self, shape: tuple[int, ...] | None = None, dtype: str | None = None, *,
+                   named: DataInputs | None = None) -> Spec:
+        """A copy with the input's shape (and dtype) set, as a data set or `--input` gives it.
+
+        `named` is a data set's several named inputs (`DataInfo.inputs`): each input the spec
+        declares under `inputs:` takes its shape and dtype from the one of that name (inputs the
+        spec does not declare are not read). A spec with one input takes `shape` whatever its
+        input is called."""
         if dtype is not None and dtype not in INPUT_DTYPES:
             raise SpecError(f"input.dtype: expected one of {', '.join(INPUT_DTYPES)}. Received: {dtype!r}")
+        if named:
+            return self._with_named_inputs(named)
+        if self.inputs is not None:
+            if len(self.inputs) > 1:
+                raise SpecError(f"inputs: the spec reads {len(self.inputs)} inputs ({', '.join(self.inputs)}) but "
+                                f"the data gives one unnamed x; give the data one array per input (npy: "
+                                f"train_x_NAME.npy for each name), or declare one input")
+            (name, current), = self.inputs.items()
+            new = InputSpec(tuple(shape) if shape is not None else current.shape, dtype or current.dtype,
+                            current.vocab)
+            return dataclasses.replace(self, inputs=FrozenDict({name: new}))
         current = self.input or InputSpec(())
         return dataclasses.replace(self, input=InputSpec(
-            tuple(shape) if shape is not None else current.shape, dtype or current.dtype))
+            tuple(shape) if shape is not None else current.shape, dtype or current.dtype, current.vocab))
+
+    def _with_named_inputs(self, named: DataInputs) -> Spec:
+        given = ", ".join(named)
+        if self.inputs is None:
+            if len(named) == 1:
+                (shape, dtype), = named.values()
+                return self.with_input(shape, dtype)
+            raise SpecError(f"input: the data has {len(named)} inputs ({given}) and the spec reads one unnamed "
+                            f"input; declare the ones the model reads, e.g. inputs: {{{next(iter(named))}: "
+                            f"{{shape: {list(next(iter(named.values()))[0])}}}}}, and read them with from:")
+        missing = [name for name in self.inputs if name not in named]
+        if missing:
+            close = difflib.get_close_matches(missing[0], list(named), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"inputs.{missing[0]}: the data has no input of that name.{hint} Its inputs: {given}")
+        new = {}
+        for name, current in self.inputs.items():
+            shape, dtype = named[name]
+            new[name] = InputSpec(tuple(shape), dtype, current.vocab)
+        return dataclasses.replace(self, inputs=FrozenDict(new))
 
     def with_train(self, **settings: Any) -> Spec:
         merged = {**thaw(self.train), **settings}
@@ -527,9 +584,12 @@ def _parse(data: Any, where: str) -> Spec:
         raise SpecError(f"{where}.train: expected a mapping of settings. Received: {train!r}")
 
     description = data.get("description", "") or ""
+    if data.get("input") is not None and data.get("inputs") is not None:
+        raise SpecError(f"{where}: give either 'input' (one input) or 'inputs' (several, by name), not both")
     return Spec(
         name=name,
         input=_parse_input(data.get("input"), f"{where}.input"),
+        inputs=_parse_inputs(data.get("inputs"), f"{where}.inputs"),
         model=freeze(data.get("model")),
         encoder=freeze(data.get("encoder")),
         decoder=freeze(data.get("decoder")),
@@ -543,6 +603,9 @@ def _parse(data: Any, where: str) -> Spec:
     )
 
 
+_INPUT_KEYS = ("shape", "dtype", "vocab")
+
+
 def _parse_input(raw: Any, where: str) -> InputSpec | None:
     if raw is None:
         return None
@@ -550,12 +613,12 @@ def _parse_input(raw: Any, where: str) -> InputSpec | None:
         raw = {"shape": raw}
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where}: expected {{shape: [C, H, W]}}. Received: {raw!r}")
-    extra = set(raw) - {"shape", "dtype"}
+    extra = set(raw) - set(_INPUT_KEYS)
     if extra:
-        key = sorted(extra)[0]
-        close = difflib.get_close_matches(str(key), ["shape", "dtype"], n=1)
+        key = sorted(map(str, extra))[0]
+        close = difflib.get_close_matches(key, _INPUT_KEYS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SpecError(f"{where}: unknown key {key!r}.{hint} Allowed: shape, dtype")
+        raise SpecError(f"{where}: unknown key {key!r}.{hint} Allowed: {', '.join(_INPUT_KEYS)}")
     shape = raw.get("shape", [])
     if isinstance(shape, int):
         shape = [shape]
@@ -564,7 +627,31 @@ def _parse_input(raw: Any, where: str) -> InputSpec | None:
     dtype = raw.get("dtype", "float")
     if dtype not in INPUT_DTYPES:
         raise SpecError(f"{where}.dtype: expected one of {', '.join(INPUT_DTYPES)}. Received: {dtype!r}")
-    return InputSpec(tuple(shape), dtype)
+    vocab = raw.get("vocab")
+    if vocab is not None:
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+            raise SpecError(f"{where}.vocab: expected a positive number of token ids. Received: {thaw(vocab)!r}")
+        if dtype != "long":
+            raise SpecError(f"{where}.vocab: only token ids have a vocabulary; add dtype: long or drop 'vocab'")
+    return InputSpec(tuple(shape), dtype, vocab)
+
+
+def _parse_inputs(raw: Any, where: str) -> Mapping[str, InputSpec] | None:
+    """`inputs: {image: {shape: [1, 28, 28]}, tokens: {shape: [32], dtype: long, vocab: 1000}}`."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpecError(f"{where}: expected a mapping of input name to {{shape: [...], dtype: ...}}, e.g. "
+                        f"inputs: {{image: {{shape: [1, 28, 28]}}, tokens: {{shape: [32], dtype: long}}}}. "
+                        f"Received: {brief(thaw(raw))}")
+    out = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_]\w*", name):
+            raise SpecError(f"{where}: {name!r} is not a valid input name (letters, digits, _)")
+        if value is None:
+            raise SpecError(f"{where}.{name}: expected {{shape: [...]}} (dtype float or long). Received: nothing")
+        out[name] = _parse_input(value, f"{where}.{name}")
+    return FrozenDict(out)
 
 
 def check_shape(shape: Any, where: str) -> tuple[int, ...]:
