@@ -295,7 +295,7 @@ def test_resolved_vars_uses_defaults() -> None:
     [
         ({"modle": []}, "unknown section 'modle'. Did you mean 'model'?"),
         ({"model": [], "var": {}}, "unknown section 'var'. Did you mean 'vars'?"),
-        ({"model": [], "inputs": [4]}, "unknown section 'inputs'. Did you mean 'input'?"),
+        ({"model": [], "inputs": [4]}, "for one unnamed input write input: [4]"),
         ({"name": "x"}, "missing 'model'"),
         ({"model": None}, "missing 'model'"),
         ({"model": [], "name": ""}, "name: expected a non-empty string"),

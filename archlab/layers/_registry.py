@@ -72,6 +72,8 @@ class TensorType:
                 hint = " Token ids need an `embedding` first."
             elif self.source == "input":
                 hint = (f" For token ids declare them: input: {{shape: {list(self.shape)}, dtype: long}}.")
+            elif self.source.startswith("inputs."):
+                hint = (f" For token ids declare them: {self.source}: {{shape: {list(self.shape)}, dtype: long}}.")
             else:
                 hint = " Only the spec's input can carry integer token ids; put this layer first."
             got = self.describe() + (" float" if self.dtype == "float" else "")  # describe() names only long

@@ -15,6 +15,26 @@ Node forms (after `$var` / `${expr}` substitution):
     {residual: {body: [...], projection: ...}}        both under residual, the branch as body)
     {repeat: N, block: ..., var: i}        N copies; the copy index is var `i`
 
+Several inputs and named nodes (a `model:` spec with `inputs:`): any node may say what it
+reads instead of the previous node's output, `from: NAME` (an input, or an earlier node
+given `name: NAME`) or `from: [a, b]` with `merge: concat|add|mean` (concat as `parallel`
+does: along channels, or along features of a sequence); a node of only `from:` (and `merge:`)
+passes what it read on. An attention leaf may attend to a named sequence with `memory: NAME`
+(`cross_attention`, `cross_decoder_block`). Reads are resolved in forward order, so a name is
+seen by every node after the one that gives it (in a repeat, the latest copy's).
+
+    inputs: {image: {shape: [1, 8, 8]}, question: {shape: [6], dtype: long, vocab: 20}}
+    model:
+      - {flatten, from: image}          # written as {flatten: null, from: image} in flow style
+      - {linear: 64, name: seen}
+      - {embedding: {vocab: 20, dim: 16}, from: question}
+      - global_avgpool ...
+      - {from: [seen, asked], merge: concat}
+
+At run time the network puts its inputs in a `Scope` for the forward; a node that reads or
+names carries a `Route` (a plain attribute, like the checkpoint mark, so state-dict keys do not
+change) that `call` applies around the module.
+
 Activation checkpointing (`checkpoint: true`) is an option of a repeat (every copy is a
 checkpointed segment), of a residual (the whole residual), and of a block reference
 (`{name: {checkpoint: true, var: value}}`). A checkpointed module keeps only its input for
@@ -40,6 +60,7 @@ Module names follow spec paths: `model[3].residual[0].conv2d` is `model.3.residu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import math
 from collections.abc import Mapping
@@ -52,7 +73,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 from ..core import FrozenDict, ShapeError, SpecError, thaw
-from ..layers import LAYERS, BuildContext, MemoryUser, TensorType
+from ..layers import LAYERS, BuildContext, Inputs, MemoryUser, TensorType
 from ..spec import (
     MAX_DEPTH,
     MAX_LAYERS,
@@ -71,6 +92,9 @@ _MAX_DEPTH = MAX_DEPTH
 _MAX_REPEAT = 10_000
 _MAX_LAYERS = MAX_LAYERS
 MERGES = ("concat", "add", "mean")
+ROUTE_KEYS = ("from", "merge", "name")  # keys a node may carry beside its layer (merge: not on a parallel)
+# What the first node of a spec with several inputs receives: nothing, until it reads one with from:.
+_NO_INPUT = TensorType((), "none", "none", "no input")
 
 
 # ----------------------------------------------------------------- the weight guard
@@ -154,27 +178,106 @@ def _checkpointed(fn: Any, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
                              context_fn=lambda: (contextlib.nullcontext(), _KeepNormStatistics(module)))
 
 
+class Scope:
+    """The named tensors of one forward: the network's inputs, then each named node's output.
+    `active` is true while the network's forward runs (a checkpoint's recomputation in backward
+    runs after it, from a copy taken when its segment ran)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+        self.active = False
+
+    def read(self, name: str) -> torch.Tensor:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise RuntimeError(f"{name!r} has not been computed in this forward; the network's inputs are read "
+                               f"inside its own forward (call the whole network)") from None
+
+
+ROUTE = "archlab_route"  # the attribute that gives a module its reads and its name
+
+
+@dataclass
+class Route:
+    """What `call` does around one module: read named tensors instead of its input (merged),
+    give its memory-attending layers a named tensor as memory, keep its output under a name."""
+
+    scope: Scope
+    reads: tuple[str, ...] = ()
+    merge: str = ""
+    dim: int = 1  # the concat dim of a batch (1 + the per-sample dim)
+    keeps: str = ""
+    memory: str = ""
+    users: tuple[nn.Module, ...] = ()  # the MemoryUsers that `memory` feeds
+
+    def read(self) -> torch.Tensor:
+        outs = [self.scope.read(name) for name in self.reads]
+        if len(outs) == 1:
+            return outs[0]
+        if self.merge == "concat":
+            return torch.cat(outs, dim=self.dim)
+        total = outs[0]
+        for y in outs[1:]:
+            total = total + y
+        return total / len(outs) if self.merge == "mean" else total
+
+    def run(self, module: nn.Module, x: Any) -> Any:
+        if self.reads:
+            x = self.read()
+        if self.memory:
+            memory = self.scope.read(self.memory)
+            for m in self.users:
+                m.memory, m.memory_mask = memory, None
+        try:
+            y = _call(module, x)
+        finally:
+            for m in self.users:
+                m.memory = m.memory_mask = None
+        if self.keeps:
+            self.scope.values[self.keeps] = y
+        return y
+
+
 def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """module(x); through torch's (non-reentrant) activation checkpoint where the module is
-    marked and a graph is being recorded. On the meta device (the inspector) it runs plainly:
-    the inspector prices what checkpoint keeps itself."""
-    if module.__dict__.get(CHECKPOINT) and torch.is_grad_enabled() and module.training and x.device.type != "meta":
+    """module(x), with its route (reads, memory, name) where it has one, and through torch's
+    (non-reentrant) activation checkpoint where the module is marked and a graph is being
+    recorded. On the meta device (the inspector) it runs plainly: the inspector prices what
+    checkpoint keeps itself."""
+    route = module.__dict__.get(ROUTE)
+    if route is not None:
+        return route.run(module, x)
+    return _call(module, x)
+
+
+def _call(module: nn.Module, x: Any) -> Any:
+    if module.__dict__.get(CHECKPOINT) and torch.is_grad_enabled() and module.training and (
+            x is None or x.device.type != "meta"):
         users = [m for m in module.modules() if isinstance(m, MemoryUser)]
-        if not users:
+        scopes = {id(r.scope): r.scope for m in module.modules() if (r := m.__dict__.get(ROUTE)) is not None}
+        if not users and not scopes:
             return _checkpointed(module, module, x)
         # A decoder block reads the encoder's memory from an attribute its network sets for the
-        # forward and clears after it: the recomputation in backward gets the forward's memory back.
+        # forward and clears after it, and a node inside may read named tensors of the forward:
+        # the recomputation in backward, after the forward, gets both back as they were.
         memories = [(m.memory, m.memory_mask) for m in users]
+        taken = [(scope, dict(scope.values)) for scope in scopes.values()]
 
         def run(inp: torch.Tensor) -> torch.Tensor:
             before = [(m.memory, m.memory_mask) for m in users]
             for m, (memory, mask) in zip(users, memories, strict=True):
                 m.memory, m.memory_mask = memory, mask
+            again = [scope for scope, _ in taken if not scope.active]
+            for scope, values in taken:
+                if not scope.active:
+                    scope.values = dict(values)
             try:
                 return module(inp)
             finally:
                 for m, (memory, mask) in zip(users, before, strict=True):
                     m.memory, m.memory_mask = memory, mask
+                for scope in again:
+                    scope.values = {}
 
         return _checkpointed(run, module, x)
     return module(x)
@@ -213,7 +316,8 @@ class Serial(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for module in self._modules.values():
-            x = call(module, x) if CHECKPOINT in module.__dict__ else module(x)  # inline: the hot path
+            d = module.__dict__
+            x = call(module, x) if CHECKPOINT in d or ROUTE in d else module(x)  # inline: the hot path
         return x
 
 
@@ -252,8 +356,8 @@ class Residual(nn.Module):
         self.auto_projection = auto_projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = x if self.proj is None else self.proj(x)
-        return skip + call(self.residual, x)
+        y = call(self.residual, x)  # the branch first: it may name a tensor that a projection reads
+        return (x if self.proj is None else call(self.proj, x)) + y
 
 
 class Repeat(nn.Module):
@@ -272,13 +376,15 @@ class Network(BuiltNetwork, nn.Module):
 
     `layers` lists each leaf (spec path, layer kind, module name, input and output type)
     for the inspector; `spec` is the concrete spec it was built from; `tree` the node tree
-    the builder built (see BuiltNetwork for the protocol).
+    the builder built (see BuiltNetwork for the protocol). With several named inputs it is
+    called with an `Inputs` (or a dict, or keywords) of them: `net(image=x, question=q)`.
     """
 
     kind = "plain"
 
     def __init__(self, model: nn.Module, spec: Spec, input_type: TensorType, output_type: TensorType,
-                 layers: list[LeafInfo], tree: Node | None = None, section: str = "model"):
+                 layers: list[LeafInfo], tree: Node | None = None, section: str = "model",
+                 named_inputs: Mapping[str, TensorType] | None = None, scope: Scope | None = None):
         super().__init__()
         self.model = model
         # Plain attributes, not submodules: kept out of state_dict and parameters().
@@ -288,19 +394,64 @@ class Network(BuiltNetwork, nn.Module):
         self.layers = layers
         self.tree = tree or Node("serial", section, input_type, output_type)
         self.sections = (Section(section, input_type, output_type, self.tree),)
+        self._named = dict(named_inputs or {})
+        self.input_names = tuple(self._named)
+        self.scope = scope or Scope()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    @property
+    def input_types(self) -> dict[str, TensorType]:
+        return dict(self._named) if self._named else {"input": self.input_type}
+
+    reads_input_by_name = False  # whether a node routes (from:, name:, memory:): then the forward fills the scope
+
+    def forward(self, x: Any = None, **named: torch.Tensor) -> torch.Tensor:
+        if not self.input_names:
+            if not self.reads_input_by_name:
+                return self.model(x)
+            self.scope.values, self.scope.active = {"input": x}, True
+            try:
+                return self.model(x)
+            finally:
+                self.scope.values, self.scope.active = {}, False
+        scope = self.scope
+        scope.values = self._inputs_of(x, named)
+        scope.active = True
+        try:  # one named input is also the first node's input; several are read with from:
+            return self.model(scope.values[self.input_names[0]] if len(self.input_names) == 1 else None)
+        finally:
+            scope.values = {}
+            scope.active = False
+
+    def _inputs_of(self, x: Any, named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if isinstance(x, Mapping):
+            named = {**x, **named}
+        elif x is not None:
+            if len(self.input_names) > 1:
+                raise ValueError(f"this network reads {len(self.input_names)} inputs ({', '.join(self.input_names)}); "
+                                 f"call it with all of them: net(Inputs({', '.join(f'{n}=...' for n in self.input_names)}))")
+            named = {self.input_names[0]: x, **named}
+        missing = [n for n in self.input_names if n not in named]
+        if missing:
+            raise ValueError(f"missing input {missing[0]!r}: this network reads {', '.join(self.input_names)}; "
+                             f"received {', '.join(named) or 'none'}")
+        return {n: named[n] for n in self.input_names}
 
     def example_input(self, batch: int = 2, device: torch.device | str | None = None,
-                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A batch of the right shape and dtype (token ids in range for embeddings)."""
-        shape = (batch, *self.input_shape)
-        if self.input_type.dtype == "long":
-            vocab = min((m.num_embeddings for m in self.modules() if isinstance(m, nn.Embedding)),
-                        default=2)
+                      dtype: torch.dtype = torch.float32) -> Any:
+        """A batch of the right shape and dtype (token ids in range for embeddings); an `Inputs`
+        of every input where there are several."""
+        if not self.input_names:
+            return self._example(self.input_type, self.spec.input, batch, device, dtype)
+        specs = self.spec.input_specs
+        return Inputs({n: self._example(t, specs.get(n), batch, device, dtype) for n, t in self._named.items()})
+
+    def _example(self, t: TensorType, declared: Any, batch: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
+        shape = (batch, *t.shape)
+        if t.dtype == "long":
             if is_meta(device):
                 return torch.empty(shape, dtype=torch.long, device=device)
+            vocab = getattr(declared, "vocab", None) or min(
+                (m.num_embeddings for m in self.modules() if isinstance(m, nn.Embedding)), default=2)
             return torch.randint(0, vocab, shape, device=device)
         return torch.randn(shape, device=device, dtype=dtype) if not is_meta(device) \
             else torch.empty(shape, device=device, dtype=dtype)
@@ -318,6 +469,12 @@ class _Builder:
     depth: int = 0
     on_meta: bool | None = None  # whether the build runs on the meta device (found at the first leaf)
     last: Node | None = None  # the tree of the node built last (each method sets it)
+    # The tensors `from:` may read, by name: the inputs, then each named node as it is built. None
+    # where the network kind has no named tensors (seq2seq, VAE, GAN sections).
+    names: dict[str, TensorType] | None = None
+    inputs: tuple[str, ...] = ()
+    scope: Scope = field(default_factory=Scope)
+    routes: int = 0  # how many modules carry a Route (a network without any never fills its scope)
 
     def section(self, nodes: Any, x: TensorType, path: str, qual: str,
                 env: Mapping[str, Any]) -> tuple[nn.Module, TensorType, Node]:
@@ -344,6 +501,9 @@ class _Builder:
             return self.serial(node, x, path, qual, env)
         if isinstance(node, str):
             return self.named(node, None, x, path, qual, env)
+        if isinstance(node, Mapping) and any(k in node for k in ROUTE_KEYS) and not (
+                set(node) & set(ROUTE_KEYS) == {"merge"} and "parallel" in node):
+            return self.routed(node, x, path, qual, env)
         if isinstance(node, Mapping):
             keys = list(node)
             composite = [k for k in keys if k in COMPOSITES]
@@ -355,6 +515,75 @@ class _Builder:
             return self.named(str(keys[0]), node[keys[0]], x, path, qual, env)
         raise SpecError(f"{path}: expected a layer name, a {{layer: args}} mapping or a list. "
                         f"Received: {thaw(node)!r}")
+
+    def routed(self, node: Mapping[str, Any], x: TensorType, path: str, qual: str,
+               env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
+        """A node with `from:` (what it reads), `merge:` (how several reads join) and/or `name:`."""
+        keys = ("from", "name") if "parallel" in node else ROUTE_KEYS  # a parallel's merge is its own
+        if self.names is None:
+            raise SpecError(f"{path}: from: and name: route named tensors in a spec's model: section; "
+                            f"this section cannot use them (remove {', '.join(k for k in keys if k in node)})")
+        route = {k: substitute(node[k], env, path) for k in keys if k in node}
+        rest = {k: v for k, v in node.items() if k not in keys}
+        reads: tuple[str, ...] = ()
+        merge, dim = "", 1
+        if "from" in route:
+            x, reads, merge, dim = self.read(route["from"], route.get("merge"), path)
+        elif "merge" in route:
+            raise SpecError(f"{path}: merge: says how the tensors of from: join; give them, e.g. "
+                            f"{{from: [image, text], merge: concat}}")
+        if rest:
+            module, out = self._node(FrozenDict(rest), x, path, qual, env)
+            inner = self.last
+        else:
+            module, out, inner = nn.Identity(), x, None
+            if x is _NO_INPUT:
+                raise SpecError(f"{path}: name: names the previous node's output, and there is none: the spec has "
+                                f"several inputs ({', '.join(self.inputs)}); read one with from:")
+        keeps = route.get("name", "")
+        if keeps:
+            if not isinstance(keeps, str) or not keeps.isidentifier():
+                raise SpecError(f"{path}.name: expected a name (letters, digits, _). Received: {thaw(keeps)!r}")
+            if keeps in self.inputs:
+                raise SpecError(f"{path}.name: {keeps!r} is one of the spec's inputs; give this node another name")
+            self.names[keeps] = TensorType(out.shape, out.dtype, out.layout, out.source)
+        if ROUTE in module.__dict__:  # the node's own module routes already (a block of one routed node)
+            module = Serial(module)
+        module.__dict__[ROUTE] = Route(self.scope, reads, merge, dim, keeps)
+        self.routes += 1
+        if inner is None:
+            self.last = Node("route", path, x, out, name=merge, reads=reads, keeps=keeps)
+        else:
+            self.last = dataclasses.replace(inner, reads=reads, keeps=keeps)
+        return module, out
+
+    def read(self, source: Any, merge: Any, path: str) -> tuple[TensorType, tuple[str, ...], str, int]:
+        """The type `from:` gives, the names it reads, its merge and the batch dim a concat joins on."""
+        assert self.names is not None
+        names = tuple(source) if isinstance(source, list | tuple) else (source,)
+        where = f"{path}.from"
+        if not names or not all(isinstance(n, str) for n in names):
+            raise SpecError(f"{where}: expected the name of an input or of an earlier node, or a list of them. "
+                            f"Received: {thaw(source)!r}")
+        for n in names:
+            if n not in self.names:
+                known = list(self.names)
+                close = difflib.get_close_matches(n, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise SpecError(f"{where}: nothing is called {n!r} here.{hint} It can read the inputs "
+                                f"({', '.join(self.inputs) or 'none declared'}) and nodes named earlier with name: "
+                                f"({', '.join(k for k in known if k not in self.inputs) or 'none yet'})")
+        types = [self.names[n] for n in names]
+        if len(names) == 1:
+            if merge is not None:
+                raise SpecError(f"{path}.merge: joins several from: tensors, and this node reads one ({names[0]}); "
+                                f"remove merge: or read a list")
+            return types[0], names, "", 1
+        merge = "concat" if merge is None else merge
+        if merge not in MERGES:
+            raise SpecError(f"{path}.merge: must be one of {', '.join(MERGES)}. Received: {thaw(merge)!r}")
+        out, dim = _merge_types(types, merge, where, "the tensors it reads")
+        return TensorType(out.shape, out.dtype, out.layout, where), names, merge, dim + 1
 
     def serial(self, nodes: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         modules, children, first = [], [], x
@@ -380,8 +609,19 @@ class _Builder:
         where = f"{path}.{name}"
         if len(self.leaves) >= _MAX_LAYERS:
             raise SpecError(f"{where}: the model has more than {_MAX_LAYERS:,} layers; is a repeat count too large?")
+        if x is _NO_INPUT:
+            raise SpecError(f"{where}: the spec has several inputs ({', '.join(self.inputs)}); say which this layer "
+                            f"reads, e.g. {{{name}: ..., from: {self.inputs[0]}}}")
         layer = LAYERS.get(name)
         args = substitute(args, env, where)
+        memory_name = ""
+        if isinstance(args, Mapping) and "memory" in args and layer.wants_ctx and self.names is not None:
+            memory_name = args["memory"]
+            if not isinstance(memory_name, str) or memory_name not in self.names:
+                known = ", ".join(self.names) or "none"
+                raise SpecError(f"{where}.memory: expected the name of an input or an earlier named node to attend "
+                                f"to (known: {known}). Received: {thaw(memory_name)!r}")
+            args = {k: v for k, v in args.items() if k != "memory"}
         freeze = False
         if isinstance(args, Mapping) and "freeze" in args:
             freeze = args["freeze"]
@@ -390,7 +630,8 @@ class _Builder:
             args = {k: v for k, v in args.items() if k != "freeze"}
         kwargs = layer.bind(args, where)
         if layer.wants_ctx:
-            kwargs["ctx"] = BuildContext(where, self.ctx_built, self.memory)
+            memory = self.names[memory_name] if memory_name else self.memory
+            kwargs["ctx"] = BuildContext(where, self.ctx_built, memory)
         try:
             if self.on_meta is None:
                 self.on_meta = torch.get_default_device().type == "meta"
@@ -410,9 +651,16 @@ class _Builder:
         out = TensorType(out.shape, out.dtype, out.layout, where)
         if freeze:
             module.requires_grad_(False)
+        if memory_name:
+            users = tuple(m for m in module.modules() if isinstance(m, MemoryUser))
+            if not users:
+                raise SpecError(f"{where}.memory: {name} attends to nothing; memory: is for layers that attend to "
+                                f"another sequence (cross_attention, cross_decoder_block)")
+            module.__dict__[ROUTE] = Route(self.scope, memory=memory_name, users=users)
+            self.routes += 1
         self.leaves.append(LeafInfo(where, name, qual, x, out, FrozenDict(kwargs)))
         self.ctx_built.append((where, name, module))
-        self.last = Node("leaf", where, x, out, name=name, args=self.leaves[-1].args)
+        self.last = Node("leaf", where, x, out, name=name, args=self.leaves[-1].args, memory=memory_name)
         return module, out
 
     def block_ref(self, name: str, args: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
@@ -474,25 +722,7 @@ class _Builder:
             modules.append(module)
             outs.append(out)
             children.append(self.last)
-        dim = 0 if outs[0].layout in ("channels", "flat") else outs[0].rank - 1
-        shapes = ", ".join(f"{o.describe()} from {o.source}" for o in outs)
-        if len({o.dtype for o in outs}) != 1:
-            raise ShapeError(f"{where}: branches give different dtypes ({shapes}); "
-                             f"embed token ids in every branch or in none")
-        if merge == "concat":
-            ranks_ok = len({o.rank for o in outs}) == 1
-            rest_ok = ranks_ok and len({o.shape[:dim] + o.shape[dim + 1:] for o in outs}) == 1
-            if not rest_ok:
-                raise ShapeError(f"{where}: concat needs branch outputs equal in all dims but dim {dim}; "
-                                 f"got {shapes}")
-            shape = list(outs[0].shape)
-            shape[dim] = sum(o.shape[dim] for o in outs)
-            out = outs[0].derive(tuple(shape))
-        else:
-            if len({o.shape for o in outs}) != 1:
-                raise ShapeError(f"{where}: merge '{merge}' needs branch outputs of one shape; got {shapes}. "
-                                 f"Use merge: concat or make the branches agree.")
-            out = outs[0]
+        out, dim = _merge_types(outs, merge, where, "branch outputs")
         # +1: the tensor's dim 0 is the batch.
         out = TensorType(out.shape, out.dtype, out.layout, where)
         self.last = Node("parallel", where, x, out, name=merge, children=tuple(children))
@@ -502,6 +732,9 @@ class _Builder:
                  qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         self._check_options(options, ("projection", "checkpoint"), where)
         ckpt = _checkpoint_flag(options.get("checkpoint", False), where)
+        if x is _NO_INPUT:
+            raise SpecError(f"{where}: adds its input to its branch, and there is none yet: the spec has several "
+                            f"inputs ({', '.join(self.inputs)}); read one first with from:")
         if isinstance(body, str) and "$" in body:
             body = substitute(body, env, where)
         if body is None:
@@ -587,6 +820,28 @@ class _Builder:
         return Repeat(modules), out
 
 
+def _merge_types(outs: list[TensorType], merge: str, where: str, what: str) -> tuple[TensorType, int]:
+    """The type of `outs` merged, and the per-sample dim a concat joins them on (channels for
+    images and flat features, features for a sequence)."""
+    dim = 0 if outs[0].layout in ("channels", "flat") else outs[0].rank - 1
+    shapes = ", ".join(f"{o.describe()} from {o.source}" for o in outs)
+    if len({o.dtype for o in outs}) != 1:
+        raise ShapeError(f"{where}: {what} have different dtypes ({shapes}); "
+                         f"embed token ids in every one or in none")
+    if merge == "concat":
+        ranks_ok = len({o.rank for o in outs}) == 1
+        rest_ok = ranks_ok and len({o.shape[:dim] + o.shape[dim + 1:] for o in outs}) == 1
+        if not rest_ok:
+            raise ShapeError(f"{where}: concat needs {what} equal in all dims but dim {dim}; got {shapes}")
+        shape = list(outs[0].shape)
+        shape[dim] = sum(o.shape[dim] for o in outs)
+        return outs[0].derive(tuple(shape)), dim
+    if len({o.shape for o in outs}) != 1:
+        raise ShapeError(f"{where}: merge '{merge}' needs {what} of one shape; got {shapes}. "
+                         f"Use merge: concat or make them agree.")
+    return outs[0], dim
+
+
 def _describe_projection(proj: nn.Module) -> str:
     """What an auto projection is, for diagrams: "1×1 conv, stride 2 + batchnorm", "linear"."""
     if isinstance(proj, nn.Linear):
@@ -597,10 +852,20 @@ def _describe_projection(proj: nn.Module) -> str:
     return f"1×1 conv{f', stride {stride}' if stride > 1 else ''}{norm}"
 
 
-def build_plain(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any, seed: int) -> Network:
-    """A spec with a `model:` section: one serial stack."""
-    builder = _Builder(spec)
+def build_plain(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any, seed: int,
+                named: Mapping[str, TensorType] | None = None) -> Network:
+    """A spec with a `model:` section: one serial stack. With several named inputs (`named`)
+    the first node reads them with from:; with one, it is the first node's input as well."""
+    # One unnamed input can be read again later as `from: input`.
+    builder = _Builder(spec, names=dict(named or {"input": x}), inputs=tuple(named or ("input",)))
+    if named and len(named) > 1:
+        x = _NO_INPUT
     with torch.device(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, out, tree = builder.section(spec.model, x, "model", "model", env)
-    return Network(model, spec, x, out, builder.leaves, tree)
+    if out is _NO_INPUT:
+        raise SpecError("model: reads none of its inputs; read them with from:")
+    first = next(iter(named.values())) if named else x
+    net = Network(model, spec, first, out, builder.leaves, tree, named_inputs=named, scope=builder.scope)
+    net.reads_input_by_name = builder.routes > 0
+    return net

@@ -86,10 +86,24 @@ def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | N
         spec = spec.with_input(tuple(input_shape), dtype)
     elif dtype is not None:
         spec = spec.with_input(None, dtype)
+    env = FrozenDict(spec.resolved_vars())
+    kind = network_kind(spec)
+    if spec.inputs is not None:
+        if kind != "plain":
+            raise SpecError(f"inputs: several named inputs are read by a model: section; a {kind} spec has one "
+                            f"input: {{shape: [...]}}")
+        named = {name: _input_type(i.shape, i.dtype, f"inputs.{name}") for name, i in spec.inputs.items()}
+        return build_plain(spec, next(iter(named.values())), env, device, seed, named=named)
     if spec.input is None or not spec.input.shape:
         raise SpecError("input: the spec has no input shape; add `input: {shape: [1, 28, 28]}` "
                         "or pass one (--input 1,28,28, or the data set gives it at train time)")
-    shape = check_shape(spec.input.shape, "input.shape")
-    env = FrozenDict(spec.resolved_vars())
-    x = TensorType(shape, spec.input.dtype, default_layout(shape, spec.input.dtype), "input")
-    return KINDS.get(network_kind(spec)).build(spec, x, env, device, seed)
+    x = _input_type(spec.input.shape, spec.input.dtype, "input")
+    return KINDS.get(kind).build(spec, x, env, device, seed)
+
+
+def _input_type(shape: tuple[int, ...], dtype: str, where: str) -> TensorType:
+    if not shape:
+        raise SpecError(f"{where}: the input has no shape; give it one, e.g. {{shape: [1, 28, 28]}} "
+                        f"(or the data set gives it at train time)")
+    shape = check_shape(shape, f"{where}.shape")
+    return TensorType(shape, dtype, default_layout(shape, dtype), where)

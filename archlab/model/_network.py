@@ -29,7 +29,7 @@ import torch
 
 from ..layers import TensorType
 
-NODE_KINDS = ("serial", "leaf", "block", "parallel", "residual", "repeat")
+NODE_KINDS = ("serial", "leaf", "block", "parallel", "residual", "repeat", "route")
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,11 @@ class LeafInfo:
 class Node:
     """One node of the tree the builder built.
 
-    kind      serial | leaf | block | parallel | residual | repeat
+    kind      serial | leaf | block | parallel | residual | repeat | route (a node that only
+              reads named tensors, `{from: [a, b], merge: add}`, or only names its input)
     path      its spec path (a leaf's ends in its layer name: model[2].linear)
-    name      leaf: the layer; block: the block's name; parallel: the merge; repeat: the copy var
+    name      leaf: the layer; block: the block's name; parallel: the merge; repeat: the copy var;
+              route: the merge of several reads ("" for one)
     args      leaf: its bound arguments; block: the var overrides it was given
     children  serial, block: the nodes in order; parallel: the branches; residual: the
               branch (one node); repeat: one node per copy
@@ -65,6 +67,9 @@ class Node:
     args: Mapping[str, Any] = field(default_factory=dict)
     children: tuple[Node, ...] = ()
     projection: Node | str | None = None
+    reads: tuple[str, ...] = ()   # `from:`: the inputs or named nodes it reads instead of the previous node
+    keeps: str = ""               # `name:`: the name later nodes read its output by
+    memory: str = ""              # `memory:` of an attention leaf: the named tensor it attends to
 
     def leaves(self) -> list[Node]:
         """The leaf nodes under this one, in order."""
@@ -90,14 +95,23 @@ class Section:
 
 
 class BuiltNetwork:
-    """The protocol every built network follows (a mixin beside nn.Module)."""
+    """The protocol every built network follows (a mixin beside nn.Module).
+
+    A network with several named inputs (`inputs:`) has their names in `input_names` and their
+    types in `input_types`; it is called with an `Inputs` (or a dict) of them, and `input_type`
+    is the first one's. With one unnamed input `input_names` is empty and it takes a tensor."""
 
     kind: str = ""
     spec: Any
+    input_names: tuple[str, ...] = ()
     input_type: TensorType
     output_type: TensorType
     layers: list[LeafInfo]
     sections: tuple[Section, ...]
+
+    @property
+    def input_types(self) -> dict[str, TensorType]:
+        return {"input": self.input_type}
 
     @property
     def input_shape(self) -> tuple[int, ...]:

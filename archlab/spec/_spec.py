@@ -640,6 +640,9 @@ def _parse_inputs(raw: Any, where: str) -> Mapping[str, InputSpec] | None:
     """`inputs: {image: {shape: [1, 28, 28]}, tokens: {shape: [32], dtype: long, vocab: 1000}}`."""
     if raw is None:
         return None
+    if isinstance(raw, list | tuple):
+        raise SpecError(f"{where}: names several inputs, each with its shape (inputs: {{image: {{shape: [1, 28, 28]}}, "
+                        f"...}}); for one unnamed input write input: {brief(thaw(raw))}")
     if not isinstance(raw, Mapping) or not raw:
         raise SpecError(f"{where}: expected a mapping of input name to {{shape: [...], dtype: ...}}, e.g. "
                         f"inputs: {{image: {{shape: [1, 28, 28]}}, tokens: {{shape: [32], dtype: long}}}}. "
