@@ -11,8 +11,8 @@ from ._limits import (
 )
 from ._spec import (
     ChoiceSpace,
-    FloatSpace,
     DataInputs,
+    FloatSpace,
     InputSpec,
     IntSpace,
     SearchSpace,
