@@ -332,7 +332,7 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
     # Fail fast: every candidate must build for this data and fit its task before any training.
     concrete: dict[str, Spec] = {}
     for c in cands:
-        spec = c.spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype)
+        spec = c.spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype, named=info.named_inputs())
         s = resolve_settings(spec, overrides)
         net = build(spec, device="meta")
         make_task(s.task or info.task, info.num_classes, info.vocab_size).check_output(net.output_shape)

@@ -15,6 +15,7 @@ import torch
 
 from ..core import DataError
 from ..data import Dataset, Split, format_size, load_dataset
+from ..layers import cat_inputs
 
 # Data sets loaded in this process, by everything that determines them: a comparison or a
 # search reads its data once, however many folds, candidates or trials use it.
@@ -37,7 +38,7 @@ def development_split(ds: Dataset) -> Split:
                         f"({format_size(need)} decoded), but this data set streams from disk; raise "
                         f"ARCHLAB_MEMORY_LIMIT above that (or, in `archlab search`, drop --cv; or train the "
                         f"candidates one by one with `archlab train`)")
-    return Split(torch.cat([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y]))
+    return Split(cat_inputs([ds.train.x, ds.val.x]), torch.cat([ds.train.y, ds.val.y]))
 
 
 def fold_indices(y: torch.Tensor, cv: int, repeat: int, seed: int, stratified: bool) -> list[tuple[Any, Any]]:

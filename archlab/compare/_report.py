@@ -368,7 +368,11 @@ def architecture_html(spec: Spec | Mapping[str, Any] | str) -> str:
     boxes = []
     for section in net.sections:
         title = f'<div class="arch-title">{_esc(section.name)}</div>' if len(net.sections) > 1 else ""
-        boxes.append(f'<div class="arch">{title}{io_box.format(_esc(section.input_label), section.input.describe())}'
+        if net.input_names:  # several named inputs: a box for each
+            inputs = "".join(io_box.format(_esc(n), t.describe()) for n, t in net.input_types.items())
+        else:
+            inputs = io_box.format(_esc(section.input_label), section.input.describe())
+        boxes.append(f'<div class="arch">{title}{inputs}'
                      f'{_node_html(section.tree)}'
                      f'{io_box.format(_esc(section.output_label), section.output.describe())}</div>')
     return boxes[0] if len(boxes) == 1 else f'<div class="arch-pair">{"".join(boxes)}</div>'
@@ -403,12 +407,29 @@ def _group(cls: str, label: str, inner: str) -> str:
 
 
 def _node_html(node: Node) -> str:
-    """One node of the builder's tree as HTML."""
+    """One node of the builder's tree as HTML, with what it reads (from:) above it and the name it
+    gives its output (name:) below."""
+    if node.kind == "route":  # a node of only from: (and merge:) or name:
+        what = f" · {_esc(node.name)}" if node.name else ""
+        reads = " + ".join(map(_esc, node.reads)) or "previous"
+        body = (f'<div class="arch-merge">from {reads}{what} '
+                f'<span class="shape">→ {node.output.describe()}</span></div>')
+    else:
+        body = _node_body(node)
+        if node.reads:
+            body = f'<div class="arch-label">from {" + ".join(map(_esc, node.reads))}</div>{body}'
+    if node.keeps:
+        body += f'<div class="arch-label">as {_esc(node.keeps)}</div>'
+    return body
+
+
+def _node_body(node: Node) -> str:
     if node.kind == "serial":
         return f'<div class="arch-serial">{"".join(_node_html(c) for c in node.children)}</div>'
     if node.kind == "leaf":
+        memory = f' <span class="args">attends to {_esc(node.memory)}</span>' if node.memory else ""
         return (f'<div class="arch-leaf k-{_leaf_class(node.name)}" title="{_esc(node.path)}">'
-                f'<b>{_esc(node.name)}</b> <span class="args">{_esc(_args_text(node.args))}</span>'
+                f'<b>{_esc(node.name)}</b> <span class="args">{_esc(_args_text(node.args))}</span>{memory}'
                 f'<div class="shape">→ {node.output.describe()}</div></div>')
     if node.kind == "block":  # a block reference: its body, under the block's name
         label = _esc(node.name) + (f" ({_esc(_args_text(node.args))})" if node.args else "")

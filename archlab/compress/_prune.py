@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from ..core import SpecError, thaw
-from ..model import Node, Residual, build
+from ..model import Node, Residual, build, require_one_input
 from ..spec import Spec, is_search_marker, parse_space
 
 METHODS = ("l1", "l2", "taylor")
@@ -569,6 +569,11 @@ def prune(net: nn.Module, ratio: float, *, method: str = "l1", round_to: int | N
     if not hasattr(net, "sections") or not hasattr(net, "spec"):
         raise SpecError(f"prune: expected a network built by archlab (archlab.build or a run's model). "
                         f"Received: {type(net).__name__}")
+    require_one_input(net, "prune")
+    if getattr(net, "reads_input_by_name", False):
+        raise SpecError("prune: the spec routes named tensors (from:, name: or memory:); structured pruning "
+                        "follows serial, parallel and residual composition so far. Received: a routed graph; "
+                        "use --unstructured, or quantize")
     state = net.state_dict()
     walk = _Walk(net, state, {leaf.path: leaf for leaf in net.layers})
     trees = {}

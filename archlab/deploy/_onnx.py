@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..core import ArchlabError
+from ..model import require_one_input
 from ..runs import SQLiteRunStorage
 from ._source import Shipped, open_source
 
@@ -127,6 +128,7 @@ def export_onnx(source: str | Path | Shipped, path: str | Path, *, verify: bool 
     if target.is_dir():
         raise ArchlabError(f"--onnx {target}: is a folder; expected a file name such as model.onnx")
     target.parent.mkdir(parents=True, exist_ok=True)
+    require_one_input(shipped.model, "export --onnx")
     module, what, inputs, outputs, make = onnx_graph(shipped.model)
     module.eval()
     example = make(2, 0)

@@ -24,7 +24,7 @@ import torch
 
 from ..core import ArchlabError, DataError
 from ..data import Inputs, read_inputs, tokenizer_from_dict
-from ..model import generate
+from ..model import generate, require_one_input
 from ..runs import SQLiteRunStorage
 from ._source import Shipped, open_source
 
@@ -58,6 +58,7 @@ def predict(source: str | Path | Shipped, input_path: str | Path, out: str | Pat
     ('0.png', '0', 0.998)
     """
     shipped = source if isinstance(source, Shipped) else open_source(source, store)
+    require_one_input(shipped.model, "predict")
     task = shipped.task
     if task in ("vae", "gan"):
         raise ArchlabError(f"predict: a {task} run makes images rather than predicting; draw them with "

@@ -20,7 +20,7 @@ import torch
 
 from ..core import ArchlabError, SpecError, thaw
 from ..data import load_dataset
-from ..model import Network, build
+from ..model import Network, build, require_one_input
 from ..runs import SQLiteRunStorage, open_store
 from ..spec import Spec
 from ..train import TaskProgress, TrainSettings, load_run_model, task_for
@@ -204,6 +204,7 @@ def explain(run_id: str, methods: str | list[str] | tuple[str, ...] | None = Non
     if not isinstance(net, Network):
         raise SpecError(f"explain {where}: a {net.kind} network; explanations are for plain networks "
                         f"(a model: section) that classify or regress")
+    require_one_input(net, f"explain {where}")
     spec = Spec.from_dict(thaw(record.spec))
     settings = TrainSettings.from_mapping(thaw(record.settings))
     uri = record.data

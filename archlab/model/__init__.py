@@ -23,7 +23,7 @@ from ._inspect import (
     inspect,
 )
 from ._kinds import KINDS, NetworkKind, build, network_kind
-from ._network import BuiltNetwork, LeafInfo, Node, Section
+from ._network import BuiltNetwork, LeafInfo, Node, Section, require_one_input
 from ._seq2seq import BOS, EOS, PAD, Seq2SeqNetwork
 
 __all__ = [
@@ -62,4 +62,5 @@ __all__ = [
     "is_checkpointed",
     "network_kind",
     "normal_noise",
+    "require_one_input",
 ]

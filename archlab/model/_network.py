@@ -132,5 +132,15 @@ class BuiltNetwork:
         raise NotImplementedError
 
 
+def require_one_input(net: Any, what: str) -> None:
+    """Refuse, in one line, a network of several named inputs where `what` handles one input."""
+    names = getattr(net, "input_names", ())
+    if len(names) > 1:
+        from ..core import SpecError
+
+        raise SpecError(f"{what}: the model reads {len(names)} named inputs ({', '.join(names)}); {what} handles "
+                        f"models of one input so far. Train, inspect, compare and search take several inputs")
+
+
 def is_meta(device: torch.device | str | None) -> bool:
     return torch.device(device or "cpu").type == "meta"

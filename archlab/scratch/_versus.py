@@ -63,6 +63,9 @@ def mlp_from_network(net: Any) -> MLP:
     SpecError naming the first layer it cannot run."""
     from torch import nn
 
+    from ..model import require_one_input
+
+    require_one_input(net, "scratch")
     tree = getattr(net, "tree", None)
     leaves = [] if tree is None or tree.kind != "serial" else list(tree.children)
     if tree is None or getattr(net, "kind", "") != "plain":
@@ -162,7 +165,7 @@ def compare_with_trainer(spec: Spec | str | Mapping[str, Any] | None = None, dat
     dataset = load_dataset(data, seed=seed, root=data_root)
     info = dataset.info
     _check_data(info, data)
-    concrete = spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype)
+    concrete = spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype, named=info.named_inputs())
     built = build(concrete, seed=seed)  # the trainer builds the same weights from the same seed
     net = mlp_from_network(built)
     layers = " -> ".join(f"{n.name}({n.args['out']})" if "out" in n.args else n.name for n in built.tree.children)

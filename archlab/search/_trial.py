@@ -145,7 +145,7 @@ class TrialObjective:
             settings = resolve_settings(spec, self.job.settings)
             ds = cached_dataset(self.job.data, settings.seed, self.job.data_root, settings.target)
             info = ds.info
-            bound = spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype)
+            bound = spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype, named=info.named_inputs())
             try:
                 costs = measure_costs(bound, batch_size=settings.batch_size, optimizer=settings.optimizer,
                                       precision=settings.precision, latency=self.need_latency,

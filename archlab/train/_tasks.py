@@ -47,7 +47,7 @@ class Task(ABC):
     def adapt_spec(self, spec: Spec, dataset: Dataset) -> Spec:
         """The spec as this data set fills it in: its vars (num_classes, ...) and input shape."""
         info = dataset.info
-        return spec.with_vars(self.data_vars(dataset), strict=False).with_input(info.input_shape, info.input_dtype)
+        return spec.with_vars(self.data_vars(dataset), strict=False).with_input(info.input_shape, info.input_dtype, named=info.named_inputs())
 
     def data_vars(self, dataset: Dataset) -> dict[str, Any]:
         return dict(dataset.info.vars())
