@@ -1,0 +1,259 @@
+"""Several named inputs and named nodes: `inputs:`, `from:`, `merge:`, `name:`, `memory:`."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import archlab
+from archlab.core import ShapeError, SpecError
+from archlab.data import DataInfo, Dataset, Split
+from archlab.data._dataset import register_dataset
+from archlab.layers import Inputs
+from archlab.model import checkpoint_repeats, require_one_input
+from archlab.spec import Spec, load_spec
+
+TWO_TOWERS = {
+    "name": "two-towers",
+    "inputs": {"image": {"shape": [1, 8, 8]}, "question": {"shape": [6], "dtype": "long", "vocab": 20}},
+    "model": [
+        {"flatten": None, "from": "image"},
+        {"linear": 32, "name": "seen"},
+        {"embedding": {"vocab": 20, "dim": 16}, "from": "question"},
+        {"seq_pool": "mean", "name": "asked"},
+        {"from": ["seen", "asked"], "merge": "concat"},
+        {"linear": 10},
+    ],
+}
+
+
+def batch(n: int = 4) -> Inputs:
+    g = torch.Generator().manual_seed(0)
+    return Inputs(image=torch.randn(n, 1, 8, 8, generator=g), question=torch.randint(0, 20, (n, 6), generator=g))
+
+
+def test_two_towers_compute_what_the_spec_says() -> None:
+    net = archlab.build(TWO_TOWERS)
+    x = batch()
+    m = net.model
+    seen = m[1](m[0](x["image"]))
+    asked = m[3](m[2](x["question"]))
+    want = m[5](torch.cat([seen, asked], dim=1))
+    torch.testing.assert_close(net(x), want)
+    # a dict and keywords are the same call
+    torch.testing.assert_close(net(dict(x)), want)
+    torch.testing.assert_close(net(image=x["image"], question=x["question"]), want)
+    assert net.input_names == ("image", "question")
+    assert net.input_types["question"].describe() == "(6,) long"
+    # state-dict keys follow spec paths, routing adds none
+    assert "model.1.weight" in net.state_dict() and "model.2.weight" in net.state_dict()
+    assert not any(k.startswith("model.4") for k in net.state_dict())
+
+
+def test_a_network_of_several_inputs_names_what_is_missing() -> None:
+    net = archlab.build(TWO_TOWERS)
+    x = batch()
+    with pytest.raises(ValueError, match="missing input 'question'"):
+        net(image=x["image"])
+    with pytest.raises(ValueError, match="reads 2 inputs"):
+        net(x["image"])
+
+
+def test_example_input_draws_ids_in_the_declared_vocab() -> None:
+    net = archlab.build(TWO_TOWERS)
+    x = net.example_input(64)
+    assert isinstance(x, Inputs) and x["question"].max() < 20 and x["image"].dtype == torch.float32
+    assert net.example_input(3, device="meta")["question"].device.type == "meta"
+
+
+def test_spec_round_trip_and_vocab_checks() -> None:
+    spec = load_spec(TWO_TOWERS)
+    assert Spec.from_dict(spec.to_dict()) == spec
+    assert spec.input is None and list(spec.input_specs) == ["image", "question"]
+    with pytest.raises(SpecError, match=r"inputs.image.vocab: only token ids have a vocabulary"):
+        load_spec({"inputs": {"image": {"shape": [3], "vocab": 4}}, "model": ["identity"]})
+    with pytest.raises(SpecError, match="either 'input' .* or 'inputs'"):
+        load_spec({"input": [3], "inputs": {"a": [3]}, "model": ["identity"]})
+    with pytest.raises(SpecError, match="'1a' is not a valid input name"):
+        load_spec({"inputs": {"1a": [3]}, "model": ["identity"]})
+
+
+@pytest.mark.parametrize("model, fragment", [
+    ([{"linear": 4}], "model[0].linear: the spec has several inputs (image, question); say which this layer reads"),
+    ([{"flatten": None, "from": "imgae"}], "model[0].from: nothing is called 'imgae' here. Did you mean 'image'?"),
+    ([{"flatten": None, "from": "image", "merge": "add"}], "model[0].merge: joins several from: tensors"),
+    ([{"from": ["image", "question"], "merge": "sum"}], "model[0].merge: must be one of concat, add, mean"),
+    ([{"flatten": None, "from": "image", "name": "image"}], "model[0].name: 'image' is one of the spec's inputs"),
+    ([{"from": "image", "merge": "concat"}], "model[0].merge: joins several from: tensors"),
+    ([{"residual": [{"linear": 4}]}], "model[0].residual: adds its input to its branch, and there is none yet"),
+    ([{"name": "x"}], "model[0]: name: names the previous node's output, and there is none"),
+])
+def test_routing_errors_name_the_node(model: list, fragment: str) -> None:
+    spec = {**TWO_TOWERS, "model": model}
+    with pytest.raises(SpecError) as info:
+        archlab.build(spec)
+    assert fragment in str(info.value)
+
+
+def test_merge_of_unequal_reads_names_where_each_came_from() -> None:
+    spec = {**TWO_TOWERS, "model": [
+        {"flatten": None, "from": "image", "name": "a"},
+        {"embedding": {"vocab": 20, "dim": 16}, "from": "question", "name": "b"},
+        {"from": ["a", "b"], "merge": "add"}]}
+    with pytest.raises(ShapeError, match=r"model\[2\]\.from: merge 'add' needs the tensors it reads of one shape; "
+                                         r"got \(64,\) from model\[0\]\.flatten, \(6, 16\) from model\[1\]\.embedding"):
+        archlab.build(spec)
+
+
+def test_a_later_layer_that_cannot_take_a_read_names_where_it_came_from() -> None:
+    spec = {**TWO_TOWERS, "model": [{"conv2d": {"out": 4}, "from": "question"}]}
+    with pytest.raises(ShapeError, match=r"model\[0\]\.conv2d: .* produced by inputs\.question"):
+        archlab.build(spec)
+
+
+def test_one_input_specs_can_read_the_input_again_and_named_nodes() -> None:
+    """A dense skip: concat the input with a later feature, `from: [input, h]`."""
+    spec = {"input": {"shape": [5]}, "model": [
+        {"linear": 7}, {"relu": None, "name": "h"}, {"from": ["input", "h"]}, {"linear": 2}]}
+    net = archlab.build(spec)
+    x = torch.randn(3, 5)
+    m = net.model
+    torch.testing.assert_close(net(x), m[3](torch.cat([x, m[1](m[0](x))], dim=1)))
+    assert archlab.inspect(spec).params == 5 * 7 + 7 + 12 * 2 + 2
+
+
+def test_parallel_keeps_its_own_merge_and_may_read_names() -> None:
+    spec = {**TWO_TOWERS, "model": [
+        {"parallel": [[{"flatten": None, "from": "image"}, {"linear": 8}],
+                      [{"embedding": {"vocab": 20, "dim": 8}, "from": "question"}, {"seq_pool": "mean"}]],
+         "merge": "add"},
+        {"linear": 3}]}
+    net = archlab.build(spec)
+    assert net(batch()).shape == (4, 3)
+
+
+def test_cross_attention_to_a_named_sequence() -> None:
+    """Text queries attend to image patches: `memory: patches` on a cross_attention layer."""
+    spec = {
+        "inputs": {"image": {"shape": [3, 8, 8]}, "text": {"shape": [5], "dtype": "long", "vocab": 30}},
+        "model": [
+            {"conv2d": {"out": 16, "kernel": 4, "stride": 4}, "from": "image"},  # (16, 2, 2)
+            {"reshape": {"shape": [16, -1]}},
+            {"permute": {"dims": [1, 0], "layout": "sequence"}, "name": "patches"},  # 4 patches of 16
+            {"embedding": {"vocab": 30, "dim": 16}, "from": "text"},
+            {"cross_attention": {"heads": 2, "memory": "patches"}},
+            {"seq_pool": "mean"},
+            {"linear": 2},
+        ]}
+    net = archlab.build(spec)
+    x = Inputs(image=torch.randn(3, 3, 8, 8), text=torch.randint(0, 30, (3, 5)))
+    net(x).sum().backward()
+    assert net.model[0].weight.grad.abs().sum() > 0  # the image tower learns through the attention
+    assert all(m.memory is None for m in net.modules() if hasattr(m, "memory"))  # cleared after the forward
+    r = archlab.inspect(spec)
+    assert r.params == sum(p.numel() for p in net.parameters())
+    with pytest.raises(SpecError, match=r"model\[4\]\.cross_attention\.memory: expected the name of an input"):
+        archlab.build({**spec, "model": [*spec["model"][:4], {"cross_attention": {"heads": 2, "memory": "nope"}}]})
+    with pytest.raises(SpecError, match=r"model\[4\]\.linear: unknown argument .memory."):
+        archlab.build({**spec, "model": [*spec["model"][:4], {"linear": {"out": 2, "memory": "patches"}}]})
+
+
+def test_inspect_counts_two_towers_like_torch() -> None:
+    r = archlab.inspect(TWO_TOWERS)
+    net = archlab.build(TWO_TOWERS)
+    assert r.params == sum(p.numel() for p in net.parameters())
+    with FlopCounterMode(display=False) as counter:
+        net.eval()(batch(1))
+    assert r.macs_per_sample * 2 == counter.get_total_flops()
+    assert [row.path for row in r.layers][:2] == ["model[0].flatten", "model[1].linear"]
+
+
+def test_checkpointed_copies_read_names_again_in_backward() -> None:
+    """A repeat copy that reads a named tensor recomputes in backward, after the forward has
+    cleared its scope: the gradients equal those without checkpointing."""
+    spec = {**TWO_TOWERS, "model": [
+        {"embedding": {"vocab": 20, "dim": 8}, "from": "question", "name": "q"},
+        {"repeat": 2, "block": [{"linear": 8}, {"relu": None, "name": "r"}, {"from": ["q", "r"], "merge": "add"}]},
+        {"seq_pool": "mean"}, {"linear": 2}]}
+    plain, ckpt = archlab.build(spec), archlab.build(spec)
+    assert checkpoint_repeats(ckpt) == 2
+    x = batch()
+    plain(x).sum().backward()
+    ckpt(x).sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_a_deep_copy_routes_through_its_own_scope() -> None:
+    net = archlab.build(TWO_TOWERS)
+    twin = copy.deepcopy(net)
+    assert twin.scope is not net.scope
+    torch.testing.assert_close(twin(batch()), net(batch()))
+
+
+def test_other_network_kinds_refuse_routes() -> None:
+    spec = {"input": {"shape": [6], "dtype": "long"}, "vars": {"vocab_size": 20, "target_len": 4},
+            "encoder": [{"embedding": {"vocab": 20, "dim": 8}, "name": "e"}],
+            "decoder": [{"embedding": {"vocab": 20, "dim": 8}}, {"linear": 20}]}
+    with pytest.raises(SpecError, match=r"encoder\[0\]: from: and name: route named tensors in a spec's model: section"):
+        archlab.build(spec)
+
+
+def test_tools_for_one_input_say_so() -> None:
+    net = archlab.build(TWO_TOWERS)
+    with pytest.raises(SpecError, match=r"prune: the model reads 2 named inputs \(image, question\)"):
+        require_one_input(net, "prune")
+    from archlab.compress import prune, quantize
+
+    with pytest.raises(SpecError, match="prune: the model reads 2 named inputs"):
+        prune(net, 0.5)
+    with pytest.raises(SpecError, match="quantize: the model reads 2 named inputs"):
+        quantize(net)
+    routed = archlab.build({"input": [5], "model": [{"linear": 4, "name": "h"}, {"from": ["input", "h"]}]})
+    with pytest.raises(SpecError, match="prune: the spec routes named tensors"):
+        prune(routed, 0.5)
+
+
+# ------------------------------------------------------------------ data and training
+
+
+def _toy_split(n: int, g: torch.Generator) -> Split:
+    """The class is whether the question's first token is above 4 XOR the image is bright."""
+    image = torch.randn(n, 1, 8, 8, generator=g)
+    question = torch.randint(0, 10, (n, 6), generator=g)
+    y = (question[:, 0] > 4).long() ^ (image.mean(dim=(1, 2, 3)) > 0).long()
+    return Split(Inputs(image=image, question=question), y)
+
+
+@register_dataset("test-two-inputs")
+def _two_inputs(arg, *, seed, root, target, val_fraction):  # noqa: ANN001, ARG001
+    g = torch.Generator().manual_seed(0)
+    info = DataInfo("test-two-inputs", (1, 8, 8), "float", "classify", 2, ("no", "yes"),
+                    inputs={"image": {"shape": [1, 8, 8], "dtype": "float"},
+                            "question": {"shape": [6], "dtype": "long", "vocab": 10}})
+    return Dataset(info, _toy_split(256, g), _toy_split(64, g), _toy_split(64, g))
+
+
+def test_fit_trains_and_stores_a_two_input_model(tmp_path) -> None:
+    from archlab.train import fit
+
+    spec = {**TWO_TOWERS, "model": [*TWO_TOWERS["model"][:2],
+                                    {"embedding": {"vocab": 10, "dim": 16}, "from": "question"},
+                                    *TWO_TOWERS["model"][3:5], {"linear": "$num_classes"}],
+            "train": {"epochs": 2}}
+    run = fit(spec, data="test-two-inputs", store=tmp_path, quiet=True)
+    assert run.status == "finished" and 0 <= run.test_metrics["acc"] <= 1
+    assert run.spec.inputs["question"].shape == (6,)
+    # a spec that reads only one of the data's inputs trains on it
+    image_only = {"inputs": {"image": {"shape": [1, 8, 8]}},
+                  "model": [{"flatten": None, "from": "image"}, {"linear": "$num_classes"}], "train": {"epochs": 1}}
+    assert fit(image_only, data="test-two-inputs", store=tmp_path, quiet=True).status == "finished"
+    with pytest.raises(SpecError, match="inputs.tokens: the data has no input of that name. Its inputs: image, question"):
+        fit({**image_only, "inputs": {"tokens": {"shape": [6], "dtype": "long"}}},
+            data="test-two-inputs", store=tmp_path, quiet=True)
+    with pytest.raises(SpecError, match="input: the data has 2 inputs"):
+        fit({"model": [{"flatten": None}, {"linear": "$num_classes"}]}, data="test-two-inputs",
+            store=tmp_path, quiet=True)
