@@ -47,7 +47,7 @@ def test_the_zoo_lists_every_file() -> None:
 @pytest.mark.parametrize("name", zoo_names())
 def test_every_zoo_spec_builds_on_meta_and_inspects(name: str) -> None:
     spec = load_spec(f"zoo:{name}")
-    assert spec.name == name and spec.description and spec.input is not None
+    assert spec.name == name and spec.description and spec.input_specs
     net = build(spec, device="meta")
     r = inspect(spec)
     assert r.params == sum(p.numel() for p in net.parameters()) > 0

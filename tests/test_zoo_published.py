@@ -214,3 +214,56 @@ def test_a_block_drops_its_mlp_output_once() -> None:
     block = net.model[1]
     drops = [m.p for m in block.mlp.modules() if isinstance(m, nn.Dropout)]
     assert all(p == 0.0 for p in drops) and block.drop.p == 0.1
+
+
+# ------------------------------------------------------------------ BERT (two named inputs)
+
+def _hf_bert(**config):
+    transformers = pytest.importorskip("transformers")
+    return transformers.BertModel(transformers.BertConfig(**config), add_pooling_layer=True)
+
+
+def test_bert_base_counts_as_the_reference_model() -> None:
+    with torch.device("meta"):
+        ref = _hf_bert()
+    assert sum(p.numel() for p in ref.parameters()) == 109_482_240
+    assert inspect("zoo:bert-base").params == 109_482_240
+    net = build("zoo:bert-base", device="meta")
+    # the fused q/k/v matrix of archlab is HF's three, stacked
+    ours = sorted(tuple(p.shape) for p in net.parameters())
+    theirs = [tuple(p.shape) for n, p in ref.named_parameters() if not any(k in n for k in (".query.", ".key.", ".value."))]
+    theirs += [(3 * 768, 768), (3 * 768,)] * 12
+    assert ours == sorted(theirs)
+
+
+def test_bert_computes_the_reference_function_from_two_inputs() -> None:
+    """A small BERT (same code path as bert-base, fewer and narrower layers) with the reference's
+    weights copied in gives the reference's pooled output for tokens and token types."""
+    small = dict(vocab=100, dim=32, heads=4, depth=2, context=16)
+    ref = _hf_bert(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                   intermediate_size=128, max_position_embeddings=16, type_vocab_size=2).eval()
+    net = build("zoo:bert-base", vars=small).eval()
+    m, e = net.model, ref.embeddings
+    with torch.no_grad():
+        m[0].weight.copy_(e.word_embeddings.weight)
+        m[1].weight.copy_(e.token_type_embeddings.weight)
+        m[3].weight.copy_(e.position_embeddings.weight)
+        m[4].load_state_dict(e.LayerNorm.state_dict())
+        for copy, layer in zip(m[6].repeat, ref.encoder.layer, strict=True):
+            block, att = copy[0], layer.attention
+            q, k, v = att.self.query, att.self.key, att.self.value
+            block.attn.qkv.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+            block.attn.qkv.bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
+            block.attn.proj.load_state_dict(att.output.dense.state_dict())
+            block.norm1.load_state_dict(att.output.LayerNorm.state_dict())
+            block.mlp.fc.load_state_dict(layer.intermediate.dense.state_dict())
+            block.mlp.proj.load_state_dict(layer.output.dense.state_dict())
+            block.norm2.load_state_dict(layer.output.LayerNorm.state_dict())
+        m[8].load_state_dict(ref.pooler.dense.state_dict())
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 100, (3, 16), generator=g)
+    segments = (torch.arange(16) >= 9).long().expand(3, 16)  # sentence A, then B
+    want = ref(input_ids=tokens, token_type_ids=segments).pooler_output
+    torch.testing.assert_close(net(tokens=tokens, segments=segments), want, rtol=1e-5, atol=1e-5)
+    # the token types matter: the same tokens as one sentence give another output
+    assert not torch.allclose(net(tokens=tokens, segments=torch.zeros_like(segments)), want, atol=1e-4)

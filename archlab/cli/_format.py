@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ..spec import parse_assignment
 
 
@@ -33,3 +36,12 @@ def when(timestamp: float) -> str:
     import datetime
 
     return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+
+
+def inputs_text(inputs: Mapping[str, Any], shape: tuple[int, ...]) -> str:
+    """"input (1, 8, 8)", or for several named inputs "inputs image (1, 8, 8) + question (6,) long"."""
+    if not inputs:
+        return f"input {shape_text(shape)}"
+    parts = [f"{n} {shape_text(tuple(d['shape']))}{'' if d['dtype'] == 'float' else ' ' + d['dtype']}"
+             for n, d in inputs.items()]
+    return "inputs " + " + ".join(parts)

@@ -12,14 +12,14 @@ from rich.table import Table
 from ..core import ArchlabError
 from ..spec import load_spec, parse_shape, zoo_names
 from ._app import InputOption, SetOption, app, console
-from ._format import human, nbytes, parse_vars, shape_text
+from ._format import human, inputs_text, nbytes, parse_vars, shape_text
 
 if TYPE_CHECKING:  # torch is imported when a command runs, not for --help
     from ..model import Inspection
 
 
 def print_inspection(r: Inspection, *, show_layers: bool = True) -> None:
-    title = f"{r.name}: input {shape_text(r.input_shape)} -> output {shape_text(r.output_shape)}"
+    title = f"{r.name}: {inputs_text(r.inputs, r.input_shape)} -> output {shape_text(r.output_shape)}"
     if show_layers:
         table = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
         table.add_column("path")
@@ -124,8 +124,8 @@ def zoo_cmd() -> None:
 
     for name in zoo_names():
         s = load_spec(f"zoo:{name}")
-        r = inspect(s) if s.input else None
-        table.add_row(f"zoo:{name}", shape_text(s.input.shape) if s.input else "-",
+        r = inspect(s) if s.input_specs else None
+        table.add_row(f"zoo:{name}", (inputs_text(r.inputs, r.input_shape).removeprefix("input ") if r else "-"),
                       f"{r.params:,}" if r else "-", human(r.flops_per_sample) if r else "-",
                       s.description)
     console.print(table)

@@ -266,6 +266,9 @@ class Inspection:
     device_memory: int | None = None
     vars: Mapping[str, Any] = field(default_factory=dict)
     macs_per_sample: int = 0        # multiply-accumulates of matmuls, convolutions, attention
+    # Several named inputs: name -> per-sample shape and dtype, in order ({} for one unnamed input,
+    # whose shape is input_shape).
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def frozen(self) -> int:
@@ -290,6 +293,7 @@ class Inspection:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["vars"] = dict(self.vars)
+        d["inputs"] = {n: dict(v) for n, v in self.inputs.items()}
         d.update(frozen=self.frozen,
                  training_flops_per_sample_approx=3 * self.flops_per_sample,
                  fits=self.fits, max_batch=self.max_batch)
@@ -740,6 +744,8 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         device_memory=None if device_memory is None else parse_size(device_memory, "--device-memory",
                                                                        require_unit=True),
         vars=thaw(net.spec.resolved_vars()),  # plain data: to_dict() must deep-copy it
+        inputs={n: {"shape": list(t.shape), "dtype": t.dtype} for n, t in net.input_types.items()}
+        if net.input_names else {},
     )
 
 

@@ -13,6 +13,7 @@ Adding a kind is one `KINDS.register(...)` with its sections and a build functio
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 
 from ..core import FrozenDict, Registry, SpecError
 from ..layers import TensorType, default_layout
-from ..spec import Spec, check_shape, load_spec
+from ..spec import Spec, check_shape, load_spec, resolve_input
 from ._builder import Network, build_plain
 from ._generative import GANNetwork, VAENetwork, build_gan, build_vae
 from ._network import BuiltNetwork
@@ -92,7 +93,9 @@ def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | N
         if kind != "plain":
             raise SpecError(f"inputs: several named inputs are read by a model: section; a {kind} spec has one "
                             f"input: {{shape: [...]}}")
-        named = {name: _input_type(i.shape, i.dtype, f"inputs.{name}") for name, i in spec.inputs.items()}
+        resolved = {name: resolve_input(i, env, f"inputs.{name}") if i.shape else i for name, i in spec.inputs.items()}
+        spec = dataclasses.replace(spec, inputs=FrozenDict(resolved))
+        named = {name: _input_type(i.shape, i.dtype, f"inputs.{name}") for name, i in resolved.items()}
         return build_plain(spec, next(iter(named.values())), env, device, seed, named=named)
     if spec.input is None or not spec.input.shape:
         raise SpecError("input: the spec has no input shape; add `input: {shape: [1, 28, 28]}` "

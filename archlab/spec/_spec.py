@@ -628,6 +628,10 @@ def _parse_input(raw: Any, where: str) -> InputSpec | None:
     if dtype not in INPUT_DTYPES:
         raise SpecError(f"{where}.dtype: expected one of {', '.join(INPUT_DTYPES)}. Received: {dtype!r}")
     vocab = raw.get("vocab")
+    if isinstance(vocab, str) and "$" in vocab or any(isinstance(d, str) and "$" in d for d in shape):
+        if dtype != "long" and vocab is not None:
+            raise SpecError(f"{where}.vocab: only token ids have a vocabulary; add dtype: long or drop 'vocab'")
+        return InputSpec(tuple(shape), dtype, vocab)  # vars: resolved when built (`resolve_input`)
     if vocab is not None:
         if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
             raise SpecError(f"{where}.vocab: expected a positive number of token ids. Received: {thaw(vocab)!r}")
@@ -655,6 +659,15 @@ def _parse_inputs(raw: Any, where: str) -> Mapping[str, InputSpec] | None:
             raise SpecError(f"{where}.{name}: expected {{shape: [...]}} (dtype float or long). Received: nothing")
         out[name] = _parse_input(value, f"{where}.{name}")
     return FrozenDict(out)
+
+
+def resolve_input(declared: InputSpec, env: Mapping[str, Any], where: str) -> InputSpec:
+    """An input with its `$var`s (in shape or vocab) replaced by their values, and checked."""
+    shape = check_shape(substitute(tuple(declared.shape), env, f"{where}.shape"), f"{where}.shape")
+    vocab = substitute(declared.vocab, env, f"{where}.vocab")
+    if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1):
+        raise SpecError(f"{where}.vocab: expected a positive number of token ids. Received: {thaw(vocab)!r}")
+    return InputSpec(shape, declared.dtype, vocab)
 
 
 def check_shape(shape: Any, where: str) -> tuple[int, ...]:
