@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # name -> the subpackage that makes it public
 _LAZY = {
-    "LAYERS": "layers", "TensorType": "layers", "register_layer": "layers",
+    "LAYERS": "layers", "TensorType": "layers", "register_layer": "layers", "Inputs": "layers",
     "Network": "model", "build": "model", "Inspection": "model", "inspect": "model",
     "Spec": "spec", "load_spec": "spec", "zoo_names": "spec",
     "load": "deploy",
@@ -31,7 +31,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .deploy import load
-    from .layers import LAYERS, TensorType, register_layer
+    from .layers import LAYERS, Inputs, TensorType, register_layer
     from .model import Inspection, Network, build, inspect
     from .spec import Spec, load_spec, zoo_names
 
@@ -52,6 +52,7 @@ __all__ = [
     "LAYERS",
     "ArchlabError",
     "DataError",
+    "Inputs",
     "Inspection",
     "Network",
     "ShapeError",
