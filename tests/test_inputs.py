@@ -187,6 +187,53 @@ def test_checkpointed_copies_read_names_again_in_backward() -> None:
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
+SIAMESE = {
+    "inputs": {"left": {"shape": [1, 8, 8]}, "right": {"shape": [1, 8, 8]}},
+    "blocks": {"tower": [{"conv2d": {"out": 8, "kernel": 3, "padding": "same"}}, "relu", "global_avgpool",
+                         {"linear": 16}]},
+    "model": [{"tower": None, "from": "left", "name": "a"},
+              {"share": "a", "from": "right", "name": "b"},
+              {"from": ["a", "b"], "merge": "concat"}, {"linear": 1}],
+}
+
+
+def test_share_applies_one_tower_to_two_inputs_with_one_set_of_weights() -> None:
+    net = archlab.build(SIAMESE)
+    tower = net.model[0]
+    x = Inputs(left=torch.randn(3, 1, 8, 8), right=torch.randn(3, 1, 8, 8))
+    want = net.model[3](torch.cat([tower(x["left"]), tower(x["right"])], dim=1))
+    torch.testing.assert_close(net(x), want)
+    assert sum(p.numel() for p in net.parameters()) == (8 * 9 + 8) + (8 * 16 + 16) + (32 + 1)
+    assert not any(k.startswith("model.1.") for k in net.state_dict())  # the weights live once, under model.0
+    archlab.build(SIAMESE, seed=1).load_state_dict(net.state_dict())  # and load back by the same keys
+    # both uses train the one tower: its gradient is the sum of the two
+    net(x).sum().backward()
+    both = tower[0].weight.grad.clone()
+    net.zero_grad()
+    net.model[3](torch.cat([tower(x["left"]), tower(x["right"]).detach()], dim=1)).sum().backward()
+    assert not torch.allclose(tower[0].weight.grad, both)
+    r = archlab.inspect(SIAMESE)
+    with FlopCounterMode(display=False) as counter:
+        net.eval()(Inputs(left=x["left"][:1], right=x["right"][:1]))
+    assert r.params == 257 and r.macs_per_sample * 2 == counter.get_total_flops()
+    twin = copy.deepcopy(net)
+    assert twin.model[1].target is twin.model[0]
+
+
+@pytest.mark.parametrize("change, fragment", [
+    ({"inputs": {"left": {"shape": [1, 8, 8]}, "right": {"shape": [1, 6, 6]}}},
+     "model[1].share: 'a' was built for (1, 8, 8) (from inputs.left) and cannot take (1, 6, 6) from inputs.right"),
+    ({"model": [{"tower": None, "from": "left"}, {"share": "a", "from": "right"}]},
+     "model[1].share: expected the name of an earlier node with layers"),
+    ({"model": [{"tower": None, "from": "left", "name": "a"}, {"share": "a", "linear": 3, "from": "right"}]},
+     "model[1]: share: applies the layers of an earlier node again, with its weights; give no layer beside it"),
+])
+def test_share_errors(change: dict, fragment: str) -> None:
+    with pytest.raises(SpecError) as info:
+        archlab.build({**SIAMESE, **change})
+    assert fragment in str(info.value)
+
+
 def test_a_deep_copy_routes_through_its_own_scope() -> None:
     net = archlab.build(TWO_TOWERS)
     twin = copy.deepcopy(net)

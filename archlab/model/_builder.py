@@ -20,8 +20,10 @@ reads instead of the previous node's output, `from: NAME` (an input, or an earli
 given `name: NAME`) or `from: [a, b]` with `merge: concat|add|mean` (concat as `parallel`
 does: along channels, or along features of a sequence); a node of only `from:` (and `merge:`)
 passes what it read on. An attention leaf may attend to a named sequence with `memory: NAME`
-(`cross_attention`, `cross_decoder_block`). Reads are resolved in forward order, so a name is
-seen by every node after the one that gives it (in a repeat, the latest copy's).
+(`cross_attention`, `cross_decoder_block`). A node of `share: NAME` (and a `from:`) applies
+the layers of the node named NAME again, with the same weights: a Siamese network's second
+tower. Reads are resolved in forward order, so a name is seen by every node after the one
+that gives it (in a repeat, the latest copy's).
 
     inputs: {image: {shape: [1, 8, 8]}, question: {shape: [6], dtype: long, vocab: 20}}
     model:
@@ -92,7 +94,7 @@ _MAX_DEPTH = MAX_DEPTH
 _MAX_REPEAT = 10_000
 _MAX_LAYERS = MAX_LAYERS
 MERGES = ("concat", "add", "mean")
-ROUTE_KEYS = ("from", "merge", "name")  # keys a node may carry beside its layer (merge: not on a parallel)
+ROUTE_KEYS = ("from", "merge", "name", "share")  # keys a node may carry beside its layer (merge: not on a parallel)
 # What the first node of a spec with several inputs receives: nothing, until it reads one with from:.
 _NO_INPUT = TensorType((), "none", "none", "no input")
 
@@ -371,6 +373,23 @@ class Repeat(nn.Module):
         return self.repeat(x)
 
 
+class Reuse(nn.Module):
+    """Another node's module applied again, with its weights (not a copy): `share: NAME`, the
+    second tower of a Siamese network. The module is held as a plain attribute, so its
+    parameters belong to (and are saved under) the node that made them, once."""
+
+    def __init__(self, target: nn.Module, shares: str):
+        super().__init__()
+        self.__dict__["target"] = target
+        self.shares = shares
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _call(self.target, x)  # the layers only: the target's own reads and name are its node's
+
+    def extra_repr(self) -> str:
+        return f"shares={self.shares}"
+
+
 class Network(BuiltNetwork, nn.Module):
     """The built model: `model` holds the spec's layers. A plain nn.Module.
 
@@ -475,6 +494,8 @@ class _Builder:
     inputs: tuple[str, ...] = ()
     scope: Scope = field(default_factory=Scope)
     routes: int = 0  # how many modules carry a Route (a network without any never fills its scope)
+    # name -> (module, input type, output type) of each named node, for `share:`
+    sharable: dict[str, tuple[nn.Module, TensorType, TensorType]] = field(default_factory=dict)
 
     def section(self, nodes: Any, x: TensorType, path: str, qual: str,
                 env: Mapping[str, Any]) -> tuple[nn.Module, TensorType, Node]:
@@ -519,7 +540,7 @@ class _Builder:
     def routed(self, node: Mapping[str, Any], x: TensorType, path: str, qual: str,
                env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         """A node with `from:` (what it reads), `merge:` (how several reads join) and/or `name:`."""
-        keys = ("from", "name") if "parallel" in node else ROUTE_KEYS  # a parallel's merge is its own
+        keys = ("from", "name", "share") if "parallel" in node else ROUTE_KEYS  # a parallel's merge is its own
         if self.names is None:
             raise SpecError(f"{path}: from: and name: route named tensors in a spec's model: section; "
                             f"this section cannot use them (remove {', '.join(k for k in keys if k in node)})")
@@ -532,7 +553,13 @@ class _Builder:
         elif "merge" in route:
             raise SpecError(f"{path}: merge: says how the tensors of from: join; give them, e.g. "
                             f"{{from: [image, text], merge: concat}}")
-        if rest:
+        if "share" in route:
+            if rest:
+                raise SpecError(f"{path}: share: applies the layers of an earlier node again, with its weights; "
+                                f"give no layer beside it. Received: {', '.join(map(str, rest))}")
+            module, out = self.shared(route["share"], x, path)
+            inner = None
+        elif rest:
             module, out = self._node(FrozenDict(rest), x, path, qual, env)
             inner = self.last
         else:
@@ -547,15 +574,33 @@ class _Builder:
             if keeps in self.inputs:
                 raise SpecError(f"{path}.name: {keeps!r} is one of the spec's inputs; give this node another name")
             self.names[keeps] = TensorType(out.shape, out.dtype, out.layout, out.source)
+            if "share" not in route:
+                self.sharable[keeps] = (module, x, out)
         if ROUTE in module.__dict__:  # the node's own module routes already (a block of one routed node)
             module = Serial(module)
         module.__dict__[ROUTE] = Route(self.scope, reads, merge, dim, keeps)
         self.routes += 1
         if inner is None:
-            self.last = Node("route", path, x, out, name=merge, reads=reads, keeps=keeps)
+            what = f"share {route['share']}" if "share" in route else merge
+            self.last = Node("route", path, x, out, name=what, reads=reads, keeps=keeps)
         else:
             self.last = dataclasses.replace(inner, reads=reads, keeps=keeps)
         return module, out
+
+    def shared(self, target: Any, x: TensorType, path: str) -> tuple[nn.Module, TensorType]:
+        """`share: NAME`: the module of the node named NAME, applied again to this node's input."""
+        where = f"{path}.share"
+        if not isinstance(target, str) or target not in self.sharable:
+            known = ", ".join(self.sharable) or "none yet"
+            raise SpecError(f"{where}: expected the name of an earlier node with layers (given with name:) whose "
+                            f"weights to use again (known: {known}). Received: {thaw(target)!r}")
+        module, took, gave = self.sharable[target]
+        if x is _NO_INPUT:
+            raise SpecError(f"{where}: there is no input to apply {target!r} to; read one with from:")
+        if (x.shape, x.dtype) != (took.shape, took.dtype):
+            raise ShapeError(f"{where}: {target!r} was built for {took.describe()} (from {took.source}) and cannot take "
+                             f"{x.describe()} from {x.source}; shared weights need inputs of one shape")
+        return Reuse(module, target), TensorType(gave.shape, gave.dtype, gave.layout, path)
 
     def read(self, source: Any, merge: Any, path: str) -> tuple[TensorType, tuple[str, ...], str, int]:
         """The type `from:` gives, the names it reads, its merge and the batch dim a concat joins on."""

@@ -54,6 +54,10 @@ class Task(ABC):
 
     def check_settings(self, s: TrainSettings, info: DataInfo) -> None:
         """Raise SpecError for settings this task cannot train with (before a run is recorded)."""
+        if (s.crop_padding or s.hflip) and info.inputs is not None:
+            raise SpecError(f"train: crop_padding/hflip augment one image input; this data set has several inputs "
+                            f"({', '.join(info.inputs)}). Received: crop_padding={s.crop_padding}, hflip={s.hflip}; "
+                            f"drop them")
         if (s.crop_padding or s.hflip) and info.input_dtype != "float":
             raise SpecError("train: crop_padding/hflip augment images; this data set has token input")
 
