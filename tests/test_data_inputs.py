@@ -197,3 +197,170 @@ def test_named_inputs_export_and_load_back_identically(two_npy, tmp_path):
     assert np.load(small / "train_x_image.npy").dtype == np.uint8
     assert torch.equal(load_dataset(f"npy:{small}").train.x["image"], ds.train.x["image"])
 
+
+
+# ------------------------------------------------------------------------ csv: text columns
+
+_GOOD, _BAD = ["great", "works", "lovely", "fine"], ["broke", "awful", "poor", "late"]
+
+
+def _shop_csv(path: Path, n: int = 60, title: bool = False) -> tuple[Path, list[str]]:
+    """price (the row number, so a test can find a sample's row), colour, review[, title], label.
+    Each review holds a word of its own, reviewZEBRA<row>, to see which rows a vocabulary saw."""
+    reviews, lines = [], ["price,colour,review," + ("title," if title else "") + "label"]
+    for r in range(n):
+        words = _GOOD if r % 2 else _BAD
+        reviews.append(f"{words[r % 4]} {words[(r + 1) % 4]}, really! zebra{r}")
+        cells = [str(r), ("red", "blue", "green")[r % 3], f'"{reviews[-1]}"']
+        lines.append(",".join(cells + ([f"title {r % 5}"] if title else []) + ["pos" if r % 2 else "neg"]))
+    path.write_text("\n".join(lines) + "\n")
+    return path, reviews
+
+
+def _rows_of(ds, split) -> np.ndarray:
+    """The csv rows of a split's samples, from its standardised price column (the row number)."""
+    price = next(c for c in ds.info.preprocessing["columns"] if c["name"] == "price")
+    return np.rint(split.x["features"][:, 0].double().numpy() * price["std"] + price["mean"]).astype(int)
+
+
+def test_a_text_column_beside_numbers_makes_features_and_token_inputs(tmp_path):
+    from archlab.data import tokenizer_from_dict
+    from archlab.data._text import encode_reviews
+
+    path, reviews = _shop_csv(tmp_path / "shop.csv")
+    ds = load_dataset(f"csv:{path}?text=review&max_len=6")
+    info = ds.info
+    vocab = info.inputs["review"]["vocab"]
+    assert info.inputs == {"features": {"shape": [4], "dtype": "float"},
+                           "review": {"shape": [6], "dtype": "long", "vocab": vocab}}
+    assert (info.input_shape, info.input_dtype, info.vocab_size) == ((4,), "float", vocab)
+    assert info.feature_names == ("price", "colour=blue", "colour=green", "colour=red")  # the features input
+    assert info.tokenizer["kind"] == "word" and info.tokenizer["vocab_size"] == vocab
+    prep = info.preprocessing
+    assert prep["kind"] == "table" and [c["name"] for c in prep["columns"]] == ["price", "colour"]
+    assert prep["text"] == [{"name": "review", "tokenizer": info.tokenizer, "max_len": 6, "pad": "pre"}]
+    assert f"text: column 'review' -> 6 word ids, pad=pre (a vocabulary of {vocab} learnt on the train split)" in info.notes
+    tok = tokenizer_from_dict(info.tokenizer)
+    seen = set()
+    for part, split in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
+        assert isinstance(split.x, BatchInputs) and split.x.names == ("features", "review")
+        rows = _rows_of(ds, split)
+        # the same rows in every input and the target: the review ids are the row's own review
+        assert torch.equal(split.x["review"], encode_reviews(tok, [reviews[r] for r in rows], 6, "pre"))
+        assert split.y.tolist() == [r % 2 for r in rows]  # classes neg=0, pos=1
+        if part == "train":
+            seen = set(rows)
+    # the vocabulary was learnt on the train split only: val and test rows' own words are <unk>
+    assert {w for w in tok.to_dict()["words"] if w.startswith("zebra")} == {f"zebra{r}" for r in seen}
+    assert {len(ds.train), len(ds.val), len(ds.test)} == {42, 6, 12}
+
+
+def test_text_options_set_the_vocabulary_length_padding_and_tokenizer(tmp_path):
+    path, _ = _shop_csv(tmp_path / "shop.csv")
+    ds = load_dataset(f"csv:{path}?text=review&vocab=5&max_len=12&pad=post")
+    assert ds.info.inputs["review"] == {"shape": [12], "dtype": "long", "vocab": 7}  # 5 words, <pad>, <unk>
+    ids = ds.train.x["review"]
+    assert (ids[:, -1] == 0).all() and (ids[:, 0] != 0).all()  # short reviews padded behind
+    assert int(ids.max()) < 7 and (ids == 1).any()  # words beyond the 5 most frequent are <unk>
+    bpe = load_dataset(f"csv:{path}?text=review&tokenizer=bpe&vocab=300&max_len=8")
+    assert bpe.info.tokenizer["kind"] == "bpe" and bpe.info.inputs["review"]["vocab"] == bpe.info.vocab_size
+
+
+def test_a_table_of_one_text_column_is_one_unnamed_token_input(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,label\n" + "".join(f'"{"good fun" if r % 2 else "dull, slow"} {r}",{r % 2}\n'
+                                              for r in range(40)))
+    ds = load_dataset(f"csv:{path}?text=review&max_len=5")
+    info = ds.info
+    assert info.inputs is None and isinstance(ds.train.x, torch.Tensor) and ds.train.x.dtype == torch.int64
+    assert (info.input_shape, info.input_dtype, info.vocab_size) == ((5,), "long", info.tokenizer["vocab_size"])
+    assert info.feature_names is None
+    assert info.preprocessing == {"kind": "reviews", "max_len": 5, "pad": "pre", "column": "review", "target": "label"}
+
+
+def test_two_text_columns_have_a_vocabulary_each(tmp_path):
+    path, _ = _shop_csv(tmp_path / "shop.csv", title=True)
+    ds = load_dataset(f"csv:{path}?text=title,review&max_len=4")
+    info = ds.info
+    assert list(info.inputs) == ["features", "title", "review"]  # features, then the text columns as given
+    assert info.inputs["title"]["vocab"] == 2 + 6  # "title" and the digits 0..4, <pad>, <unk>
+    assert info.inputs["review"]["vocab"] > info.inputs["title"]["vocab"]
+    assert info.vocab_size is None and info.tokenizer is None  # no one vocabulary to name
+    assert [t["name"] for t in info.preprocessing["text"]] == ["title", "review"]
+
+
+def test_empty_text_cells_are_refused_unless_filled(tmp_path):
+    path, _ = _shop_csv(tmp_path / "shop.csv")
+    lines = path.read_text().splitlines()
+    lines[5] = "4,blue,,neg"  # line 6 of the file
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 6, column 'review': expected a value, the cell is empty.*"
+                                        r"\(categorical: no category; text: no words\)") as e:
+        load_dataset(f"csv:{path}?text=review&max_len=6")
+    assert f"--data 'csv:{path}?text=review&max_len=6&fill=mean'" in str(e.value)
+    ds = load_dataset(f"csv:{path}?text=review&max_len=6&fill=mean")
+    for split in (ds.train, ds.val, ds.test):
+        rows = _rows_of(ds, split)
+        assert (split.x["review"][rows == 4] == 0).all()  # no words: all <pad>
+    assert any(n.startswith("filled: 1 empty cell") and "text ones no words" in n for n in ds.info.notes)
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("text=reveiw", r"text column 'reveiw' not found in .*shop.csv. Did you mean 'review'\? "
+                    r"Columns: price, colour, review, label."),
+    ("text=label", r"column 'label' is the target and cannot also be a text input"),
+    ("text=review&categorical=review", r"column 'review' is declared both categorical .* and text"),
+    ("vocab=500&max_len=8", r"options vocab, max_len set how text columns are encoded, but no text column is "
+                            r"named; add text=COLUMN, e.g. csv:.*shop.csv\?text=review&vocab=500"),
+    ("text=review&max_len=0", r"option max_len must be >= 1"),
+    ("text=review&pad=middle", r"option pad must be one of pre, post"),
+])
+def test_bad_text_options_are_one_line_with_the_fix(tmp_path, query, message):
+    path, _ = _shop_csv(tmp_path / "shop.csv")
+    with pytest.raises(DataError, match=message) as e:
+        load_dataset(f"csv:{path}?{query}")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ("price,colour,my review,label", r"text column 'my review' becomes an input of that name, which a spec reads as "
+                                     r"from: NAME, so it must be letters, digits and _"),
+    ("price,colour,features,label", r"text column 'features' would share its input's name with the numeric and "
+                                    r"categorical columns' input 'features'"),
+])
+def test_a_text_column_must_name_an_input(tmp_path, header, message):
+    path, _ = _shop_csv(tmp_path / "shop.csv")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([header, *lines[1:]]) + "\n")
+    text = header.split(",")[2]
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"csv:{path}?text={text}")
+
+
+def test_a_table_with_text_exports_to_npy_and_streams_identically(tmp_path):
+    path, _ = _shop_csv(tmp_path / "shop.csv")
+    ds = load_dataset(f"csv:{path}?text=review&max_len=6")
+    back = load_dataset(f"npy:{write_npy(tmp_path / 'npy', ds)}", stream=True)
+    assert back.info.inputs == ds.info.inputs and back.info.class_names == ds.info.class_names
+    for part in ("train", "val", "test"):
+        mine, theirs = getattr(back, part), getattr(ds, part)
+        x, y = mine.slice(0, len(mine))
+        assert all(torch.equal(x[n], theirs.x[n]) for n in theirs.x.names) and torch.equal(y, theirs.y)
+
+
+def test_new_rows_with_text_are_encoded_as_at_training(tmp_path):
+    from archlab.data import input_preprocessing, read_inputs
+
+    path, _ = _shop_csv(tmp_path / "shop.csv")
+    ds = load_dataset(f"csv:{path}?text=review&max_len=6")
+    new = read_inputs(path, input_preprocessing(ds.info))  # the same rows, given to `predict`
+    assert isinstance(new.x, BatchInputs) and new.x.names == ("features", "review")
+    rows = torch.from_numpy(_rows_of(ds, ds.test))
+    assert torch.equal(new.x["features"][rows], ds.test.x["features"])
+    assert torch.equal(new.x["review"][rows], ds.test.x["review"])
+    no_text = tmp_path / "no_text.csv"
+    no_text.write_text("price,colour\n1,red\n")
+    with pytest.raises(DataError, match=r"column 'review' missing; the model was trained on the columns price, "
+                                        r"colour, review"):
+        read_inputs(no_text, input_preprocessing(ds.info))
+
