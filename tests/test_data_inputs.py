@@ -364,3 +364,26 @@ def test_new_rows_with_text_are_encoded_as_at_training(tmp_path):
                                         r"colour, review"):
         read_inputs(no_text, input_preprocessing(ds.info))
 
+
+# ------------------------------------------------------------------------ archlab data
+
+
+def test_data_command_lists_each_named_input(tmp_path, two_npy):
+    from typer.testing import CliRunner
+
+    from archlab.cli import app
+
+    path, _ = _shop_csv(tmp_path / "shop.csv")
+    result = CliRunner().invoke(app, ["data", f"csv:{path}?text=review&max_len=6"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    vocab = load_dataset(f"csv:{path}?text=review&max_len=6").info.vocab_size
+    assert lines[1:3] == ["inputs   features  (4,) float", f"         review    (6,) long, vocabulary {vocab}"]
+    assert not any(line.startswith("input ") for line in lines)
+    assert any(line.startswith("features 2 columns -> the 4 values of input 'features'") for line in lines)
+    assert any(line.startswith("text     column 'review' -> 6 word ids") for line in lines)
+    result = CliRunner().invoke(app, ["data", f"npy:{two_npy}", "--export", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "inputs   image   (1, 4, 4) float" in result.output and "tokens  (6,) long, vocabulary 300" in result.output
+    assert "size     35.2 KiB decoded; held in memory" in result.output  # 300 x (16 x 4 + 6 x 8 + 8) bytes
+    assert (tmp_path / "out" / "train_x_tokens.npy").exists()

@@ -193,6 +193,13 @@ class Split:
     def target_shape(self) -> tuple[int, ...]:
         return tuple(self.y.shape[1:])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the split's tensors hold (every input and the targets), as `DiskSplit.nbytes`
+        counts the decoded tensors of a split on disk."""
+        xs = self.x.values() if isinstance(self.x, Inputs) else (self.x,)
+        return sum(t.element_size() * t.numel() for t in (*xs, self.y))
+
 
 @dataclass
 class Dataset:
