@@ -91,6 +91,25 @@ def test_streamed_named_inputs_are_bit_identical_to_in_memory(two_npy):
             assert same((x, y), memory.train.take(order[step * 32:(step + 1) * 32]))
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_the_training_loop_batches_named_inputs_alike_in_memory_and_streamed(two_npy, world):
+    """The loop's own batching (archlab.train.batches): one process, and each of two ranks, whose
+    DataLoader reads past the rank's part of the order into empty items."""
+    from archlab.train import batches, epoch_order
+
+    memory = load_dataset(f"npy:{two_npy}", stream=False).train
+    disk = load_dataset(f"npy:{two_npy}", stream=True).train
+    order, _ = epoch_order(len(memory), 0, 0)
+    for rank in range(world):
+        gen = torch.Generator().manual_seed(0)
+        ours = list(batches(memory, order, 32, 0, None, gen, rank=rank, world=world))
+        streamed = list(batches(disk, order, 32, 0, None, gen, rank=rank, world=world, workers=0))
+        assert len(ours) == len(streamed) == 7
+        for (step, x, y), (step_, x_, y_) in zip(ours, streamed, strict=True):
+            assert step == step_ and isinstance(x_, BatchInputs) and torch.equal(y, y_)
+            assert all(torch.equal(x[n], x_[n]) for n in x.names)
+
+
 def test_in_memory_named_inputs_stream_when_asked(two_npy):
     memory = load_dataset(f"npy:{two_npy}", stream=False)
     disk = serve(memory, stream=True).train  # DiskSplit.from_split of an Inputs split

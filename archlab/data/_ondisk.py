@@ -288,7 +288,9 @@ def _batches_of(x: Tensor | Inputs, batch_size: int) -> list[Tensor | Inputs]:
     """An item's batches, cut out as views (`Tensor.split` for one x; the same rows of every input)."""
     if isinstance(x, Tensor):
         return list(x.split(batch_size))
-    return [x[start:start + batch_size] for start in range(0, len(x), batch_size)]
+    # As Tensor.split, an empty item gives one empty batch: it pairs with y's (a rank's reader
+    # reads past its part of the order, and the trainer stops at its own count).
+    return [x[start:start + batch_size] for start in range(0, max(1, len(x)), batch_size)]
 
 
 # ------------------------------------------------------------------------ the decision
