@@ -284,8 +284,8 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
         " (the last column, taken because no target was given; choose another with --target NAME)"
         if default_target else "")]
     if features:
-        values = f"the {x.shape[1]} values of input {FEATURES!r}" if texts else f"{x.shape[1]} inputs"
-        notes.append(f"features: {len(columns)} columns -> {values}; numeric (standardised): "
+        served = f"the {x.shape[1]} values of input {FEATURES!r}" if texts else f"{x.shape[1]} inputs"
+        notes.append(f"features: {len(columns)} columns -> {served}; numeric (standardised): "
                      f"{_names(numeric) or 'none'}; categorical (one-hot): {_names(categorical) or 'none'}")
     # Text columns: token ids, each column with its own vocabulary learnt on its train cells.
     kind, vocab, max_len, side = text_settings("csv", opts)
