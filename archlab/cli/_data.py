@@ -12,16 +12,16 @@ from ._format import nbytes, shape_text
 
 @app.command("data")
 def data_cmd(
-    uri: Annotated[str, typer.Argument(help="A data set: digits, mnist:PATH, csv:PATH[?categorical=A,B&fill=mean], npy:FOLDER, text:stdlib, ...")],
+    uri: Annotated[str, typer.Argument(help="A data set: digits, mnist:PATH, csv:PATH[?categorical=A,B&fill=mean&text=C], npy:FOLDER, text:stdlib, ...")],
     target: Annotated[str | None, typer.Option(help="csv: the target column (default: the last column).")] = None,
     export: Annotated[str | None, typer.Option(help="Write the three splits as an npy:FOLDER here.")] = None,
     uint8: Annotated[bool, typer.Option("--uint8", help="With --export: store images as bytes (4x smaller).")] = False,
 ) -> None:
-    """What archlab reads from a data set: task, shapes, split sizes, the csv target and
-    categorical columns, and whether it streams."""
+    """What archlab reads from a data set: task, its input (or each named input's shape, dtype and
+    vocabulary), split sizes, the csv target, categorical and text columns, and whether it streams."""
     import torch
 
-    from ..data import DiskSplit, Split, load_dataset, memory_budget, write_npy
+    from ..data import DiskSplit, load_dataset, memory_budget, write_npy
 
     ds = load_dataset(uri, target=target)
     info = ds.info
@@ -31,8 +31,14 @@ def data_cmd(
         names = ", ".join((info.class_names or ())[:6]) + (", ..." if info.num_classes > 6 else "")
         classes = f", {info.num_classes} classes ({names})"
     print(f"{info.name}: {info.task}{classes}")
-    print(f"input    {shape_text(info.input_shape)} {info.input_dtype}"
-          + (f", vocabulary {info.vocab_size:,}" if info.vocab_size else ""))
+    if info.inputs is None:
+        print(f"input    {shape_text(info.input_shape)} {info.input_dtype}"
+              + (f", vocabulary {info.vocab_size:,}" if info.vocab_size else ""))
+    else:  # several named inputs: one line each, as a spec's inputs: section names them
+        width = max(map(len, info.inputs))
+        for i, (name, d) in enumerate(info.inputs.items()):
+            print(f"{'inputs' if i == 0 else '':<8} {name:<{width}}  {shape_text(tuple(d['shape']))} {d['dtype']}"
+                  + (f", vocabulary {d['vocab']:,}" if d.get("vocab") else ""))
     print("splits   " + "  ".join(f"{k} {len(v):,}" for k, v in parts.items()))
     for note in info.notes:  # what the loader decided: the csv target, categorical columns, ...
         topic, _, text = note.partition(": ")
@@ -44,13 +50,8 @@ def data_cmd(
                   f"{'have' if len(empty) > 1 else 'has'} no training samples (class ids are used as given: "
                   f"labels 1..K make K+1 classes)")
 
-    def size(split: Split | DiskSplit) -> int:
-        if isinstance(split, DiskSplit):
-            return split.nbytes
-        return split.x.element_size() * split.x.numel() + split.y.element_size() * split.y.numel()
-
     streamed = isinstance(ds.train, DiskSplit)
-    total = sum(size(p) for p in parts.values())
+    total = sum(p.nbytes for p in parts.values())
     print(f"size     {nbytes(total)} decoded; "
           + (f"streams from disk (more than the in-memory budget of {nbytes(memory_budget())})"
              if streamed else "held in memory"))

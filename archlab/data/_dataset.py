@@ -10,13 +10,15 @@ registered by name and addressed by a uri, ``NAME`` or ``NAME:ARG`` (`load_datas
     mnist[:PATH]                the four MNIST IDX files, plain or .gz
     fashion-mnist[:PATH]        the same format, Fashion-MNIST's class names
     cifar10[:PATH]              CIFAR-10 python batches: a folder or the .tar.gz
-    csv:PATH[?categorical=A,B&fill=mean]   a table with a header row; `target` names the
-                                target column, by default the last one           (_tables)
+    csv:PATH[?categorical=A,B&fill=mean&text=C]   a table with a header row; `target` names the
+                                target column, by default the last one; text columns
+                                become named token inputs beside `features`      (_tables)
     synthetic:images?n=..&shape=1x28x28&classes=10   learnable random images for benchmarks
     imdb[:PATH]                 IMDB reviews: aclImdb folders or a text,label CSV  (_text)
     text:PATH | text:stdlib     language modelling on a text corpus                (_text)
     seq:copy|reverse|sort|add   synthetic seq2seq tasks                            (_text)
-    npy:FOLDER                  .npy arrays, memory-mapped; streamed when larger than memory (_ondisk)
+    npy:FOLDER                  .npy arrays, memory-mapped; streamed when larger than memory;
+                                PART_x_NAME.npy for several named inputs            (_ondisk)
 
 The image loaders live in `_images`, csv in `_tables`; this module is the core they share
 (records, the registry, splitting, batching).
@@ -192,6 +194,13 @@ class Split:
     @property
     def target_shape(self) -> tuple[int, ...]:
         return tuple(self.y.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the split's tensors hold (every input and the targets), as `DiskSplit.nbytes`
+        counts the decoded tensors of a split on disk."""
+        xs = self.x.values() if isinstance(self.x, Inputs) else (self.x,)
+        return sum(t.element_size() * t.numel() for t in (*xs, self.y))
 
 
 @dataclass

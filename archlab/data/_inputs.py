@@ -5,7 +5,9 @@ what the model was trained on, with the preprocessing its data set fitted (`arch
 data set's `DataInfo` (a run keeps it in `preprocessing.json`; a model folder too):
 
     kind        image    pixels scaled to [0, 1] (PNG: 8-bit, converted to the run's channels)
-                table    csv: each column standardised or one-hot encoded as at training
+                table    csv: each column standardised or one-hot encoded as at training; text
+                         columns ("text": name, tokenizer, max_len, pad) encoded as at training,
+                         making several named inputs (features and one per text column)
                 reviews  imdb: the run's tokenizer, the first max_len tokens, padded
                 text     language models: prompts encoded with the run's tokenizer
                 seq2seq  sources encoded with the run's tokenizer, <eos>, padded
@@ -31,10 +33,11 @@ import torch
 from torch import Tensor
 
 from ..core import DataError
+from ..layers import Inputs as BatchInputs
 from ._dataset import DataInfo
 from ._images import _images
 from ._ondisk import _decode_x, _kind_of
-from ._tables import _MISSING, _encode_column, _read_csv
+from ._tables import _MISSING, FEATURES, _encode_column, _read_csv
 from ._text import encode_reviews
 from ._tokenizers import pad_sequences, tokenizer_from_dict
 
@@ -72,11 +75,12 @@ def input_preprocessing(info: DataInfo) -> dict[str, Any]:
 
 @dataclass
 class Inputs:
-    """New samples, ready for the model: ``x`` (N, *input_shape) or, for a language model,
-    ``prompts`` (token ids of any length); ``names`` say where each came from."""
+    """New samples, ready for the model: ``x`` (N, *input_shape), an `archlab.layers.Inputs` of
+    named tensors for a model of several inputs (a table with text columns), or, for a language
+    model, ``prompts`` (token ids of any length); ``names`` say where each came from."""
 
     names: list[str]
-    x: Tensor | None = None
+    x: Tensor | BatchInputs | None = None
     prompts: list[list[int]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -158,6 +162,10 @@ def _read_npy(path: Path, prep: Mapping[str, Any]) -> Inputs:
     shape, kind = _shape(prep), prep["kind"]
     if kind == "table":  # raw column values, in the run's column order
         encodings = prep["columns"]
+        if prep.get("text"):
+            raise DataError(f"--input {path}: this model's table has text columns "
+                            f"({', '.join(t['name'] for t in prep['text'])}); give the rows as a CSV file with the "
+                            f"columns {', '.join(c['name'] for c in (*encodings, *prep['text']))}")
         if any(c["kind"] != "numeric" for c in encodings):
             raise DataError(f"--input {path}: this model's table has categorical columns; give the rows as a "
                             f"CSV file with the columns {', '.join(c['name'] for c in encodings)}")
@@ -210,10 +218,11 @@ def _read_table(path: Path, prep: Mapping[str, Any]) -> Inputs:
     if kind != "table":
         raise DataError(f"--input {path}: this model reads {_what(prep)}, not CSV rows; give {_expected(prep)}")
     columns = {name: [row[j] for row in rows] for j, name in enumerate(header)}
-    encodings = prep["columns"]
-    if missing_cols := [c["name"] for c in encodings if c["name"] not in columns]:
+    encodings, texts = prep["columns"], prep.get("text") or []
+    trained = [c["name"] for c in (*encodings, *texts)]
+    if missing_cols := [name for name in trained if name not in columns]:
         raise DataError(f"--input {path}: column{'s' * (len(missing_cols) > 1)} {', '.join(map(repr, missing_cols))} "
-                        f"missing; the model was trained on the columns {', '.join(c['name'] for c in encodings)}. "
+                        f"missing; the model was trained on the columns {', '.join(trained)}. "
                         f"Received: {', '.join(header)}. Add the column (other columns, such as the target, are ignored)")
     fill = prep.get("fill") == "mean"
     features = []
@@ -237,14 +246,28 @@ def _read_table(path: Path, prep: Mapping[str, Any]) -> Inputs:
                         raise DataError(f"--input {path} line {lines[i]}, column {name!r}: expected a finite number, "
                                         f"as at training. Received: {v!r}. Fix the cell")
         features.append(_encode_column(enc, nums, missing, values))
-    x = torch.from_numpy(np.concatenate(features, axis=1).astype(np.float32))
-    return Inputs(names, x=x)
+    xs = {}
+    if features:
+        xs[FEATURES] = torch.from_numpy(np.concatenate(features, axis=1).astype(np.float32))
+    for t in texts:  # text columns: token ids under the column's own tokenizer, as at training
+        values = columns[t["name"]]
+        missing = np.array([v.lower() in _MISSING for v in values], dtype=bool)
+        if missing.any() and not fill:
+            row = int(np.argmax(missing))
+            raise DataError(f"--input {path} line {lines[row]}, column {t['name']!r}: expected text, the cell is empty "
+                            f"(the model was trained without fill=mean). Received: {values[row]!r}. Fill the cell")
+        cells = ["" if missing[i] else v for i, v in enumerate(values)]
+        xs[t["name"]] = encode_reviews(tokenizer_from_dict(t["tokenizer"]), cells, t["max_len"], t["pad"])
+    # several named inputs (features and text columns) travel as one batch value, as in training
+    return Inputs(names, x=BatchInputs(xs) if len(xs) > 1 else next(iter(xs.values())))
 
 
 def _read_texts(path: Path, prep: Mapping[str, Any], header: list[str], rows: list[list[str]],
                 names: list[str]) -> Inputs:
     lowered = [h.lower() for h in header]
     col = next((lowered.index(c) for c in _TEXT_COLUMNS if c in lowered), 0 if len(header) == 1 else None)
+    if prep.get("column") in header:  # a csv table's text column: the one the run was trained on
+        col = header.index(prep["column"])
     if col is None:
         raise DataError(f"--input {path}: expected a column named text (or review, prompt, source). "
                         f"Received: {', '.join(header)}. Rename the column that holds the text")

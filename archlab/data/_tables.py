@@ -1,5 +1,5 @@
-"""Tabular data: the ``csv:PATH[?categorical=A,B&fill=mean]`` loader. It registers itself in
-`archlab.data.DATASETS`; `archlab.data` imports this module.
+"""Tabular data: the ``csv:PATH[?categorical=A,B&fill=mean&text=C,D]`` loader. It registers itself
+in `archlab.data.DATASETS`; `archlab.data` imports this module.
 
 What a table becomes, and what is refused (nothing changes a column silently):
 
@@ -20,12 +20,30 @@ What a table becomes, and what is refused (nothing changes a column silently):
 - Numbers that are not finite (inf, -inf, 1e999) are an error, in features and in the target.
 - Splits: 20% test and ``val_fraction`` validation, stratified by class, each at least one row;
   a table too small to leave a training row is an error.
+
+Text columns (a review, a title beside numbers) are named with ``text=COLUMN`` (comma-separated
+names) and encoded as imdb encodes reviews, with the same options and defaults:
+
+    csv:shop.csv?text=review&vocab=5000&max_len=64      tokenizer=word|bpe, pad=pre|post too
+
+Each text column becomes token ids (max_len,) int64, the first max_len tokens padded with
+<pad>=0, under its own tokenizer learnt on that column's train cells only. The data set then
+has several named inputs (`DataInfo.inputs`, each split's x an `archlab.layers.Inputs`):
+``features``, the numeric and one-hot columns above as (F,) float, and one input per text
+column, named after the column, in the order given. A table whose only input column is one
+text column serves it as one unnamed x of token ids, as imdb does. The tokenizer of a single
+text column is the data set's `tokenizer` and its vocabulary its `vocab_size`; every text
+input's own vocabulary is its "vocab" in `DataInfo.inputs`. `feature_names` name the
+``features`` input's values. A text column's name must be a valid input name (letters,
+digits, _), neither the target nor declared categorical; empty text cells are refused like
+other empty cells, and with fill=mean they become no words (all <pad>).
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +51,7 @@ import numpy as np
 import torch
 
 from ..core import DataError
+from ..layers import Inputs
 from ._dataset import (
     TEST_FRACTION,
     DataInfo,
@@ -43,12 +62,15 @@ from ._dataset import (
     _split_indices,
     register_dataset,
 )
+from ._text import TEXT_OPTIONS, encode_texts, text_settings
 
 __all__: list[str] = []
 
 _MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
 _MAX_INT_CLASSES = 20  # an integer target with more distinct values than this is a regression
 _FILLS = ("none", "mean")
+_INPUT_NAME = re.compile(r"[A-Za-z_]\w*")  # a name a spec can read (`from: NAME`)
+FEATURES = "features"  # the input of the numeric and one-hot columns, beside text inputs
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
@@ -92,10 +114,10 @@ class _Table:
         return f"csv: {self.path} line {self.lines[row]}, column {column!r}"
 
     def column(self, name: str, values: list[str], *, categorical: bool, fill: bool,
-               target: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
-        """(numbers or None for a categorical column, missing mask); every refusal is here."""
+               target: bool = False, text: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
+        """(numbers or None for a categorical or text column, missing mask); every refusal is here."""
         missing = np.array([v.lower() in _MISSING for v in values], dtype=bool)
-        what = "target column" if target else "column"
+        what = "target column" if target else "text column" if text else "column"
         if missing.all():
             raise DataError(f"{self.at(0, name)}: the {what} has no values (every cell is empty). "
                             f"Drop the column" + (" or pick another target with --target." if target else "."))
@@ -103,10 +125,11 @@ class _Table:
             row = int(np.argmax(missing))
             fix = ("Fill the cell or drop the row (a target is never filled)." if target else
                    f"Fill the cell, drop the row, or fill empty cells with the train split's mean "
-                   f"(categorical: no category): --data '{self.uri_with('fill', 'mean')}'.")
+                   f"(categorical: no category{'; text: no words' if text else ''}): "
+                   f"--data '{self.uri_with('fill', 'mean')}'.")
             raise DataError(f"{self.at(row, name)}: expected a value, the cell is empty. Received: "
                             f"{values[row]!r}. {fix}")
-        if categorical:
+        if categorical or text:
             return None, missing
         nums = np.full(len(values), np.nan)
         text_rows: list[int] = []
@@ -180,7 +203,9 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
     where, query = arg, ""
     if "?" in arg and not _resolve(arg, root).is_file():  # a file name with a '?' stays a name
         where, _, query = arg.partition("?")
-    opts = _options("csv", query, {"categorical": "", "fill": "none"})
+    # Text options default to None here (imdb's defaults apply later), so a suggested --data
+    # value repeats only what the user gave.
+    opts = _options("csv", query, {"categorical": "", "fill": "none", "text": ""} | dict.fromkeys(TEXT_OPTIONS))
     path = _resolve(where, root)
     if not path.is_file():
         raise DataError(f"csv: file not found: {path}. Pass --data csv:PATH with the path to a "
@@ -200,12 +225,18 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
         return name
 
     declared = {known(c.strip(), "categorical column") for c in (opts["categorical"] or "").split(",") if c.strip()}
+    texts = list(dict.fromkeys(known(c.strip(), "text column") for c in (opts["text"] or "").split(",") if c.strip()))
     default_target = target is None
     target = known(header[-1] if default_target else target, "target column")
+    _check_text_columns(texts, declared, target, opts, path)
     columns = {name: [row[j] for row in rows] for j, name in enumerate(header)}
     raw_y = columns.pop(target)
-    if not columns:
+    raw_texts = {name: columns.pop(name) for name in texts}
+    if not columns and not texts:
         raise DataError(f"csv: {path} has no feature columns besides the target {target!r}")
+    if FEATURES in texts and columns:
+        raise DataError(f"csv: {path}: text column {FEATURES!r} would share its input's name with the numeric and "
+                        f"categorical columns' input {FEATURES!r}; rename the column in the header")
 
     # Task from the target: text, or integers with few distinct values, are classes.
     num_y, _ = table.column(target, raw_y, categorical=target in declared, fill=False, target=True)
@@ -242,21 +273,75 @@ def _load_csv(arg, *, seed, root, target, val_fraction) -> Dataset:
             n_cats = len(enc["categories"])
             categorical.append(f"{name} ({n_cats} value{'s' if n_cats != 1 else ''})")
             names += [f"{name}={c}" for c in enc["categories"]]
-    x = torch.from_numpy(np.concatenate(features, axis=1).astype(np.float32))
+    inputs: dict[str, list[torch.Tensor]] = {}  # name -> the train, val and test tensors
+    if features:
+        x = torch.from_numpy(np.concatenate(features, axis=1).astype(np.float32))
+        inputs[FEATURES] = [x[torch.from_numpy(i)] for i in parts]
 
     task = "classify" if classify else "regress"
     how = f"{len(class_names)} classes" if classify else "regression"
     notes = [f"target: column {target!r}, {how}" + (
         " (the last column, taken because no target was given; choose another with --target NAME)"
         if default_target else "")]
-    notes.append(f"features: {len(columns)} columns -> {x.shape[1]} inputs; numeric (standardised): "
-                 f"{_names(numeric) or 'none'}; categorical (one-hot): {_names(categorical) or 'none'}")
+    if features:
+        served = f"the {x.shape[1]} values of input {FEATURES!r}" if texts else f"{x.shape[1]} inputs"
+        notes.append(f"features: {len(columns)} columns -> {served}; numeric (standardised): "
+                     f"{_names(numeric) or 'none'}; categorical (one-hot): {_names(categorical) or 'none'}")
+    # Text columns: token ids, each column with its own vocabulary learnt on its train cells.
+    kind, vocab, max_len, side = text_settings("csv", opts)
+    tokenizers = {}
+    for name, values in raw_texts.items():
+        _, missing = table.column(name, values, categorical=False, fill=fill == "mean", text=True)
+        filled += int(missing.sum())
+        cells = ["" if missing[i] else v for i, v in enumerate(values)]
+        tok, inputs[name] = encode_texts([[cells[i] for i in idx] for idx in parts], kind, vocab, max_len, side)
+        tokenizers[name] = tok
+        notes.append(f"text: column {name!r} -> {max_len} {kind} ids, pad={side} (a vocabulary of "
+                     f"{tok.vocab_size:,} learnt on the train split)")
     if filled:
         notes.append(f"filled: {filled} empty cell{'s' if filled != 1 else ''} (fill=mean: numeric ones get the "
-                     f"train mean, categorical ones no category)")
-    preprocessing = {"kind": "table", "target": target, "fill": fill, "columns": encodings}
-    info = DataInfo(f"csv:{arg}", (x.shape[1],), "float", task, len(class_names) if classify else None,
-                    class_names, source=str(path), notes=tuple(notes), feature_names=tuple(names),
-                    preprocessing=preprocessing)
-    train, val, test = (Split(x[torch.from_numpy(i)], y_t[torch.from_numpy(i)]) for i in parts)
-    return Dataset(info, train, val, test)
+                     f"train mean, categorical ones no category" + (", text ones no words" if texts else "") + ")")
+
+    one_text = next(iter(tokenizers.values())) if len(tokenizers) == 1 else None
+    shapes = {name: {"shape": list(tensors[0].shape[1:]), "dtype": "long" if name in tokenizers else "float"}
+              | ({"vocab": tokenizers[name].vocab_size} if name in tokenizers else {})
+              for name, tensors in inputs.items()}
+    first = next(iter(shapes.values()))
+    if len(inputs) == 1 and texts:  # one text column and nothing else: token ids, as imdb serves reviews
+        preprocessing = {"kind": "reviews", "max_len": max_len, "pad": side, "column": texts[0], "target": target}
+    else:
+        preprocessing = {"kind": "table", "target": target, "fill": fill, "columns": encodings}
+        if texts:
+            preprocessing["text"] = [{"name": name, "tokenizer": tok.to_dict(), "max_len": max_len, "pad": side}
+                                     for name, tok in tokenizers.items()]
+    info = DataInfo(f"csv:{arg}", tuple(first["shape"]), first["dtype"], task, len(class_names) if classify else None,
+                    class_names, source=str(path), notes=tuple(notes),
+                    vocab_size=None if one_text is None else one_text.vocab_size,
+                    tokenizer=None if one_text is None else one_text.to_dict(),
+                    feature_names=tuple(names) if features else None, preprocessing=preprocessing,
+                    inputs=shapes if len(inputs) > 1 else None)
+    splits = []
+    for p, idx in enumerate(parts):
+        xs = {name: tensors[p] for name, tensors in inputs.items()}
+        splits.append(Split(Inputs(xs) if len(xs) > 1 else next(iter(xs.values())), y_t[torch.from_numpy(idx)]))
+    return Dataset(info, *splits)
+
+
+def _check_text_columns(texts: list[str], declared: set[str], target: str, opts: Mapping[str, str | None],
+                        path: Path) -> None:
+    """Text columns are inputs a spec reads by name, neither the target nor categorical."""
+    if not texts and (given := [k for k in TEXT_OPTIONS if opts[k] is not None]):
+        raise DataError(f"csv: option{'s' * (len(given) > 1)} {', '.join(given)} set{'s' * (len(given) == 1)} how "
+                        f"text columns are encoded, but no text column is named; add text=COLUMN, e.g. "
+                        f"csv:{path}?text=review&{given[0]}={opts[given[0]]}")
+    for name in texts:
+        if name == target:
+            raise DataError(f"csv: {path}: column {name!r} is the target and cannot also be a text input; drop it "
+                            f"from text= or choose another target with --target")
+        if name in declared:
+            raise DataError(f"csv: {path}: column {name!r} is declared both categorical (one-hot values) and text "
+                            f"(word ids); keep it in one of categorical= and text=")
+        if not _INPUT_NAME.fullmatch(name):
+            raise DataError(f"csv: {path}: text column {name!r} becomes an input of that name, which a spec reads "
+                            f"as from: NAME, so it must be letters, digits and _ (not starting with a digit); "
+                            f"rename the column in the header")

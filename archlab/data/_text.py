@@ -87,7 +87,8 @@ from ._tokenizers import (
 )
 
 # No public names: the loaders are reached through archlab.data, where they register
-# themselves; the tokenizers are `_tokenizers`' own (`encode_reviews` serves `_inputs`).
+# themselves; the tokenizers are `_tokenizers`' own (`encode_reviews` serves `_inputs`;
+# `text_settings` and `encode_texts` serve `_tables`' text columns).
 __all__: list[str] = []
 
 
@@ -276,6 +277,32 @@ def encode_reviews(tok: Tokenizer, texts: Sequence[str], max_len: int, side: str
     return pad_sequences([tok.encode(t)[:max_len] for t in texts], max_len, side=side)
 
 
+# A text input's options, the same for imdb and for a csv table's text columns.
+TEXT_OPTIONS = {"vocab": "10000", "max_len": "200", "tokenizer": "word", "pad": "pre"}
+
+
+def text_settings(name: str, opts: Mapping[str, str | None]) -> tuple[str, int, int, str]:
+    """(tokenizer, vocab, max_len, pad) from a uri's text options, unset ones at `TEXT_OPTIONS`."""
+    opts = {k: v if opts.get(k) is None else opts[k] for k, v in TEXT_OPTIONS.items()}
+    max_len = _int_option(name, opts, "max_len", 1)
+    # Padding goes in front by default (as in Keras): a recurrent layer's last state then
+    # comes right after the text's last word, not after a run of <pad>.
+    side = _choice_option(name, opts, "pad", ("pre", "post"))
+    kind = _choice_option(name, opts, "tokenizer", ("word", "bpe"))
+    vocab = _int_option(name, opts, "vocab", 257 if kind == "bpe" else 1)
+    return kind, vocab, max_len, side
+
+
+def encode_texts(parts: Sequence[Sequence[str]], kind: str, vocab: int, max_len: int, side: str
+                 ) -> tuple[Tokenizer, list[Tensor]]:
+    """A tokenizer learnt on parts[0] only (the train split's texts, so nothing leaks from val or
+    test) and every part encoded as (N, max_len) int64 ids, as `encode_reviews` encodes them."""
+    if kind == "word":
+        return _word_encode(parts, vocab, max_len, side)
+    tok = BPETokenizer.train([_BR_RE.sub(" ", t) for t in parts[0]], vocab, special_tokens=("<pad>",))
+    return tok, [encode_reviews(tok, texts, max_len, side) for texts in parts]
+
+
 @register_dataset("imdb")
 def _load_imdb(arg, *, seed, root, target, val_fraction) -> Dataset:
     """``imdb[:PATH][?vocab=10000&max_len=200&tokenizer=word]``; see the module docstring.
@@ -285,13 +312,7 @@ def _load_imdb(arg, *, seed, root, target, val_fraction) -> Dataset:
     20% test / ``val_fraction`` val / rest train, stratified, with a fixed seed.
     """
     where, _, query = (arg or "").partition("?")
-    opts = _options("imdb", query, {"vocab": "10000", "max_len": "200", "tokenizer": "word", "pad": "pre"})
-    max_len = _int_option("imdb", opts, "max_len", 1)
-    # Padding goes in front by default (as in Keras): a recurrent layer's last state then
-    # comes right after the review's last word, not after a run of <pad>.
-    side = _choice_option("imdb", opts, "pad", ("pre", "post"))
-    kind = _choice_option("imdb", opts, "tokenizer", ("word", "bpe"))
-    vocab = _int_option("imdb", opts, "vocab", 257 if kind == "bpe" else 1)
+    kind, vocab, max_len, side = text_settings("imdb", _options("imdb", query, TEXT_OPTIONS))
     if where:
         location = _resolve(where, root)
         if not location.exists():
@@ -313,11 +334,7 @@ def _load_imdb(arg, *, seed, root, target, val_fraction) -> Dataset:
                  (x_te, y_te)]
         class_names = ("neg", "pos")
 
-    if kind == "word":
-        tok, x_parts = _word_encode([t for t, _ in parts], vocab, max_len, side)
-    else:
-        tok = BPETokenizer.train([_BR_RE.sub(" ", t) for t in parts[0][0]], vocab, special_tokens=("<pad>",))
-        x_parts = [encode_reviews(tok, texts, max_len, side) for texts, _ in parts]
+    tok, x_parts = encode_texts([t for t, _ in parts], kind, vocab, max_len, side)
     train, val, test = (Split(x, _long(y)) for x, (_, y) in zip(x_parts, parts, strict=True))
     info = DataInfo(f"imdb:{arg}" if arg else "imdb", (max_len,), "long", "classify",
                     len(class_names), class_names, vocab_size=tok.vocab_size,
