@@ -304,3 +304,42 @@ def test_fit_trains_and_stores_a_two_input_model(tmp_path) -> None:
     with pytest.raises(SpecError, match="input: the data has 2 inputs"):
         fit({"model": [{"flatten": None}, {"linear": "$num_classes"}]}, data="test-two-inputs",
             store=tmp_path, quiet=True)
+
+
+def test_a_table_with_text_trains_predicts_and_ships_as_two_inputs(tmp_path) -> None:
+    """csv with numeric and text columns -> inputs features + review -> a run -> predict on new
+    rows and a model folder that loads and gives the run's predictions."""
+    import csv
+    import random
+
+    from archlab.deploy import export_folder, load, predict
+    from archlab.runs import open_store
+    from archlab.train import fit
+
+    rng = random.Random(0)
+    good, bad = "great fine lovely superb nice".split(), "awful poor dull bad weak".split()
+    rows = []
+    for _ in range(240):
+        y = rng.randint(0, 1)
+        words = " ".join(rng.choice(good if y else bad) for _ in range(4))
+        rows.append([f"{rng.gauss(y, 1):.3f}", f"{rng.gauss(0, 1):.3f}", words, "yes" if y else "no"])
+    with (tmp_path / "t.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["a", "b", "review", "label"], *rows])
+    with (tmp_path / "new.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["a", "b", "review"], ["0.1", "0.0", "great nice fine"], ["0.0", "0.2", "awful dull"]])
+    spec = {"inputs": {"features": {"shape": [2]}, "review": {"shape": [6], "dtype": "long"}},
+            "model": [{"linear": 8, "from": "features", "name": "f"},
+                      {"embedding": {"vocab": "$vocab_size", "dim": 8}, "from": "review"},
+                      {"seq_pool": "mean", "name": "t"}, {"from": ["f", "t"]}, "relu", {"linear": "$num_classes"}],
+            "vars": {"vocab_size": 50}, "train": {"epochs": 8, "lr": 0.02}}
+    uri = f"csv:{tmp_path / 't.csv'}?text=review&max_len=6"
+    run = fit(spec, data=uri, store=tmp_path / "store", quiet=True)
+    assert run.test_metrics["acc"] > 0.8  # the words alone separate the classes
+    store = open_store(tmp_path / "store")
+    got = predict(run.run_id, tmp_path / "new.csv", store=store)
+    assert [r[1] for r in got.rows] == ["yes", "no"]
+    folder = export_folder(run.run_id, tmp_path / "shipped", store=store)
+    net = load(folder.path)
+    assert net.input_names == ("features", "review")
+    assert predict(folder.path, tmp_path / "new.csv").rows == got.rows
+    assert "review (6,) long" in (tmp_path / "shipped" / "README.md").read_text()

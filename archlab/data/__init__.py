@@ -11,7 +11,7 @@ from ._dataset import (
     iterate_batches,
     num_batches,
 )
-from ._inputs import INPUT_KINDS, Inputs, input_preprocessing, read_inputs
+from ._inputs import INPUT_KINDS, NewSamples, input_preprocessing, read_inputs
 from ._load import load_dataset
 from ._ondisk import (
     DiskSplit,
@@ -42,7 +42,7 @@ __all__ = [
     "Dataset",
     "DiskSplit",
     "INPUT_KINDS",
-    "Inputs",
+    "NewSamples",
     "Split",
     "SymbolTokenizer",
     "WordTokenizer",

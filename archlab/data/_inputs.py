@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from ..core import DataError
-from ..layers import Inputs as BatchInputs
+from ..layers import Inputs
 from ._dataset import DataInfo
 from ._images import _images
 from ._ondisk import _decode_x, _kind_of
@@ -41,7 +41,7 @@ from ._tables import _MISSING, FEATURES, _encode_column, _read_csv
 from ._text import encode_reviews
 from ._tokenizers import pad_sequences, tokenizer_from_dict
 
-__all__ = ["INPUT_KINDS", "Inputs", "input_preprocessing", "read_inputs"]
+__all__ = ["INPUT_KINDS", "NewSamples", "input_preprocessing", "read_inputs"]
 
 INPUT_KINDS = ("image", "table", "reviews", "text", "seq2seq", "array", "tokens")
 _TEXT_COLUMNS = ("text", "review", "prompt", "source")
@@ -74,20 +74,20 @@ def input_preprocessing(info: DataInfo) -> dict[str, Any]:
 
 
 @dataclass
-class Inputs:
+class NewSamples:
     """New samples, ready for the model: ``x`` (N, *input_shape), an `archlab.layers.Inputs` of
     named tensors for a model of several inputs (a table with text columns), or, for a language
     model, ``prompts`` (token ids of any length); ``names`` say where each came from."""
 
     names: list[str]
-    x: Tensor | BatchInputs | None = None
+    x: Tensor | Inputs | None = None
     prompts: list[list[int]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.names)
 
 
-def read_inputs(path: str | Path, preprocessing: Mapping[str, Any]) -> Inputs:
+def read_inputs(path: str | Path, preprocessing: Mapping[str, Any]) -> NewSamples:
     """Read and encode new inputs: a folder of .png images, an .npy array or a .csv file.
 
     >>> import tempfile, numpy as np
@@ -122,7 +122,7 @@ def _shape(prep: Mapping[str, Any]) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- images
 
 
-def _read_pngs(path: Path, prep: Mapping[str, Any]) -> Inputs:
+def _read_pngs(path: Path, prep: Mapping[str, Any]) -> NewSamples:
     shape = _shape(prep)
     if prep["kind"] != "image":
         raise DataError(f"--input {path}: this model reads {_what(prep)}, not images; give "
@@ -147,13 +147,13 @@ def _read_pngs(path: Path, prep: Mapping[str, Any]) -> Inputs:
             raise DataError(f"--input {file}: cannot read it as a PNG image ({' '.join(str(e).split())})") from None
         pixels[i] = u8.reshape(shape[1], shape[2], shape[0])
     # (N, H, W, C) -> (N, C, H, W), then the loaders' own uint8 -> [0, 1]
-    return Inputs([f.name for f in files], x=_images(pixels.transpose(0, 3, 1, 2)))
+    return NewSamples([f.name for f in files], x=_images(pixels.transpose(0, 3, 1, 2)))
 
 
 # --------------------------------------------------------------------------- arrays
 
 
-def _read_npy(path: Path, prep: Mapping[str, Any]) -> Inputs:
+def _read_npy(path: Path, prep: Mapping[str, Any]) -> NewSamples:
     try:
         raw = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -191,8 +191,8 @@ def _read_npy(path: Path, prep: Mapping[str, Any]) -> Inputs:
             raise DataError(f"--input {path}: token ids must be in 0..{vocab - 1}. Received: "
                             f"{int(ids.min())}..{int(ids.max())}")
         if kind == "text":
-            return Inputs(names, prompts=ids.tolist())
-        return Inputs(names, x=ids)
+            return NewSamples(names, prompts=ids.tolist())
+        return NewSamples(names, x=ids)
     if found == "tokens":  # integer pixels or values: as floats
         found = "float"
     x = _decode_x(raw, found)  # uint8 images -> [0, 1], as the npy loader serves them
@@ -203,13 +203,13 @@ def _read_npy(path: Path, prep: Mapping[str, Any]) -> Inputs:
         missing = np.zeros(len(nums), dtype=bool)
         x = torch.from_numpy(np.concatenate([_encode_column(c, nums[:, j], missing, [""] * len(nums))
                                              for j, c in enumerate(encodings)], axis=1).astype(np.float32))
-    return Inputs(names, x=x)
+    return NewSamples(names, x=x)
 
 
 # --------------------------------------------------------------------------- tables and text
 
 
-def _read_table(path: Path, prep: Mapping[str, Any]) -> Inputs:
+def _read_table(path: Path, prep: Mapping[str, Any]) -> NewSamples:
     header, rows, lines = _read_csv(path)
     kind = prep["kind"]
     names = [f"{path.name}:{line}" for line in lines]
@@ -259,11 +259,11 @@ def _read_table(path: Path, prep: Mapping[str, Any]) -> Inputs:
         cells = ["" if missing[i] else v for i, v in enumerate(values)]
         xs[t["name"]] = encode_reviews(tokenizer_from_dict(t["tokenizer"]), cells, t["max_len"], t["pad"])
     # several named inputs (features and text columns) travel as one batch value, as in training
-    return Inputs(names, x=BatchInputs(xs) if len(xs) > 1 else next(iter(xs.values())))
+    return NewSamples(names, x=Inputs(xs) if len(xs) > 1 else next(iter(xs.values())))
 
 
 def _read_texts(path: Path, prep: Mapping[str, Any], header: list[str], rows: list[list[str]],
-                names: list[str]) -> Inputs:
+                names: list[str]) -> NewSamples:
     lowered = [h.lower() for h in header]
     col = next((lowered.index(c) for c in _TEXT_COLUMNS if c in lowered), 0 if len(header) == 1 else None)
     if prep.get("column") in header:  # a csv table's text column: the one the run was trained on
@@ -278,9 +278,9 @@ def _read_texts(path: Path, prep: Mapping[str, Any], header: list[str], rows: li
     tok = tokenizer_from_dict(prep["tokenizer"])
     (length,) = _shape(prep)
     if prep["kind"] == "reviews":
-        return Inputs(names, x=encode_reviews(tok, texts, length, prep.get("pad", "pre")))
+        return NewSamples(names, x=encode_reviews(tok, texts, length, prep.get("pad", "pre")))
     if prep["kind"] == "text":
-        return Inputs(names, prompts=[tok.encode(t) for t in texts])
+        return NewSamples(names, prompts=[tok.encode(t) for t in texts])
     # seq2seq: source ids, <eos>, <pad> up to the source length (as the seq loaders write them)
     ids = []
     for name, text in zip(names, texts, strict=True):
@@ -289,7 +289,7 @@ def _read_texts(path: Path, prep: Mapping[str, Any], header: list[str], rows: li
             raise DataError(f"--input {name}: the source is {len(src) - 1} tokens; the model reads at most "
                             f"{length - 1}. Received: {text[:40]!r}. Shorten it")
         ids.append(src)
-    return Inputs(names, x=pad_sequences(ids, length, pad_id=tok.pad_id or 0))
+    return NewSamples(names, x=pad_sequences(ids, length, pad_id=tok.pad_id or 0))
 
 
 def _what(prep: Mapping[str, Any]) -> str:

@@ -87,9 +87,12 @@ def model_card(shipped: Shipped, params: int, macs: int, target: Path) -> str:
     if shipped.spec.description:
         lines += [shipped.spec.description, ""]
     shape = "x".join(map(str, prep.get("input_shape", [])))
+    named = getattr(shipped.model, "input_types", {}) if getattr(shipped.model, "input_names", ()) else {}
+    inputs = ([f"| inputs | {', '.join(f'{n} {t.describe()}' for n, t in named.items())} ({prep.get('kind')}) |"]
+              if named else [f"| input | {shape} {prep.get('input_dtype', '')} ({prep.get('kind')}) |"])
     lines += ["| | |", "|---|---|",
               f"| task | {shipped.task} |",
-              f"| input | {shape} {prep.get('input_dtype', '')} ({prep.get('kind')}) |",
+              *inputs,
               f"| parameters | {params:,} |",
               f"| MACs per sample | {macs:,} (1 MAC = 2 FLOPs) |"]
     if record is not None:
@@ -106,7 +109,7 @@ def model_card(shipped: Shipped, params: int, macs: int, target: Path) -> str:
               "```", "", "```sh",
               *([] if shipped.task in ("vae", "gan") else
                 [f"archlab predict {target} --input INPUT --out predictions.csv"]),
-              f"archlab export {target} --onnx model.onnx --verify", "```", "",
+              *([] if named else [f"archlab export {target} --onnx model.onnx --verify"]), "```", "",
               "Files: spec.yaml (the architecture), model.safetensors (weights), preprocessing.json "
               "(how inputs are read), this card.", ""]
     return "\n".join(lines)
@@ -120,9 +123,12 @@ def _describe(prep: dict) -> str:
         cols = prep.get("columns", [])
         num = [c["name"] for c in cols if c["kind"] == "numeric"]
         cat = [c["name"] for c in cols if c["kind"] == "categorical"]
+        text = "".join(f"; text column {t['name']}: the run's {t['tokenizer']['kind']} tokenizer, the first "
+                       f"{t['max_len']} tokens, padded ({t.get('pad', 'pre')})" for t in prep.get("text") or [])
         return (f"CSV rows: numeric columns standardised with the training split's mean and deviation "
                 f"({', '.join(num) or 'none'}); categorical columns one-hot over the training categories "
-                f"({', '.join(cat) or 'none'}); empty cells {'filled' if prep.get('fill') == 'mean' else 'refused'}.")
+                f"({', '.join(cat) or 'none'}){text}; empty cells "
+                f"{'filled' if prep.get('fill') == 'mean' else 'refused'}.")
     if kind == "reviews":
         return (f"Text: the run's {(prep.get('tokenizer') or {}).get('kind', '')} tokenizer, the first "
                 f"{prep['input_shape'][0]} tokens, padded ({prep.get('pad', 'pre')}).")

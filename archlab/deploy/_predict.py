@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from ..core import ArchlabError, DataError
-from ..data import Inputs, read_inputs, tokenizer_from_dict
-from ..model import generate, require_one_input
+from ..data import NewSamples, read_inputs, tokenizer_from_dict
+from ..layers import Inputs
+from ..model import generate
 from ..runs import SQLiteRunStorage
 from ._source import Shipped, open_source
 
@@ -58,7 +59,6 @@ def predict(source: str | Path | Shipped, input_path: str | Path, out: str | Pat
     ('0.png', '0', 0.998)
     """
     shipped = source if isinstance(source, Shipped) else open_source(source, store)
-    require_one_input(shipped.model, "predict")
     task = shipped.task
     if task in ("vae", "gan"):
         raise ArchlabError(f"predict: a {task} run makes images rather than predicting; draw them with "
@@ -108,13 +108,17 @@ def _progress(total: int, what: str, quiet: bool):
                     console=Console(stderr=True), transient=True)
 
 
-def _forward(shipped: Shipped, inputs: Inputs, batch_size: int, quiet: bool) -> torch.Tensor:
+def _forward(shipped: Shipped, inputs: NewSamples, batch_size: int, quiet: bool) -> torch.Tensor:
     x = inputs.x
     assert x is not None
     net = shipped.model
-    expected = tuple(net.input_shape)
-    if tuple(x.shape[1:]) != expected:  # read_inputs checks; a hand-edited preprocessing.json may not fit
-        raise DataError(f"predict: the inputs are {tuple(x.shape[1:])} per sample, the model reads {expected}")
+    names = getattr(net, "input_names", ())
+    if names or isinstance(x, Inputs):
+        _check_named(x, net)
+    else:
+        expected = tuple(net.input_shape)
+        if tuple(x.shape[1:]) != expected:  # read_inputs checks; a hand-edited preprocessing.json may not fit
+            raise DataError(f"predict: the inputs are {tuple(x.shape[1:])} per sample, the model reads {expected}")
     device = next(net.parameters()).device
     starts = range(0, len(x), batch_size)
     outs = []
@@ -131,7 +135,23 @@ def _forward(shipped: Shipped, inputs: Inputs, batch_size: int, quiet: bool) -> 
     return torch.cat(outs)
 
 
-def _rows(shipped: Shipped, inputs: Inputs, out: torch.Tensor, net: torch.nn.Module) -> tuple[tuple[str, ...], list]:
+def _check_named(x: Any, net: torch.nn.Module) -> None:
+    """The model's named inputs are all there, each of its shape."""
+    types = net.input_types if getattr(net, "input_names", ()) else {}
+    if not isinstance(x, Inputs) or not types:
+        got = f"named inputs ({', '.join(x.names)})" if isinstance(x, Inputs) else "one array"
+        want = f"{len(types)} named inputs ({', '.join(types)})" if types else "one input"
+        raise DataError(f"predict: the model reads {want}; the file gives {got}. Several inputs are read from a "
+                        f".csv file with the columns of the table the model was trained on")
+    for name, t in types.items():
+        if name not in x:
+            raise DataError(f"predict: the model reads input {name!r}; the file gives {', '.join(x.names)}")
+        if tuple(x[name].shape[1:]) != tuple(t.shape):
+            raise DataError(f"predict: input {name!r} is {tuple(x[name].shape[1:])} per sample, the model reads "
+                            f"{tuple(t.shape)}")
+
+
+def _rows(shipped: Shipped, inputs: NewSamples, out: torch.Tensor, net: torch.nn.Module) -> tuple[tuple[str, ...], list]:
     prep, task = shipped.preprocessing, shipped.task
     names = inputs.names
     if task == "classify":
@@ -162,7 +182,7 @@ def _tokenizer(prep: dict[str, Any]):
     return tokenizer_from_dict(prep["tokenizer"])
 
 
-def _generate(shipped: Shipped, inputs: Inputs, max_tokens: int, quiet: bool) -> list[tuple[str, str]]:
+def _generate(shipped: Shipped, inputs: NewSamples, max_tokens: int, quiet: bool) -> list[tuple[str, str]]:
     tok = _tokenizer(shipped.preprocessing)
     prompts = inputs.prompts or []
     rows = []
