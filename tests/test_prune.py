@@ -27,6 +27,10 @@ def _out(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_every_zoo_spec_prunes_to_a_plain_spec_with_the_parents_output_shape(name):
     meta = _is_huge(name)
     net = build(f"zoo:{name}", device="meta" if meta else "cpu")
+    if len(net.input_names) > 1:  # bert-base: structured pruning takes one input so far, and says so
+        with pytest.raises(SpecError, match="prune: the model reads 2 named inputs"):
+            prune(net, 0.5, round_to=8)
+        return
     pruned = prune(net, 0.5, round_to=8)
     assert any(g.after < g.before for g in pruned.groups), "every zoo spec has prunable layers"
     text = pruned.spec.to_yaml()

@@ -373,6 +373,18 @@ class Repeat(nn.Module):
         return self.repeat(x)
 
 
+def _example(net: nn.Module, t: TensorType, declared: Any, batch: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
+    shape = (batch, *t.shape)
+    if t.dtype == "long":
+        if is_meta(device):
+            return torch.empty(shape, dtype=torch.long, device=device)
+        vocab = getattr(declared, "vocab", None) or min(
+            (m.num_embeddings for m in net.modules() if isinstance(m, nn.Embedding)), default=2)
+        return torch.randint(0, vocab, shape, device=device)
+    return torch.randn(shape, device=device, dtype=dtype) if not is_meta(device) \
+        else torch.empty(shape, device=device, dtype=dtype)
+
+
 class Reuse(nn.Module):
     """Another node's module applied again, with its weights (not a copy): `share: NAME`, the
     second tower of a Siamese network. The module is held as a plain attribute, so its
@@ -459,21 +471,12 @@ class Network(BuiltNetwork, nn.Module):
                       dtype: torch.dtype = torch.float32) -> Any:
         """A batch of the right shape and dtype (token ids in range for embeddings); an `Inputs`
         of every input where there are several."""
-        if not self.input_names:
-            return self._example(self.input_type, self.spec.input, batch, device, dtype)
+        # `self` may be another module that borrows this method (a QuantizedNetwork): read attributes only.
+        named = dict(self.input_types) if getattr(self, "input_names", ()) else {}
+        if not named:
+            return _example(self, self.input_type, self.spec.input, batch, device, dtype)
         specs = self.spec.input_specs
-        return Inputs({n: self._example(t, specs.get(n), batch, device, dtype) for n, t in self._named.items()})
-
-    def _example(self, t: TensorType, declared: Any, batch: int, device: Any, dtype: torch.dtype) -> torch.Tensor:
-        shape = (batch, *t.shape)
-        if t.dtype == "long":
-            if is_meta(device):
-                return torch.empty(shape, dtype=torch.long, device=device)
-            vocab = getattr(declared, "vocab", None) or min(
-                (m.num_embeddings for m in self.modules() if isinstance(m, nn.Embedding)), default=2)
-            return torch.randint(0, vocab, shape, device=device)
-        return torch.randn(shape, device=device, dtype=dtype) if not is_meta(device) \
-            else torch.empty(shape, device=device, dtype=dtype)
+        return Inputs({n: _example(self, t, specs.get(n), batch, device, dtype) for n, t in named.items()})
 
 
 # --------------------------------------------------------------------------- builder
