@@ -342,9 +342,10 @@ class Spec:
             return self._with_named_inputs(named)
         if self.inputs is not None:
             if len(self.inputs) > 1:
-                raise SpecError(f"inputs: the spec reads {len(self.inputs)} inputs ({', '.join(self.inputs)}) but "
-                                f"the data gives one unnamed x; give the data one array per input (npy: "
-                                f"train_x_NAME.npy for each name), or declare one input")
+                raise SpecError(f"inputs: the spec reads {len(self.inputs)} inputs ({', '.join(self.inputs)}); one "
+                                f"unnamed input shape (--input, or a data set of one x) cannot fill them. Give them "
+                                f"their shapes in the spec, or a data set of one array per input (npy: "
+                                f"train_x_NAME.npy; csv: ?text=COLUMN)")
             (name, current), = self.inputs.items()
             new = InputSpec(tuple(shape) if shape is not None else current.shape, dtype or current.dtype,
                             current.vocab)
