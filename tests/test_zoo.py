@@ -35,6 +35,7 @@ SMALL = {
     "lstm-classifier": (None, (2,)),
     "transformer-classifier": (None, (2,)),
     "rnn-imdb": ((40,), (1,)),
+    "digits-qa": (None, (10,)),
 }
 
 

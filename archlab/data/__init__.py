@@ -1,7 +1,7 @@
 """Data sets: records, splits and batches; images, tables, text, tokenizers, npy files and streaming."""
 
 # Importing these modules registers their entries.
-from . import _images, _ondisk, _tables, _text  # noqa: F401
+from . import _images, _multimodal, _ondisk, _tables, _text  # noqa: F401
 from ._dataset import (
     DATASETS,
     Augment,

@@ -7,6 +7,8 @@ registered by name and addressed by a uri, ``NAME`` or ``NAME:ARG`` (`load_datas
 `_load`):
 
     digits                      scikit-learn's bundled 8x8 digits (the default; no files)
+    digits-qa[?n=4]             two inputs: a digits image and a question ("plus three"), answer
+                                (digit + 3) mod 10; needs both inputs (no files)  (_multimodal)
     mnist[:PATH]                the four MNIST IDX files, plain or .gz
     fashion-mnist[:PATH]        the same format, Fashion-MNIST's class names
     cifar10[:PATH]              CIFAR-10 python batches: a folder or the .tar.gz
@@ -20,8 +22,8 @@ registered by name and addressed by a uri, ``NAME`` or ``NAME:ARG`` (`load_datas
     npy:FOLDER                  .npy arrays, memory-mapped; streamed when larger than memory;
                                 PART_x_NAME.npy for several named inputs            (_ondisk)
 
-The image loaders live in `_images`, csv in `_tables`; this module is the core they share
-(records, the registry, splitting, batching).
+The image loaders live in `_images`, csv in `_tables`, digits-qa in `_multimodal`; this module
+is the core they share (records, the registry, splitting, batching).
 
 Splits: a data set without an official test split gives 20% of its rows to test and
 ``val_fraction`` (default 10%) to validation, stratified by class; each split asked for gets

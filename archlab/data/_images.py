@@ -68,13 +68,20 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, str]:
     return bunch.data.astype(np.float32), bunch.target.astype(np.int64), sklearn.__version__
 
 
+def _digits_images(val_fraction: float) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], str]:
+    """Digits' images (N, 1, 8, 8) in [0, 1], labels (N,), the (train, val, test) image indices
+    and the scikit-learn version; `digits-qa` (`_multimodal`) splits its images the same way."""
+    x, y, version = _digits_arrays()
+    x = x.reshape(-1, 1, 8, 8) / 16.0  # pixel counts 0..16 -> [0, 1]
+    # The split ignores the run's seed: every run on digits is scored on the same test images.
+    parts = _split_indices(len(y), TEST_FRACTION, val_fraction, SPLIT_SEED, labels=y)
+    return x, y, parts, version
+
+
 @register_dataset("digits")
 def _load_digits(arg, *, seed, root, target, val_fraction) -> Dataset:
     _no_arg("digits", arg)
-    x, y, version = _digits_arrays()
-    x = x.reshape(-1, 1, 8, 8) / 16.0  # pixel counts 0..16 -> [0, 1]
-    # The split ignores `seed`: every run on digits is scored on the same test images.
-    parts = _split_indices(len(y), TEST_FRACTION, val_fraction, SPLIT_SEED, labels=y)
+    x, y, parts, version = _digits_images(val_fraction)
     # torch.tensor copies, so callers may modify their tensors without touching the cache.
     train, val, test = (Split(torch.tensor(x[i]), torch.tensor(y[i])) for i in parts)
     info = DataInfo("digits", (1, 8, 8), "float", "classify", 10,

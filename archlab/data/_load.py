@@ -42,6 +42,9 @@ def load_dataset(
     name, sep, arg = uri.partition(":")
     if not sep and uri.partition("?")[0].lower().endswith(".csv"):  # a bare path to a table
         name, arg = "csv", uri
+    elif "?" in name:  # options without an argument, `digits-qa?n=8`: the loader reads arg "?n=8"
+        name, _, query = uri.partition("?")
+        arg = "?" + query
     loader = DATASETS.get(name)
     if target is not None and name != "csv":
         raise DataError(f"{name}: target={target!r} only applies to csv data sets")
