@@ -72,7 +72,8 @@ def step_bytes(net: nn.Module, s: TrainSettings, info: DataInfo) -> dict[str, in
     width = 4  # fp32 master weights, also under autocast
     shape = tuple(info.input_shape)
     item = 4 if info.input_dtype == "float" else 8
-    batch = s.batch_size * math.prod(shape) * item
+    named = info.named_inputs() or {"": (shape, info.input_dtype)}  # several inputs: every one's batch
+    batch = sum(s.batch_size * math.prod(sh) * (4 if dt == "float" else 8) for sh, dt in named.values())
     if s.crop_padding and len(shape) == 3:  # the zero-padded copy a random crop is cut from
         c, h, w = shape
         p = s.crop_padding
