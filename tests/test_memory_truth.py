@@ -40,10 +40,14 @@ def _real_saved_bytes(spec: str, batch: int, vars: dict | None = None, autocast=
     return sum(saved.values())
 
 
-CASES = [("zoo:cnn", None), ("zoo:gpt-mini", None), ("zoo:gpt-mini", {"dropout": 0.0})]
+# Two-input networks too: the step's saved tensors include what each tower and the merge keep.
+SMALL_BERT = {"vocab": 200, "dim": 32, "heads": 4, "depth": 2, "context": 16}
+CASES = [("zoo:cnn", None), ("zoo:gpt-mini", None), ("zoo:gpt-mini", {"dropout": 0.0}),
+         ("zoo:digits-qa", None), ("zoo:bert-base", SMALL_BERT)]
+IDS = ["cnn", "gpt-mini-dropout", "gpt-mini-no-dropout", "digits-qa", "bert-small"]
 
 
-@pytest.mark.parametrize("spec, vars", CASES, ids=["cnn", "gpt-mini-dropout", "gpt-mini-no-dropout"])
+@pytest.mark.parametrize("spec, vars", CASES, ids=IDS)
 def test_fp32_activations_equal_a_real_cpu_step(spec: str, vars: dict | None) -> None:
     for batch in (1, 3):
         real = _real_saved_bytes(spec, batch, vars)
@@ -52,7 +56,7 @@ def test_fp32_activations_equal_a_real_cpu_step(spec: str, vars: dict | None) ->
         assert priced == real  # ... and in fact exact: the same kernels, the same saved tensors
 
 
-@pytest.mark.parametrize("spec, vars", CASES, ids=["cnn", "gpt-mini-dropout", "gpt-mini-no-dropout"])
+@pytest.mark.parametrize("spec, vars", CASES, ids=IDS)
 def test_bf16_activations_equal_a_real_cpu_autocast_step(spec: str, vars: dict | None) -> None:
     real = _real_saved_bytes(spec, 2, vars, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
     # The emulation on real tensors saves what torch.autocast saves ...
