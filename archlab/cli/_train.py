@@ -33,7 +33,7 @@ def train_cmd(
     seed: Annotated[int | None, typer.Option()] = None,
     early_stop: Annotated[int | None, typer.Option(help="Stop after N epochs without improvement.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
-    task: Annotated[str | None, typer.Option(help="classify or regress (default: the data set's).")] = None,
+    task: Annotated[str | None, typer.Option(help="classify, classify_mse, regress, language_model, seq2seq, vae or gan (default: the data set's).")] = None,
     target: Annotated[str | None, typer.Option(help="csv: the target column.")] = None,
     crop_padding: Annotated[int | None, typer.Option(help="Augment: random crop with this padding.")] = None,
     hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="Augment: random horizontal flips.")] = None,
