@@ -83,6 +83,12 @@ def covered_cases() -> Iterator[tuple[str, Any, tuple, dict]]:
                 tag = f"{shape}-{str(dtype)[6:]}-{i}"
                 yield f"rsqrt-{tag}", aten.rsqrt.default, (a,), {}
                 yield f"silu-{tag}", aten.silu.default, (a,), {}
+                yield f"gelu-{tag}", aten.gelu.default, (a,), {}
+                yield f"gelu-tanh-{tag}", aten.gelu.default, (a,), {"approximate": "tanh"}
+                if len(shape) != 4:  # (declined in 4 dims: see below)
+                    w = torch.empty(shape[-1:], dtype=dtype, device=META)
+                    yield f"layer_norm-{tag}", aten.native_layer_norm.default, (a, shape[-1:], w, w, 1e-5), {}
+                    yield f"layer_norm-2-{tag}", aten.native_layer_norm.default, (a, shape[-2:], None, None, 1e-5), {}
                 for exponent in (2, 2.0, 0.5, 3, -1.5):
                     yield f"pow{exponent}-{tag}", aten.pow.Tensor_Scalar, (a, exponent), {}
                 yield f"add_-{tag}", aten.add_.Scalar, (a, 1.0), {}
@@ -111,7 +117,10 @@ def covered_cases() -> Iterator[tuple[str, Any, tuple, dict]]:
                     (logits, target, None, reduction, -100), {}
         for m, k, n in [(5, 3, 4), (1, 8, 2)]:
             for i, a in enumerate(views((m, k), dtype)):
-                yield f"mm-{m}x{k}x{n}-{d}-{i}", aten.mm.default, (a, torch.empty((k, n), dtype=dtype, device=META)), {}
+                b = torch.empty((k, n), dtype=dtype, device=META)
+                yield f"mm-{m}x{k}x{n}-{d}-{i}", aten.mm.default, (a, b), {}
+                for bias in (torch.empty(n, dtype=dtype, device=META), torch.empty((m, n), dtype=dtype, device=META)):
+                    yield f"addmm-{m}x{k}x{n}-{tuple(bias.shape)}-{d}-{i}", aten.addmm.default, (bias, a, b.t().contiguous().t()), {}
         weight = torch.empty((11, 6), dtype=dtype, device=META)
         for idx_shape in [(), (4,), (2, 5)]:
             for idx_dtype in (torch.long, torch.int32):
@@ -156,7 +165,10 @@ def test_inputs_no_rule_models_go_to_pytorchs_kernel() -> None:
         (aten.nll_loss_forward.default, (a, torch.empty(2, dtype=torch.long, device=META), None, 0, -100), {}),
         (aten.mm.default, (a, torch.empty((3, 2), dtype=torch.float16, device=META)), {}),
         (aten.zeros.default, ((2,),), {"device": torch.device("cpu")}),
+        (aten.addmm.default, (torch.empty(3, device=META), a, torch.empty((3, 3), device=META)), {"beta": 0.5}),
+        (aten.native_layer_norm.default, (torch.empty((2, 3, 4, 5), device=META), [5], None, None, 1e-5), {}),
     ]
+    assert rules._RULES[aten.gelu.default](a, approximate="erf") is None  # PyTorch's kernel raises its error
     for func, args, kwargs in declined:
         assert rules._RULES[func](*args, **kwargs) is None, func
         out = rules.meta_output(func, args, kwargs)  # PyTorch's kernel answers instead
@@ -184,9 +196,9 @@ def test_every_zoo_spec_inspects_alike_with_and_without_the_rules(name: str, mon
     assert [inspect(f"zoo:{name}", **s).to_dict() for s in settings] == with_rules
 
 
-def test_inspecting_llama_imports_neither_dynamo_nor_sympy() -> None:
+def test_inspecting_llama_and_gpt2_imports_neither_dynamo_nor_sympy() -> None:
     # What made the first inspection in a process slow (1.2-1.5 s of imports): a fresh process.
-    code = ("import sys, archlab; archlab.inspect('zoo:llama-7b', device='cpu'); "
+    code = ("import sys, archlab; [archlab.inspect(f'zoo:{n}', device='cpu') for n in ('llama-7b', 'gpt2')]; "
             "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -4,8 +4,8 @@ On the meta device PyTorch runs many ops through Python reference kernels (torch
 torch._decomp). Their type-promotion wrappers are wrapped in `torch._disable_dynamo`, which
 imports torch._dynamo (and sympy) the first time one of them runs: 1.2-1.5 s, ten times what
 the whole 7B inspection costs after it. The inspector's dispatch mode asks `meta_output` for
-the output of every op it prices; for the ops below, the ones a llama-style transformer and its
-loss run, the answer is made here: an empty meta tensor of the shape, strides, dtype and
+the output of every op it prices; for the ops below, the ones a llama- or GPT-style transformer
+and its loss run, the answer is made here: an empty meta tensor of the shape, strides, dtype and
 storage size PyTorch's kernel gives, by the rules that kernel follows (broadcasting, type
 promotion, the stride order of TensorIterator), written for concrete sizes. An input a rule
 does not cover (mixed 0-dim operands, `alpha=`, channels-last concatenation, ...) gets None
@@ -320,6 +320,48 @@ def _zeros(size: Any, *, dtype: Any = None, layout: Any = None, device: Any = No
     return torch.empty(size, dtype=dtype or torch.get_default_dtype(), device="meta")
 
 
+def _gelu(a: Any, approximate: str = "none") -> torch.Tensor | None:
+    return _pointwise(a) if approximate in ("none", "tanh") else None
+
+
+def _addmm(bias: Any, a: Any, b: Any, *, beta: Any = 1, alpha: Any = 1) -> torch.Tensor | None:
+    # A linear layer's bias (out,) or a full (rows, out) term: PyTorch's kernel adds it to the
+    # contiguous product, which sets the layout.
+    if beta != 1 or alpha != 1 or _mm(a, b) is None or not _plain(bias) or bias.dtype != a.dtype:
+        return None
+    shape = (a.shape[0], b.shape[1])
+    if tuple(bias.shape) not in (shape[1:], shape) or not _is_contiguous(bias.shape, bias.stride()):
+        return None
+    return torch.empty(shape, dtype=a.dtype, device="meta")
+
+
+def _layer_norm(x: Any, normalized_shape: Any, weight: Any, bias: Any, eps: float) -> tuple | None:
+    """torch._refs.native_layer_norm's outputs: (x - mean) * rstd [* weight] [+ bias] on x made
+    contiguous, in x's dtype; the mean and 1/std it saves, contiguous, with the normalized dims
+    kept as 1, in the compute dtype (fp32 for low precision; meta tensors are not cast back)."""
+    n = len(normalized_shape)
+    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else ()
+    if not _plain(x) or x.ndim == 4 or n < 1 or x.ndim < n or shape[x.ndim - n:] != tuple(normalized_shape):
+        return None  # (in 4 dims a tensor can be both contiguous and channels-last: not modelled)
+    for p in (weight, bias):
+        if p is not None and (not _plain(p) or p.dtype != x.dtype or tuple(p.shape) != tuple(normalized_shape)):
+            return None
+    compute = _COMPUTED_IN.get(x.dtype, x.dtype)
+    stats = torch.empty((*shape[:x.ndim - n], *[1] * n), dtype=compute, device="meta")
+
+    def dense(t: torch.Tensor) -> torch.Tensor:  # torch._refs.contiguous: kept where it already is
+        return t if _is_contiguous(t.shape, t.stride()) else torch.empty(tuple(t.shape), dtype=t.dtype, device="meta")
+
+    # Each step is an elementwise op: its output is laid out in the order of its operands.
+    out = dense(x)
+    for other in (stats, stats, weight, bias):  # - mean, * rstd, * weight, + bias
+        if other is not None:
+            operand = dense(other).expand(shape)
+            out = torch.empty_permuted(shape, _output_order(shape, [out.stride(), operand.stride()]),
+                                       dtype=x.dtype, device="meta")
+    return out, stats, torch.empty(tuple(stats.shape), dtype=compute, device="meta")
+
+
 _RULES: dict[Any, Callable[..., Any]] = {
     aten.add.Tensor: _binary, aten.sub.Tensor: _binary, aten.mul.Tensor: _binary, aten.div.Tensor: _binary,
     aten.pow.Tensor_Scalar: _pow_scalar, aten.rsqrt.default: _unary,
@@ -330,4 +372,6 @@ _RULES: dict[Any, Callable[..., Any]] = {
     aten.silu.default: _silu, aten.mm.default: _mm, aten.embedding.default: _embedding,
     aten._scaled_dot_product_flash_attention_for_cpu.default: _flash_attention_cpu,
     aten.add_.Scalar: _add_scalar_, aten.zeros.default: _zeros,
+    # GPT-2 and ViT: layer norm, the biased linear layer, GELU.
+    aten.native_layer_norm.default: _layer_norm, aten.addmm.default: _addmm, aten.gelu.default: _gelu,
 }
