@@ -45,6 +45,7 @@ from ..spec import Spec, load_spec
 from ._autocast import DEVICES, MetaAutocast
 from ._builder import NOTHING_TO_CHECKPOINT, Network, Residual, checkpoint_repeats, is_checkpointed
 from ._kinds import build
+from ._meta_rules import meta_output
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 copies of each trainable weight
@@ -183,8 +184,17 @@ class _CostMode(TorchDispatchMode):
         self.loss = ""  # what _priced_loss priced, in words
         self.recompute = 0  # bytes the largest checkpointed segment saves again during its backward
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # TorchDispatchMode wraps a subclass's __torch_dispatch__ in torch._disable_dynamo
+        # unless this says False. That wrapper keeps torch.compile from tracing into the mode;
+        # it imports torch._dynamo on the first op (1.0-1.4 s, more than the whole 7B
+        # inspection) and switches the frame evaluator on every op. This mode runs only
+        # inside inspect, on meta tensors, never under torch.compile: nothing to keep out.
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
+        out = meta_output(func, args, kwargs or {})  # PyTorch's kernel, or the same output without it
         name = func.overloadpacket.__name__
         where = self.stack[-1] if self.stack else OUTSIDE
         cost = op_flops(name, args, out)
