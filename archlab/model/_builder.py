@@ -212,6 +212,7 @@ class Route:
     keeps: str = ""
     memory: str = ""
     users: tuple[nn.Module, ...] = ()  # the MemoryUsers that `memory` feeds
+    path: str = ""  # the node's spec path (the inspector prices a merge of reads under it)
 
     def read(self) -> torch.Tensor:
         outs = [self.scope.read(name) for name in self.reads]
@@ -581,7 +582,7 @@ class _Builder:
                 self.sharable[keeps] = (module, x, out)
         if ROUTE in module.__dict__:  # the node's own module routes already (a block of one routed node)
             module = Serial(module)
-        module.__dict__[ROUTE] = Route(self.scope, reads, merge, dim, keeps)
+        module.__dict__[ROUTE] = Route(self.scope, reads, merge, dim, keeps, path=path)
         self.routes += 1
         if inner is None:
             what = f"share {route['share']}" if "share" in route else merge

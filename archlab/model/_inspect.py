@@ -43,9 +43,17 @@ from ..core import SpecError, parse_size, thaw
 from ..layers import LAYERS, PRICED_DEVICE, MemoryUser, SelfAttention, attention_kernel
 from ..spec import Spec, load_spec
 from ._autocast import DEVICES, MetaAutocast
-from ._builder import NOTHING_TO_CHECKPOINT, Network, Residual, checkpoint_repeats, is_checkpointed
+from ._builder import (
+    NOTHING_TO_CHECKPOINT,
+    ROUTE,
+    Network,
+    Residual,
+    checkpoint_repeats,
+    is_checkpointed,
+)
 from ._kinds import build
 from ._meta_rules import meta_output
+from ._network import Node
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIMIZER_STATES = {"sgd": 1, "adam": 2, "adamw": 2}  # fp32 copies of each trainable weight
@@ -598,6 +606,20 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
             handles.append(module.proj.register_forward_pre_hook(lambda _m, _a, p=path: mode.stack.append(p)))
             handles.append(module.proj.register_forward_hook(lambda _m, _a, _o: mode.stack.pop() and None))
 
+    routes = []  # a merge of several reads (from: [a, b], merge: add) is priced under its node's row
+    for module in net.modules():
+        route = module.__dict__.get(ROUTE)
+        if route is not None and len(route.reads) > 1:
+            def priced_read(read=route.read, path=route.path) -> torch.Tensor:
+                mode.stack.append(path)
+                try:
+                    return read()
+                finally:
+                    mode.stack.pop()
+
+            route.__dict__["read"] = priced_read
+            routes.append(route)
+
     def enter_segment(_m: nn.Module, args: tuple) -> None:
         if not segment:
             inp = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -637,6 +659,8 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
             h.remove()
         for module in patched:
             del module.__dict__["forward"]
+        for route in routes:
+            del route.__dict__["read"]
     return mode, activation_bytes
 
 
@@ -712,14 +736,21 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
                 f"cannot train on one value per channel (nor can this model at batch {micro})")
 
     seen: set[int] = set()
-    rows = []
+    leaf_rows = {}
     for leaf in net.layers:
         module = net.get_submodule(leaf.module_name)
         n = _unique_params(module, seen)
         note = f"tied to {module.tied_to}" if hasattr(module, "tied_to") else ""
         if any(not p.requires_grad for p in module.parameters()):
             note = (note + "; " if note else "") + "frozen"
-        rows.append(LayerCost(leaf.path, leaf.kind, leaf.output.shape, n, mode1.flops[leaf.path], note))
+        leaf_rows[leaf.path] = LayerCost(leaf.path, leaf.kind, leaf.output.shape, n, mode1.flops[leaf.path], note)
+    rows = []
+    for node in _rows_in_order(net):  # leaves, and the nodes that only read (from:) or reuse (share:)
+        if node.kind == "leaf":
+            rows.append(leaf_rows.pop(node.path))
+        else:
+            rows.append(_route_row(node, mode1.flops.get(node.path, 0)))
+    rows += leaf_rows.values()  # none: every leaf is in a section's tree
     for module in net.modules():  # each auto projection after the last row of its residual's branch
         if isinstance(module, Residual) and module.auto_projection is not None:
             path, what = module.auto_projection
@@ -757,6 +788,36 @@ def inspect(spec: Spec | str | Mapping[str, Any], *, input_shape: tuple[int, ...
         inputs={n: {"shape": list(t.shape), "dtype": t.dtype} for n, t in net.input_types.items()}
         if net.input_names else {},
     )
+
+
+def _rows_in_order(net: nn.Module) -> list[Node]:
+    """The leaf and route nodes of every section, in forward order."""
+    out: list[Node] = []
+
+    def walk(node: Node) -> None:
+        if node.kind in ("leaf", "route"):
+            out.append(node)
+            return
+        for child in node.children:
+            walk(child)
+        if isinstance(node.projection, Node):
+            walk(node.projection)
+
+    for section in net.sections:
+        walk(section.tree)
+    return out
+
+
+def _route_row(node: Node, flops: int) -> LayerCost:
+    """A row for a node of only `from:` (what it reads, merged) or `share:` (a tower again)."""
+    if node.name.startswith("share "):
+        target = node.name.removeprefix("share ")
+        return LayerCost(node.path, "share", node.output.shape, 0, flops,
+                         f"{target}'s layers again, same weights; their rows count both uses")
+    what = " + ".join(node.reads) if node.reads else "the previous output"
+    merge = f" ({node.name})" if node.name else ""
+    named = f", named {node.keeps}" if node.keeps else ""
+    return LayerCost(node.path, "from", node.output.shape, 0, flops, f"reads {what}{merge}{named}")
 
 
 def _attention_priced(net: nn.Module, device: str, dtype: torch.dtype) -> str:
