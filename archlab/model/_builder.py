@@ -180,6 +180,16 @@ def _checkpointed(fn: Any, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
                              context_fn=lambda: (contextlib.nullcontext(), _KeepNormStatistics(module)))
 
 
+def merge_tensors(outs: list[torch.Tensor], merge: str, dim: int) -> torch.Tensor:
+    """Branch outputs or reads joined: concat along batch dim `dim`, or summed (add) or averaged (mean)."""
+    if merge == "concat":
+        return torch.cat(outs, dim=dim)
+    total = outs[0]
+    for y in outs[1:]:
+        total = total + y
+    return total / len(outs) if merge == "mean" else total
+
+
 class Scope:
     """The named tensors of one forward: the network's inputs, then each named node's output.
     `active` is true while the network's forward runs (a checkpoint's recomputation in backward
@@ -216,14 +226,7 @@ class Route:
 
     def read(self) -> torch.Tensor:
         outs = [self.scope.read(name) for name in self.reads]
-        if len(outs) == 1:
-            return outs[0]
-        if self.merge == "concat":
-            return torch.cat(outs, dim=self.dim)
-        total = outs[0]
-        for y in outs[1:]:
-            total = total + y
-        return total / len(outs) if self.merge == "mean" else total
+        return outs[0] if len(outs) == 1 else merge_tensors(outs, self.merge, self.dim)
 
     def run(self, module: nn.Module, x: Any) -> Any:
         if self.reads:
@@ -333,13 +336,7 @@ class Parallel(nn.Module):
         self.merge, self.dim = merge, dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [call(branch, x) for branch in self.parallel]
-        if self.merge == "concat":
-            return torch.cat(outs, dim=self.dim)
-        total = outs[0]
-        for y in outs[1:]:
-            total = total + y
-        return total / len(outs) if self.merge == "mean" else total
+        return merge_tensors([call(branch, x) for branch in self.parallel], self.merge, self.dim)
 
     def extra_repr(self) -> str:
         return f"merge={self.merge}" + (f", dim={self.dim}" if self.merge == "concat" else "")
