@@ -16,9 +16,9 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 from interrupts import interrupt_at
 from safetensors.torch import load_file
+from savedbytes import real_saved_bytes
 from typer.testing import CliRunner
 
 import archlab.model._builder as builder_module
@@ -49,33 +49,13 @@ def _last_weights(run) -> dict[str, torch.Tensor]:
     return load_file(run.directory / "checkpoint.safetensors")
 
 
-def _real_saved_bytes(net: torch.nn.Module, batch: int) -> int:
-    net.train()
-    weights = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in weights:
-            saved[storage._cdata] = storage.nbytes()
-        return t
-
-    torch.manual_seed(0)
-    x = net.example_input(batch)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = net(x).float()
-        target = torch.zeros(out.shape[:-1].numel(), dtype=torch.long)
-        F.cross_entropy(out.reshape(-1, out.shape[-1]), target)
-    return sum(saved.values())
-
-
 @pytest.mark.parametrize("vars", [None, {"dropout": 0.0}], ids=["dropout", "no-dropout"])
 def test_checkpointed_gpt_saves_less_and_the_inspector_prices_what_a_real_step_saves(vars) -> None:
     plain = inspect("zoo:gpt-mini", batch=2, vars=vars, device="cpu").memory
     priced = inspect("zoo:gpt-mini", batch=2, vars=vars, device="cpu", activation_checkpointing=True).memory
     net = build("zoo:gpt-mini", seed=0, vars=vars)
     assert checkpoint_repeats(net) == 4
-    real = _real_saved_bytes(net, 2)
+    real = real_saved_bytes(net, 2)
     assert priced.activations == real  # exact, as without checkpointing
     assert priced.checkpointed == 4 and plain.checkpointed == 0 and plain.recompute == 0
     assert priced.activations < plain.activations / 4  # the four blocks keep only their inputs
@@ -130,7 +110,7 @@ def test_bf16_checkpointed_activations_equal_a_real_cpu_autocast_step() -> None:
     net = build("zoo:gpt-mini", seed=0)
     checkpoint_repeats(net)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        real = _real_saved_bytes(net, 2)
+        real = real_saved_bytes(net, 2)
     assert inspect("zoo:gpt-mini", batch=2, dtype="bf16", device="cpu",
                    activation_checkpointing=True).memory.activations == real
 
@@ -147,7 +127,7 @@ def test_checkpoint_true_on_a_repeat_a_residual_and_a_block_reference() -> None:
     assert net.state_dict().keys() == plain.state_dict().keys()  # the mark is no module of its own
     for a, b in zip(net.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    real, real_plain = _real_saved_bytes(net, 3), _real_saved_bytes(plain, 3)
+    real, real_plain = real_saved_bytes(net, 3), real_saved_bytes(plain, 3)
     assert real < real_plain
     assert inspect(MARKED, batch=3, device="cpu").memory.activations == real
     assert inspect(unmarked, batch=3, device="cpu").memory.activations == real_plain

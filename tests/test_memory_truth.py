@@ -10,11 +10,10 @@ PyTorch picks for the dropout), and within the issue's 10% in every case tested 
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as F
+from savedbytes import real_saved_bytes
 
 from archlab import build, inspect
 from archlab.layers import attention_kernel
@@ -22,22 +21,7 @@ from archlab.model._autocast import MetaAutocast
 
 
 def _real_saved_bytes(spec: str, batch: int, vars: dict | None = None, autocast=None) -> int:
-    net = build(spec, seed=0, vars=vars).train()
-    weights = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in weights:
-            saved[storage._cdata] = storage.nbytes()
-        return t
-
-    x = net.example_input(batch)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast or contextlib.nullcontext():
-        out = net(x).float()
-        target = torch.zeros(out.shape[:-1].numel(), dtype=torch.long)
-        F.cross_entropy(out.reshape(-1, out.shape[-1]), target)
-    return sum(saved.values())
+    return real_saved_bytes(build(spec, seed=0, vars=vars), batch, autocast)
 
 
 # Two-input networks too: the step's saved tensors include what each tower and the merge keep.
