@@ -38,17 +38,8 @@ from ..core import StoreError
 from ._artifacts import RUNS_FOLDER
 from ._base import RunStorage
 from ._records import STATUSES, Claim, EpochRecord, RunRecord, StoreWarning, check_run_id, is_run_id
-from ._sqlite import (
-    _claim,
-    _Damaged,
-    _dumps,
-    _epoch_record,
-    _metrics,
-    _new_run_id,
-    _run_record,
-    _shown,
-    default_root,
-)
+from ._rows import _claim, _Damaged, _dumps, _epoch_record, _metrics, _run_record, _shown
+from ._sqlite import _new_run_id, default_root
 
 __all__ = ["PostgresRunStorage", "is_postgres_url", "masked_url"]
 
