@@ -111,24 +111,6 @@ def test_tag_keys_with_dots_and_quotes(store):
     assert [r.run_id for r in store.list_runs(tags={'a.b "c"': "x'y"})] == [rid]
 
 
-def test_prefix_lookup_and_ambiguity(store, monkeypatch):
-    ids = iter(["r1234aaaa", "r1234bbbb", "r9999cccc"])
-    monkeypatch.setattr("archlab.runs._sqlite._new_run_id", lambda: next(ids))
-    a, b, c = (_new(store) for _ in range(3))
-    assert store.get_run("r9").run_id == c
-    assert store.get_run("r1234b").run_id == b
-    with pytest.raises(StoreError, match="ambiguous.*r1234aaaa, r1234bbbb"):
-        store.get_run("r1234")
-    store.delete_run("r1234a")
-    assert [r.run_id for r in store.list_runs()] == [c, b]
-
-
-def test_id_collision_is_retried(store, monkeypatch):
-    ids = iter(["raaaaaaaa", "raaaaaaaa", "rbbbbbbbb"])
-    monkeypatch.setattr("archlab.runs._sqlite._new_run_id", lambda: next(ids))
-    assert (_new(store), _new(store)) == ("raaaaaaaa", "rbbbbbbbb")
-
-
 def test_records_are_immutable(store):
     rid = _new(store, study="s1")
     store.log_epoch(rid, 0, {"val_acc": 0.5})

@@ -174,6 +174,25 @@ def test_prefix_lookup_not_found_and_delete(store):
         store.get_run(rid)
 
 
+def test_prefix_lookup_and_ambiguity(store, monkeypatch):
+    ids = iter(["r1234aaaa", "r1234bbbb", "r9999cccc"])
+    monkeypatch.setattr("archlab.runs._sql._new_run_id", lambda: next(ids))
+    a, b, c = (_new(store) for _ in range(3))
+    assert store.get_run("r9").run_id == c
+    assert store.get_run("r1234b").run_id == b
+    with pytest.raises(StoreError, match="ambiguous.*r1234aaaa, r1234bbbb"):
+        store.get_run("r1234")
+    store.delete_run("r1234a")
+    assert [r.run_id for r in store.list_runs()] == [c, b]
+
+
+def test_id_collision_is_retried(store, monkeypatch):
+    # the retry is inside the one transaction: on PostgreSQL an error there would abort it
+    ids = iter(["raaaaaaaa", "raaaaaaaa", "rbbbbbbbb"])
+    monkeypatch.setattr("archlab.runs._sql._new_run_id", lambda: next(ids))
+    assert (_new(store), _new(store)) == ("raaaaaaaa", "rbbbbbbbb")
+
+
 def test_reading_an_empty_store_creates_nothing(store):
     assert store.list_runs() == [] and find_runs(store, status="stopped") == []
     with pytest.raises(StoreError, match="not found"):

@@ -1,9 +1,10 @@
 """The storage contract: what every run-store backend promises (as Optuna's ``BaseStorage``).
 
 The trainer, the CLI, compare and search talk only to :class:`RunStorage`;
-:class:`~archlab.runs.SQLiteRunStorage` is today's one backend, and
+:class:`~archlab.runs.SQLiteRunStorage` and :class:`~archlab.runs.PostgresRunStorage` are
+its backends (what their SQL shares is written once, in ``archlab.runs._sql``), and
 ``tests/test_store_contract.py`` runs the same contract suite over every backend, so a
-second one (PostgreSQL, say) is done when that suite passes against it.
+new one is done when that suite passes against it.
 """
 
 from __future__ import annotations

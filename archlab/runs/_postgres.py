@@ -26,29 +26,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..core import StoreError
-from ._artifacts import RUNS_FOLDER
-from ._base import RunStorage
-from ._records import STATUSES, Claim, EpochRecord, RunRecord, StoreWarning, check_run_id, is_run_id
-from ._sqlite import (
-    _claim,
-    _Damaged,
-    _dumps,
-    _epoch_record,
-    _metrics,
-    _new_run_id,
-    _run_record,
-    _shown,
-    default_root,
-)
+from ._records import RunRecord, check_run_id
+from ._rows import _dumps
+from ._sql import SQLRunStorage, _wanted_statuses
+from ._sqlite import default_root
 
 __all__ = ["PostgresRunStorage", "is_postgres_url", "masked_url"]
 
@@ -123,7 +111,7 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
-class PostgresRunStorage(RunStorage):
+class PostgresRunStorage(SQLRunStorage):
     """Run storage in a PostgreSQL database; artifacts in the folder ``root``.
 
     >>> PostgresRunStorage("postgresql://ann:pw@db/runs", "/tmp/x")
@@ -131,6 +119,12 @@ class PostgresRunStorage(RunStorage):
     """
 
     connect_timeout_s = 10  # libpq's connect_timeout (whole seconds, at least 2)
+
+    # the shared statements (archlab.runs._sql) in PostgreSQL's words
+    _NAMES = {"runs": "archlab_runs", "epochs": "archlab_epochs", "claims": "archlab_claims",
+              "tags_in": "?::jsonb", "tags_out": "tags::text",  # tags are JSONB: queried by containment
+              "seq": "seq"}
+    _PARAM = "%s"
 
     def __init__(self, url: str, root: str | Path | None = None):
         if not is_postgres_url(url):
@@ -238,89 +232,29 @@ class PostgresRunStorage(RunStorage):
             conn.close()
         self._local.conn = None
 
-    # -- the contract ------------------------------------------------------------------
+    _write = _read = _run  # one transaction either way (readers never wait on writers)
 
-    def create_run(
-        self,
-        *,
-        name: str,
-        data: str,
-        spec: Mapping[str, Any],
-        settings: Mapping[str, Any],
-        env: Mapping[str, Any],
-        params: int | None,
-        tags: Mapping[str, str] | None = None,
-    ) -> str:
-        row = (str(name), str(data), _dumps(spec, "spec"), _dumps(settings, "settings"), _dumps(env, "env"),
-               None if params is None else int(params),
-               _dumps({str(k): str(v) for k, v in (tags or {}).items()}, "tags"))
+    @property
+    def _store_name(self) -> str:
+        return self.shown
 
-        def insert(conn: Any) -> str:
-            now = time.time()
-            while True:
-                run_id = _new_run_id()
-                cur = conn.execute(
-                    "INSERT INTO archlab_runs (run_id, name, status, created_at, updated_at, duration_s, data, "
-                    "spec, settings, env, params, test_metrics, tags, message) VALUES (%s, %s, 'running', %s, "
-                    "%s, NULL, %s, %s, %s, %s, %s, '{}', %s::jsonb, '') ON CONFLICT (run_id) DO NOTHING",
-                    (run_id, row[0], now, now, *row[1:]),
-                )
-                if cur.rowcount == 1:
-                    return run_id
+    @property
+    def _records_name(self) -> str:
+        return self.shown
 
-        return self._run(insert)
+    def _clock(self, conn: Any) -> float:
+        # The server's clock, so machines whose clocks disagree judge leases alike.
+        return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
 
-    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
-        check_run_id(run_id)
-        text = _dumps(_metrics(metrics, "metrics"), "metrics")
-
-        def upsert(conn: Any) -> None:
-            cur = conn.execute("UPDATE archlab_runs SET updated_at = %s WHERE run_id = %s", (time.time(), run_id))
-            if cur.rowcount == 0:
-                raise self._not_found(run_id)
-            conn.execute("INSERT INTO archlab_epochs (run_id, epoch, metrics) VALUES (%s, %s, %s) "
-                         "ON CONFLICT (run_id, epoch) DO UPDATE SET metrics = EXCLUDED.metrics",
-                         (run_id, int(epoch), text))
-
-        self._run(upsert)
-
-    def set_status(
-        self,
-        run_id: str,
-        status: str,
-        *,
-        message: str = "",
-        test_metrics: Mapping[str, float] | None = None,
-        duration_s: float | None = None,
-    ) -> None:
-        check_run_id(run_id)
-        if status not in STATUSES:
-            raise StoreError(f"run {run_id!r}: unknown status. Expected one of {', '.join(STATUSES)}. "
-                             f"Received: status={status!r}")
-        tm = None if test_metrics is None else _dumps(_metrics(test_metrics, "test_metrics"), "")
-
-        def update(conn: Any) -> None:
-            cur = conn.execute(
-                "UPDATE archlab_runs SET status = %s, message = %s, updated_at = %s, "
-                "test_metrics = COALESCE(%s, test_metrics), duration_s = COALESCE(%s, duration_s) "
-                "WHERE run_id = %s",
-                (status, str(message), time.time(), tm, None if duration_s is None else float(duration_s), run_id),
-            )
-            if cur.rowcount == 0:
-                raise self._not_found(run_id)
-
-        self._run(update)
+    # -- what PostgreSQL says its own way -----------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord:
+        check_run_id(run_id, prefix=True)  # before asking the server whether the tables exist
+        return super().get_run(run_id)
+
+    def delete_run(self, run_id: str) -> None:
         check_run_id(run_id, prefix=True)
-        if not self._exists():
-            raise self._not_found(run_id)
-
-        def read(conn: Any) -> RunRecord:
-            full = self._resolve(conn, run_id)
-            return self._records(conn, "WHERE run_id = %s", [full], strict=True)[0]
-
-        return self._run(read)
+        super().delete_run(run_id)
 
     def list_runs(
         self,
@@ -331,142 +265,28 @@ class PostgresRunStorage(RunStorage):
     ) -> list[RunRecord]:
         where, args = [], []
         if status is not None:
-            wanted = [status] if isinstance(status, str) else list(status)
-            unknown = [s for s in wanted if s not in STATUSES]
-            if unknown:
-                raise StoreError(f"unknown run status {unknown[0]!r}. Expected one of {', '.join(STATUSES)}. "
-                                 f"Received: status={unknown[0]!r}")
             where.append("status = ANY(%s)")
-            args.append(wanted)
+            args.append(_wanted_statuses(status))
         if tags:
             where.append("tags @> %s::jsonb")  # containment: every given key with its value
             args.append(_dumps({str(k): str(v) for k, v in tags.items()}, "tags"))
         if not self._exists():
             return []
-        sql = ("WHERE " + " AND ".join(where)) if where else ""
-        sql += " ORDER BY created_at DESC, seq DESC"
-        if limit is not None:
-            sql += " LIMIT %s"
-            args.append(int(limit))
-        return self._run(lambda conn: self._records(conn, sql, args))
-
-    def delete_run(self, run_id: str) -> None:
-        check_run_id(run_id, prefix=True)
-        if not self._exists():
-            raise self._not_found(run_id)
-
-        def delete(conn: Any) -> str:
-            full = self._resolve(conn, run_id)
-            conn.execute("DELETE FROM archlab_epochs WHERE run_id = %s", (full,))
-            conn.execute("DELETE FROM archlab_runs WHERE run_id = %s", (full,))
-            return full
-
-        full = self._run(delete)
-        folder = self.root / RUNS_FOLDER / full
-        if folder.is_symlink():
-            folder.unlink()
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    # -- claims (see archlab.runs._claims) ---------------------------------------------
-
-    def _claims(self, fn: Callable[[Any, float], Any]) -> Any:
-        # The server's clock, so machines whose clocks disagree judge leases alike.
-        return self._run(lambda c: fn(c, float(c.execute("SELECT extract(epoch FROM clock_timestamp())")
-                                                  .fetchone()[0])))
-
-    def claim(self, key: str, owner: str, *, lease_s: float) -> Claim:
-        def claim(conn: Any, now: float) -> Claim:
-            conn.execute(
-                "INSERT INTO archlab_claims AS c (key, owner, state, heartbeat_at, attempts) "
-                "VALUES (%s, %s, 'claimed', %s, 1) ON CONFLICT (key) DO UPDATE SET owner = EXCLUDED.owner, "
-                "heartbeat_at = EXCLUDED.heartbeat_at, attempts = c.attempts + 1 "
-                "WHERE c.state = 'claimed' AND c.heartbeat_at < %s",
-                (key, owner, now, now - float(lease_s)),
-            )
-            return _claim(key, owner, self._claim_row(conn, key))
-
-        return self._claims(claim)
-
-    def heartbeat(self, owner: str) -> int:
-        return self._claims(lambda c, now: c.execute(
-            "UPDATE archlab_claims SET heartbeat_at = %s WHERE owner = %s AND state = 'claimed'",
-            (now, owner)).rowcount)
-
-    def finish_claim(self, key: str, owner: str, result: Mapping[str, Any]) -> Claim:
-        text = _dumps(dict(result), "result")
-
-        def finish(conn: Any, now: float) -> Claim:
-            conn.execute("UPDATE archlab_claims SET state = 'done', owner = %s, heartbeat_at = %s, result = %s "
-                         "WHERE key = %s AND state = 'claimed'", (owner, now, text, key))
-            return _claim(key, owner, self._claim_row(conn, key))
-
-        return self._claims(finish)
+        return self._newest_first(where, args, limit)
 
     def release_claims(self, owner: str, keys: Iterable[str]) -> None:
-        keys = list(keys)
+        keys = [str(k) for k in keys]  # as the shared claim statements take them
         if keys:
             self._run(lambda c: c.execute("DELETE FROM archlab_claims WHERE owner = %s AND state = 'claimed' "
-                                          "AND key = ANY(%s)", (owner, keys)))
+                                          "AND key = ANY(%s)", (str(owner), keys)))
 
-    def get_claim(self, key: str) -> Claim | None:
-        if not self._exists():
-            return None
-        row = self._run(lambda c: self._claim_row(c, key))
-        return None if row is None else _claim(key, "", row)
+    def _prefix_rows(self, conn: Any, prefix: str) -> list[Any]:
+        # the prefix is hex (checked by the caller): no LIKE wildcard can be in it
+        return conn.execute("SELECT run_id FROM archlab_runs WHERE run_id LIKE %s ORDER BY run_id LIMIT 6",
+                            (prefix + "%",)).fetchall()
 
-    @staticmethod
-    def _claim_row(conn: Any, key: str) -> Any:
-        return conn.execute("SELECT state, owner, attempts, result FROM archlab_claims WHERE key = %s",
-                            (key,)).fetchone()
-
-    # -- helpers -----------------------------------------------------------------------
-
-    def _not_found(self, run_id: str) -> StoreError:
-        return StoreError(f"run {run_id!r} not found in {self.shown}; list runs with `archlab runs`")
-
-    def _resolve(self, conn: Any, run_id: str) -> str:
-        check_run_id(run_id, prefix=True)
-        if conn.execute("SELECT 1 FROM archlab_runs WHERE run_id = %s", (run_id,)).fetchone():
-            return run_id
-        # the prefix is hex (checked above): no LIKE wildcard can be in it
-        rows = conn.execute("SELECT run_id FROM archlab_runs WHERE run_id LIKE %s ORDER BY run_id LIMIT 6",
-                            (run_id + "%",)).fetchall()
-        if len(rows) == 1:
-            return rows[0][0]
-        if len(rows) > 1:
-            shown = ", ".join(r[0] for r in rows[:5])
-            raise StoreError(f"run prefix {run_id!r} is ambiguous in {self.shown}: matches {shown}"
-                             f"{', ...' if len(rows) > 5 else ''}; give more characters of the id")
-        raise self._not_found(run_id)
-
-    def _records(self, conn: Any, where: str, args: list, *, strict: bool = False) -> list[RunRecord]:
-        rows = conn.execute(
-            "SELECT run_id, name, status, created_at, updated_at, duration_s, data, spec, settings, env, "
-            f"params, test_metrics, tags::text, message FROM archlab_runs {where}", args).fetchall()
-        history: dict[str, list[EpochRecord]] = {r[0]: [] for r in rows if is_run_id(r[0])}
-        if history:
-            for rid, epoch, metrics in conn.execute(
-                    "SELECT run_id, epoch, metrics FROM archlab_epochs WHERE run_id = ANY(%s) "
-                    "ORDER BY run_id, epoch", (list(history),)):
-                try:
-                    history[rid].append(_epoch_record(epoch, metrics))
-                except _Damaged as exc:
-                    self._report(f"run {rid!r}: epoch {epoch!r} in {self.shown} is damaged ({exc}); that "
-                                 f"epoch is left out of its history", strict=False)
-        records = []
-        for r in rows:
-            try:
-                records.append(_run_record(tuple(r), history.get(r[0], [])))
-            except _Damaged as exc:
-                self._report(f"run {_shown(r[0])} in {self.shown}: damaged record ({exc}); "
-                             f"{'skipped; ' if not strict else ''}restore the store from a backup, or delete "
-                             f"the run's row", strict=strict)
-        return records
-
-    def _report(self, message: str, *, strict: bool) -> None:
-        import warnings
-
-        if strict:
-            raise StoreError(message)
-        warnings.warn(StoreWarning(message), stacklevel=5)
+    def _epoch_rows(self, conn: Any, run_ids: list[str]) -> Iterable[Any]:
+        if not run_ids:
+            return ()
+        return conn.execute("SELECT run_id, epoch, metrics FROM archlab_epochs WHERE run_id = ANY(%s) "
+                            "ORDER BY run_id, epoch", (run_ids,))

@@ -17,22 +17,19 @@ timeout and backoff.
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 import sqlite3
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..core import StoreError, decode, dumps, encode
-from ._artifacts import DB_FILE, RUNS_FOLDER
-from ._base import RunStorage
-from ._records import STATUSES, Claim, EpochRecord, RunRecord, StoreWarning, check_run_id, is_run_id
+from ..core import StoreError
+from ._artifacts import DB_FILE
+from ._records import RunRecord
+from ._sql import SQLRunStorage, _wanted_statuses
 
 __all__ = ["SCHEMA_VERSION", "SQLiteRunStorage", "default_root"]
 
@@ -49,40 +46,6 @@ def default_root() -> Path:
     """
     env = os.environ.get("ARCHLAB_HOME")
     return Path(env).expanduser() if env else Path("archlab-runs")
-
-
-# ----------------------------------------------------------------------------- encoding
-
-# Strict JSON (no bare NaN tokens, so SQLite's JSON functions accept every column): a
-# non-finite float is written as {"$float": "nan" | "inf" | "-inf"}.
-def _store_other(obj: Any, where: str) -> Any:
-    """What the one JSON codec (archlab.core) does not know: paths as text, else refused."""
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    item = getattr(obj, "item", None)  # numpy scalars, 0-d tensors
-    if callable(item) and getattr(obj, "ndim", 0) == 0:
-        return encode(item(), where, other=_store_other)
-    raise StoreError(
-        f"{where}: cannot store a value of type {type(obj).__name__} "
-        f"(expected JSON types: dict, list, str, int, float, bool, None). Received: {obj!r:.80}"
-    )
-
-
-def _dumps(obj: Any, where: str) -> str:
-    # Plain JSON (tuples as lists, keys as text), so any JSON reader sees the records.
-    return dumps(obj, where, other=_store_other)
-
-
-def _metrics(metrics: Mapping[str, float] | None, where: str) -> dict[str, float]:
-    out = {}
-    for k, v in (metrics or {}).items():
-        try:
-            out[str(k)] = float(v)
-        except (TypeError, ValueError):
-            raise StoreError(
-                f"{where}[{k!r}]: expected a number. Received: {v!r:.80} ({type(v).__name__})"
-            ) from None
-    return out
 
 
 # ----------------------------------------------------------------------------- SQLite backend
@@ -130,18 +93,12 @@ CREATE TABLE IF NOT EXISTS claims (
 _INHERITED: list[sqlite3.Connection] = []
 
 
-def _new_run_id() -> str:
-    """ "r" + 8 random hex digits: short, and a few characters already make a unique prefix
-    (a time-sortable id would share its first characters with every run of the day)."""
-    return "r" + os.urandom(4).hex()
-
-
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
 
 
-class SQLiteRunStorage(RunStorage):
+class SQLiteRunStorage(SQLRunStorage):
     """Run storage in one SQLite file (WAL mode) under ``root``; artifacts beside it.
 
     Safe to share between threads and forked or spawned processes: each (process, thread)
@@ -155,6 +112,11 @@ class SQLiteRunStorage(RunStorage):
 
     busy_timeout_s = 30.0  # how long SQLite waits on a lock before reporting "locked"
     retries = 20  # then how many more times a transaction is retried, with backoff
+
+    # the shared statements (archlab.runs._sql) in SQLite's words
+    _NAMES = {"runs": "runs", "epochs": "epochs", "claims": "claims", "tags_in": "?", "tags_out": "tags",
+              "seq": "rowid"}
+    _PARAM = "?"
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
@@ -312,103 +274,18 @@ class SQLiteRunStorage(RunStorage):
     def _exists(self) -> bool:
         return self.db_path.exists()
 
-    # -- the contract ------------------------------------------------------------------
+    @property
+    def _store_name(self) -> str:
+        return str(self.root)
 
-    def create_run(
-        self,
-        *,
-        name: str,
-        data: str,
-        spec: Mapping[str, Any],
-        settings: Mapping[str, Any],
-        env: Mapping[str, Any],
-        params: int | None,
-        tags: Mapping[str, str] | None = None,
-    ) -> str:
-        row = {
-            "name": str(name),
-            "data": str(data),
-            "spec": _dumps(spec, "spec"),
-            "settings": _dumps(settings, "settings"),
-            "env": _dumps(env, "env"),
-            "params": None if params is None else int(params),
-            "tags": _dumps({str(k): str(v) for k, v in (tags or {}).items()}, "tags"),
-        }
+    @property
+    def _records_name(self) -> str:
+        return str(self.db_path)
 
-        def insert(conn: sqlite3.Connection) -> str:
-            now = time.time()
-            while True:  # ids are random; the primary key catches the rare collision
-                run_id = _new_run_id()
-                try:
-                    conn.execute(
-                        "INSERT INTO runs (run_id, name, status, created_at, updated_at, "
-                        "duration_s, data, spec, settings, env, params, test_metrics, tags, "
-                        "message) VALUES (?, ?, 'running', ?, ?, NULL, ?, ?, ?, ?, ?, '{}', ?, '')",
-                        (run_id, row["name"], now, now, row["data"], row["spec"],
-                         row["settings"], row["env"], row["params"], row["tags"]),
-                    )  # fmt: skip
-                    return run_id
-                except sqlite3.IntegrityError:
-                    continue
+    def _clock(self, conn: sqlite3.Connection) -> float:
+        return time.time()  # the machine's: an SQLite store is shared by one machine's processes
 
-        return self._write(insert)
-
-    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, float]) -> None:
-        check_run_id(run_id)
-        text = _dumps(_metrics(metrics, "metrics"), "metrics")
-
-        def upsert(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
-                "UPDATE runs SET updated_at = ? WHERE run_id = ?", (time.time(), run_id)
-            )
-            if cur.rowcount == 0:
-                raise self._not_found(run_id)
-            conn.execute(
-                "INSERT OR REPLACE INTO epochs (run_id, epoch, metrics) VALUES (?, ?, ?)",
-                (run_id, int(epoch), text),
-            )
-
-        self._write(upsert)
-
-    def set_status(
-        self,
-        run_id: str,
-        status: str,
-        *,
-        message: str = "",
-        test_metrics: Mapping[str, float] | None = None,
-        duration_s: float | None = None,
-    ) -> None:
-        check_run_id(run_id)
-        if status not in STATUSES:
-            raise StoreError(
-                f"run {run_id!r}: unknown status. Expected one of {', '.join(STATUSES)}. "
-                f"Received: status={status!r}"
-            )
-        tm = None if test_metrics is None else _dumps(_metrics(test_metrics, "test_metrics"), "")
-
-        def update(conn: sqlite3.Connection) -> None:
-            cur = conn.execute(
-                "UPDATE runs SET status = ?, message = ?, updated_at = ?, "
-                "test_metrics = COALESCE(?, test_metrics), duration_s = COALESCE(?, duration_s) "
-                "WHERE run_id = ?",
-                (status, str(message), time.time(), tm,
-                 None if duration_s is None else float(duration_s), run_id),
-            )  # fmt: skip
-            if cur.rowcount == 0:
-                raise self._not_found(run_id)
-
-        self._write(update)
-
-    def get_run(self, run_id: str) -> RunRecord:
-        if not self._exists():
-            raise self._not_found(run_id)
-
-        def read(conn: sqlite3.Connection) -> RunRecord:
-            full = self._resolve(conn, run_id)
-            return self._records(conn, "WHERE run_id = ?", [full], strict=True)[0]
-
-        return self._read(read)
+    # -- what SQLite says its own way ---------------------------------------------------
 
     def list_runs(
         self,
@@ -421,13 +298,7 @@ class SQLiteRunStorage(RunStorage):
             return []
         where, args = [], []
         if status is not None:
-            wanted = [status] if isinstance(status, str) else list(status)
-            unknown = [s for s in wanted if s not in STATUSES]
-            if unknown:
-                raise StoreError(
-                    f"unknown run status {unknown[0]!r}. Expected one of "
-                    f"{', '.join(STATUSES)}. Received: status={unknown[0]!r}"
-                )
+            wanted = _wanted_statuses(status)
             where.append(f"status IN ({', '.join('?' * len(wanted))})")
             args += wanted
         for key, value in (tags or {}).items():
@@ -436,59 +307,7 @@ class SQLiteRunStorage(RunStorage):
                 "EXISTS (SELECT 1 FROM json_each(runs.tags) AS t WHERE t.key = ? AND t.value = ?)"
             )
             args += [str(key), str(value)]
-        sql = ("WHERE " + " AND ".join(where)) if where else ""
-        sql += " ORDER BY created_at DESC, rowid DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        return self._read(lambda conn: self._records(conn, sql, args))
-
-    def delete_run(self, run_id: str) -> None:
-        if not self._exists():
-            raise self._not_found(run_id)
-
-        def delete(conn: sqlite3.Connection) -> str:
-            full = self._resolve(conn, run_id)
-            conn.execute("DELETE FROM epochs WHERE run_id = ?", (full,))
-            conn.execute("DELETE FROM runs WHERE run_id = ?", (full,))
-            return full
-
-        full = self._write(delete)
-        folder = self.root / RUNS_FOLDER / full
-        if folder.is_symlink():  # never follow a link out of the store: remove the link only
-            folder.unlink()
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    # -- claims ------------------------------------------------------------------------
-
-    def claim(self, key: str, owner: str, *, lease_s: float) -> Claim:
-        def claim(conn: sqlite3.Connection) -> Claim:
-            now = time.time()
-            conn.execute(
-                "INSERT INTO claims (key, owner, state, heartbeat_at, attempts) VALUES (?, ?, 'claimed', ?, 1) "
-                "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, heartbeat_at = excluded.heartbeat_at, "
-                "attempts = claims.attempts + 1 WHERE claims.state = 'claimed' AND claims.heartbeat_at < ?",
-                (str(key), str(owner), now, now - float(lease_s)),
-            )
-            return _claim(key, owner, _claim_row(conn, key))
-
-        return self._write(claim)
-
-    def heartbeat(self, owner: str) -> int:
-        return self._write(lambda conn: conn.execute(
-            "UPDATE claims SET heartbeat_at = ? WHERE owner = ? AND state = 'claimed'",
-            (time.time(), str(owner))).rowcount)
-
-    def finish_claim(self, key: str, owner: str, result: Mapping[str, Any]) -> Claim:
-        text = _dumps(dict(result), "result")
-
-        def finish(conn: sqlite3.Connection) -> Claim:
-            conn.execute("UPDATE claims SET state = 'done', owner = ?, heartbeat_at = ?, result = ? "
-                         "WHERE key = ? AND state = 'claimed'", (str(owner), time.time(), text, str(key)))
-            return _claim(key, owner, _claim_row(conn, key))
-
-        return self._write(finish)
+        return self._newest_first(where, args, limit)
 
     def release_claims(self, owner: str, keys: Iterable[str]) -> None:
         keys = [str(k) for k in keys]
@@ -497,160 +316,17 @@ class SQLiteRunStorage(RunStorage):
                 f"DELETE FROM claims WHERE owner = ? AND state = 'claimed' AND key IN ({', '.join('?' * len(keys))})",
                 (str(owner), *keys)))
 
-    def get_claim(self, key: str) -> Claim | None:
-        if not self._exists():
-            return None
-        row = self._read(lambda conn: _claim_row(conn, key))
-        return None if row is None else _claim(key, "", row)
-
-    # -- helpers -----------------------------------------------------------------------
-
-    def _not_found(self, run_id: str) -> StoreError:
-        return StoreError(f"run {run_id!r} not found in {self.root}; list runs with `archlab runs`")
-
-    def _resolve(self, conn: sqlite3.Connection, run_id: str) -> str:
-        """Full id from a full id or a unique prefix."""
-        check_run_id(run_id, prefix=True)
-        if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
-            return run_id
-        if run_id:
-            rows = conn.execute(
-                "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id LIMIT 6",
-                (len(run_id), run_id),
-            ).fetchall()
-            if len(rows) == 1:
-                return rows[0][0]
-            if len(rows) > 1:
-                shown = ", ".join(r[0] for r in rows[:5])
-                raise StoreError(
-                    f"run prefix {run_id!r} is ambiguous in {self.root}: matches {shown}"
-                    f"{', ...' if len(rows) > 5 else ''}; give more characters of the id"
-                )
-        raise self._not_found(run_id)
-
-    def _records(
-        self, conn: sqlite3.Connection, where: str, args: list, *, strict: bool = False
-    ) -> list[RunRecord]:
-        """Decode rows into records. A damaged row is skipped with a StoreWarning (or, with
-        ``strict``, raises StoreError); a damaged epoch row is left out of its run's history."""
-        rows = conn.execute(
-            "SELECT run_id, name, status, created_at, updated_at, duration_s, data, spec, "
-            f"settings, env, params, test_metrics, tags, message FROM runs {where}",
-            args,
+    def _prefix_rows(self, conn: sqlite3.Connection, prefix: str) -> list[Any]:
+        return conn.execute(
+            "SELECT run_id FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY run_id LIMIT 6",
+            (len(prefix), prefix),
         ).fetchall()
-        history: dict[str, list[EpochRecord]] = {r[0]: [] for r in rows if is_run_id(r[0])}
-        ids = list(history)
-        for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-            chunk = ids[i : i + 500]
-            for rid, epoch, metrics in conn.execute(
+
+    def _epoch_rows(self, conn: sqlite3.Connection, run_ids: list[str]) -> Iterator[Any]:
+        for i in range(0, len(run_ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = run_ids[i : i + 500]
+            yield from conn.execute(
                 f"SELECT run_id, epoch, metrics FROM epochs WHERE run_id IN "
                 f"({', '.join('?' * len(chunk))}) ORDER BY run_id, epoch",
                 chunk,
-            ):
-                try:
-                    history[rid].append(_epoch_record(epoch, metrics))
-                except _Damaged as exc:
-                    self._report(f"run {rid!r}: epoch {epoch!r} in {self.db_path} is damaged "
-                                 f"({exc}); that epoch is left out of its history", strict=False)
-        records = []
-        for r in rows:
-            try:
-                records.append(_run_record(r, history.get(r[0], [])))
-            except _Damaged as exc:
-                self._report(f"run {_shown(r[0])} in {self.db_path}: damaged record ({exc}); "
-                             f"{'skipped; ' if not strict else ''}restore the store from a "
-                             f"backup, or delete the run's row", strict=strict)
-        return records
-
-    def _report(self, message: str, *, strict: bool) -> None:
-        if strict:
-            raise StoreError(message)
-        warnings.warn(StoreWarning(message), stacklevel=4)
-
-
-def _claim_row(conn: Any, key: str) -> Any:
-    return conn.execute("SELECT state, owner, attempts, result FROM claims WHERE key = ?", (str(key),)).fetchone()
-
-
-def _claim(key: str, owner: str, row: Any) -> Claim:
-    """A Claim from a ``(state, owner, attempts, result)`` row, as seen by ``owner``."""
-    if row is None:
-        raise StoreError(f"claim {key!r}: vanished while being claimed (released by another process?); try again")
-    state, holder, attempts, result = row
-    try:
-        value = _json_field(result, "result") if result else None
-    except _Damaged as exc:
-        raise StoreError(f"claim {key!r}: damaged result ({exc}); delete the claim's row to redo that work") from None
-    return Claim(str(key), state, holder, int(attempts), bool(owner) and holder == owner, value)
-
-
-class _Damaged(Exception):
-    """A stored value that cannot be what archlab wrote (internal: becomes a report)."""
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _json_field(text: Any, name: str) -> dict[str, Any]:
-    if not isinstance(text, str):
-        raise _Damaged(f"{name}: expected JSON text. Received: {type(text).__name__}")
-    try:
-        value = decode(json.loads(text)) if text else {}
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise _Damaged(f"{name}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(value, dict):
-        raise _Damaged(f"{name}: expected a JSON object. Received: {type(value).__name__}")
-    return value
-
-
-def _numbers(value: dict[str, Any], name: str) -> dict[str, float]:
-    for k, v in value.items():
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise _Damaged(f"{name}[{k!r}]: expected a number. Received: {_shown(v)}")
-    return value
-
-
-def _epoch_record(epoch: Any, metrics: Any) -> EpochRecord:
-    if isinstance(epoch, bool) or not isinstance(epoch, int):
-        raise _Damaged(f"epoch: expected an integer. Received: {_shown(epoch)}")
-    return EpochRecord(epoch, _numbers(_json_field(metrics, "metrics"), "metrics"))
-
-
-def _run_record(r: tuple, history: list[EpochRecord]) -> RunRecord:
-    run_id, name, status, created, updated, duration, data, *_ = r
-    if not is_run_id(run_id):
-        raise _Damaged(f"run_id: expected a run id ('r' + 8 hex digits). Received: {_shown(run_id)}")
-    for field, value in (("name", name), ("data", data), ("message", r[13])):
-        if not isinstance(value, str):
-            raise _Damaged(f"{field}: expected text. Received: {_shown(value)}")
-    if status not in STATUSES:
-        raise _Damaged(f"status: expected one of {', '.join(STATUSES)}. Received: {_shown(status)}")
-    for field, value in (("created_at", created), ("updated_at", updated), ("duration_s", duration)):
-        if not (isinstance(value, int | float) and not isinstance(value, bool)) and not (
-            value is None and field == "duration_s"
-        ):
-            raise _Damaged(f"{field}: expected a number. Received: {_shown(value)}")
-    if r[10] is not None and (isinstance(r[10], bool) or not isinstance(r[10], int)):
-        raise _Damaged(f"params: expected an integer. Received: {_shown(r[10])}")
-    tags = _json_field(r[12], "tags")
-    if not all(isinstance(v, str) for v in tags.values()):
-        raise _Damaged("tags: expected text values")
-    return RunRecord(
-        run_id=run_id,
-        name=name,
-        status=status,
-        created_at=created,
-        updated_at=updated,
-        duration_s=duration,
-        data=data,
-        spec=_json_field(r[7], "spec"),
-        settings=_json_field(r[8], "settings"),
-        env=_json_field(r[9], "env"),
-        params=r[10],
-        history=tuple(history),
-        test_metrics=_numbers(_json_field(r[11], "test_metrics"), "test_metrics"),
-        tags=tags,
-        message=r[13],
-    )
+            )
