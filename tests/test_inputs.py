@@ -343,3 +343,31 @@ def test_a_table_with_text_trains_predicts_and_ships_as_two_inputs(tmp_path) -> 
     assert net.input_names == ("features", "review")
     assert predict(folder.path, tmp_path / "new.csv").rows == got.rows
     assert "review (6,) long" in (tmp_path / "shipped" / "README.md").read_text()
+
+
+def test_one_network_serves_several_threads_at_once() -> None:
+    """The named tensors of a forward are per thread: concurrent calls do not mix them."""
+    import threading
+
+    net = archlab.build(TWO_TOWERS).eval()
+    xs = [batch(4), Inputs(image=torch.randn(4, 1, 8, 8), question=torch.randint(0, 20, (4, 6)))]
+    with torch.no_grad():
+        want = [net(x) for x in xs]
+    wrong: list[int] = []
+
+    def work(i: int) -> None:
+        for _ in range(200):
+            with torch.no_grad():
+                if not torch.equal(net(xs[i]), want[i]):
+                    wrong.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    import pickle
+
+    twin = pickle.loads(pickle.dumps(net))
+    torch.testing.assert_close(twin(xs[0]), want[0])

@@ -65,6 +65,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,11 +194,32 @@ def merge_tensors(outs: list[torch.Tensor], merge: str, dim: int) -> torch.Tenso
 class Scope:
     """The named tensors of one forward: the network's inputs, then each named node's output.
     `active` is true while the network's forward runs (a checkpoint's recomputation in backward
-    runs after it, from a copy taken when its segment ran)."""
+    runs after it, from a copy taken when its segment ran).
+
+    Both are per thread, so one network serves several threads at once (each forward sees its
+    own tensors); a copy or a pickle of a network gets an empty scope of its own."""
 
     def __init__(self) -> None:
-        self.values: dict[str, torch.Tensor] = {}
-        self.active = False
+        self._local = threading.local()
+
+    @property
+    def values(self) -> dict[str, torch.Tensor]:
+        return self._local.__dict__.setdefault("values", {})
+
+    @values.setter
+    def values(self, values: dict[str, torch.Tensor]) -> None:
+        self._local.values = values
+
+    @property
+    def active(self) -> bool:
+        return self._local.__dict__.get("active", False)
+
+    @active.setter
+    def active(self, active: bool) -> None:
+        self._local.active = active
+
+    def __reduce__(self) -> tuple:
+        return (Scope, ())  # thread-local state is never copied: a copy starts empty
 
     def read(self, name: str) -> torch.Tensor:
         try:
