@@ -371,3 +371,29 @@ def test_one_network_serves_several_threads_at_once() -> None:
 
     twin = pickle.loads(pickle.dumps(net))
     torch.testing.assert_close(twin(xs[0]), want[0])
+
+
+def test_compress_refuses_several_inputs_and_routes_before_writing_anything(tmp_path) -> None:
+    from archlab.compress import compress, quantize
+    from archlab.runs import open_store
+    from archlab.train import fit
+
+    two = {"inputs": {"image": {"shape": [1, 8, 8]}, "question": {"shape": [6], "dtype": "long"}},
+           "model": [{"flatten": None, "from": "image", "name": "f"},
+                     {"embedding": {"vocab": 10, "dim": 4}, "from": "question"}, {"seq_pool": "mean", "name": "q"},
+                     {"from": ["f", "q"]}, {"linear": "$num_classes"}],
+           "train": {"epochs": 1}}
+    run = fit(two, data="test-two-inputs", store=tmp_path, quiet=True)
+    store = open_store(tmp_path)
+    before = len(store.list_runs())
+    with pytest.raises(SpecError, match="compress: the model reads 2 named inputs"):
+        compress(run.run_id, quantize_mode="int8", store=store, quiet=True)
+    skip = fit({"model": [{"flatten": None, "name": "x"}, {"linear": 16, "name": "h"}, {"from": ["x", "h"]},
+                          {"linear": "$num_classes"}],
+                "train": {"epochs": 1}}, data="digits", store=tmp_path, quiet=True)
+    before += 1
+    with pytest.raises(SpecError, match="compress: run r[0-9a-f]{8}'s spec routes named tensors"):
+        compress(skip.run_id, quantize_mode="int8", store=store, quiet=True)
+    with pytest.raises(SpecError, match="quantize: the spec routes named tensors"):
+        quantize(skip.model)
+    assert len(store.list_runs()) == before  # nothing was written

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..core import SpecError, StoreError, TrainingError, thaw
 from ..data import load_dataset
+from ..model import require_one_input
 from ..runs import (
     BEST_WEIGHTS,
     QUANTIZED_META,
@@ -155,6 +156,12 @@ def compress(run_id: str, *, prune_ratio: float | None = None, method: str = "l1
                         f"from its float weights. Received: a run made by --quantize; compress its parent"
                         f"{' ' + parent_id if parent_id else ''} instead")
     parent, _ = load_run_model(record.run_id, store=st)
+    # Before anything is written: measurement, pruning and quantization take one input and a
+    # graph without named routes (a quantized module loses the route its float one carried).
+    require_one_input(parent, "compress")
+    if getattr(parent, "reads_input_by_name", False):
+        raise SpecError(f"compress: run {record.run_id}'s spec routes named tensors (from:, name:, share: or memory:); "
+                        f"compress handles serial, parallel and residual graphs so far. Nothing was written")
     settings = TrainSettings.from_mapping(thaw(record.settings))
     try:
         settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})

@@ -100,7 +100,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core import ArchlabError
+from ..core import ArchlabError, SpecError
 from ..model import BuiltNetwork, Network, build, require_one_input
 from ..runs import QUANTIZED_META, QUANTIZED_WEIGHTS, read_json, write_text
 from ..spec import Spec
@@ -465,6 +465,9 @@ def quantize(net: nn.Module, mode: str = "int8", *, calibration: Any = None, dat
     archlab.core._errors.ArchlabError: quantize: mode must be one of int8, int8-dynamic, int8-static, fp16, bf16, auto. Received: 'int4'; pass e.g. int8
     """
     require_one_input(net, "quantize")
+    if getattr(net, "reads_input_by_name", False):  # quantized modules would drop the routes of the float ones
+        raise SpecError("quantize: the spec routes named tensors (from:, name:, share: or memory:); quantization "
+                        "handles serial, parallel and residual graphs so far")
     check_mode(mode, "quantize: mode")
     if not isinstance(tolerance, int | float) or not 0 <= tolerance <= 100:
         raise ArchlabError(f"quantize: tolerance is in accuracy points, between 0 and 100. Received: "
