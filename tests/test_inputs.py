@@ -82,6 +82,16 @@ def test_spec_round_trip_and_vocab_checks() -> None:
 
 
 @pytest.mark.parametrize("model, fragment", [
+    ([{"flatten": None, "from": "image"}, {"linear": 4}, {"embedding": {"vocab": 20, "dim": 4}, "from": "question"}],
+     "model[1].linear: its output is never used: the node after it reads from: instead, and nothing reads it by "
+     "name; give it a name: and read it with from: where it is needed, or remove it"),
+    ([{"flatten": None, "from": "image", "name": "f"}, {"embedding": {"vocab": 20, "dim": 4}, "from": "question"},
+      {"seq_pool": "mean"}], "model[0].flatten: its output is never used"),
+    ([{"embedding": {"vocab": 20, "dim": 4}, "from": "question", "name": "q"},
+      {"repeat": 2, "block": [{"from": "q"}, {"linear": 4}]}],
+     "model[1].repeat[0]: its output is never used"),
+    ([{"flatten": None, "from": "image"}, {"linear": 4}],
+     "inputs.question: is declared but no node reads it; read it with from: question, or drop it from inputs:"),
     ([{"linear": 4}], "model[0].linear: the spec has several inputs (image, question); say which this layer reads"),
     ([{"flatten": None, "from": "imgae"}], "model[0].from: nothing is called 'imgae' here. Did you mean 'image'?"),
     ([{"flatten": None, "from": "image", "merge": "add"}], "model[0].merge: joins several from: tensors"),
@@ -174,13 +184,13 @@ def test_inspect_counts_two_towers_like_torch() -> None:
 def test_checkpointed_copies_read_names_again_in_backward() -> None:
     """A repeat copy that reads a named tensor recomputes in backward, after the forward has
     cleared its scope: the gradients equal those without checkpointing."""
-    spec = {**TWO_TOWERS, "model": [
+    spec = {"inputs": {"question": TWO_TOWERS["inputs"]["question"]}, "model": [
         {"embedding": {"vocab": 20, "dim": 8}, "from": "question", "name": "q"},
         {"repeat": 2, "block": [{"linear": 8}, {"relu": None, "name": "r"}, {"from": ["q", "r"], "merge": "add"}]},
         {"seq_pool": "mean"}, {"linear": 2}]}
     plain, ckpt = archlab.build(spec), archlab.build(spec)
     assert checkpoint_repeats(ckpt) == 2
-    x = batch()
+    x = batch()["question"]
     plain(x).sum().backward()
     ckpt(x).sum().backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):

@@ -517,6 +517,8 @@ class _Builder:
     inputs: tuple[str, ...] = ()
     scope: Scope = field(default_factory=Scope)
     routes: int = 0  # how many modules carry a Route (a network without any never fills its scope)
+    dropped: list[Node] = field(default_factory=list)  # nodes whose output the next node does not take
+    read_names: set[str] = field(default_factory=set)  # every name a from: or memory: reads
     # name -> (module, input type, output type) of each named node, for `share:`
     sharable: dict[str, tuple[nn.Module, TensorType, TensorType]] = field(default_factory=dict)
 
@@ -642,6 +644,7 @@ class _Builder:
                                 f"({', '.join(self.inputs) or 'none declared'}) and nodes named earlier with name: "
                                 f"({', '.join(k for k in known if k not in self.inputs) or 'none yet'})")
         types = [self.names[n] for n in names]
+        self.read_names.update(names)
         if len(names) == 1:
             if merge is not None:
                 raise SpecError(f"{path}.merge: joins several from: tensors, and this node reads one ({names[0]}); "
@@ -656,11 +659,43 @@ class _Builder:
     def serial(self, nodes: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         modules, children, first = [], [], x
         for i, child in enumerate(nodes):
+            if i and self.names is not None and self._reads_first(child):
+                self.dropped.append(children[-1])  # the previous node's output goes nowhere, unless read by name
             module, x = self.node(child, x, f"{path}[{i}]", f"{qual}.{i}", env)
             modules.append(module)
             children.append(self.last)
         self.last = Node("serial", path, first, x, children=tuple(children))
         return Serial(*modules), x
+
+    def _reads_first(self, node: Any, depth: int = 0) -> bool:
+        """Whether `node` starts by reading named tensors (from:) instead of its input."""
+        if depth > 20:
+            return False
+        if isinstance(node, list | tuple):
+            return bool(node) and self._reads_first(node[0], depth + 1)
+        if isinstance(node, Mapping):
+            if "from" in node:
+                return True
+            if len(node) == 1 and next(iter(node)) in self.spec.blocks:
+                return self._reads_first(self.spec.blocks[next(iter(node))], depth + 1)
+            return False
+        return isinstance(node, str) and node in self.spec.blocks and self._reads_first(self.spec.blocks[node], depth + 1)
+
+    def check_reads(self) -> None:
+        """Refuse what a graph computes and never uses: a node whose output the next node
+        ignores (it reads from: instead) and nothing reads by name, and an input never read."""
+        for node in self.dropped:
+            name = _kept_name(node)
+            if not name or name not in self.read_names:
+                fix = (f"read it ({name!r}) with from: where it is needed" if name else
+                       "give it a name: and read it with from: where it is needed")
+                raise SpecError(f"{node.path}: its output is never used: the node after it reads from: instead, and "
+                                f"nothing reads it by name; {fix}, or remove it")
+        if len(self.inputs) > 1:
+            for name in self.inputs:
+                if name not in self.read_names:
+                    raise SpecError(f"inputs.{name}: is declared but no node reads it; read it with from: {name}, "
+                                    f"or drop it from inputs:")
 
     def named(self, name: str, args: Any, x: TensorType, path: str, qual: str, env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         if name in self.spec.blocks:
@@ -690,6 +725,7 @@ class _Builder:
                 raise SpecError(f"{where}.memory: expected the name of an input or an earlier named node to attend "
                                 f"to (known: {known}). Received: {thaw(memory_name)!r}")
             args = {k: v for k, v in args.items() if k != "memory"}
+            self.read_names.add(memory_name)
         freeze = False
         if isinstance(args, Mapping) and "freeze" in args:
             freeze = args["freeze"]
@@ -878,6 +914,8 @@ class _Builder:
         modules, copies, first = [], [], x
         for i in range(times):
             inner = FrozenDict({**env, var: i})
+            if i and self.names is not None and self._reads_first(options["block"]):
+                self.dropped.append(copies[-1])  # the previous copy's output, unless read by name
             module, x = self.node(options["block"], x, f"{where}[{i}]", f"{qual}.repeat.{i}", inner)
             if ckpt:
                 setattr(module, CHECKPOINT, True)
@@ -886,6 +924,15 @@ class _Builder:
         out = TensorType(x.shape, x.dtype, x.layout, x.source)
         self.last = Node("repeat", where, first, out, name=var, children=tuple(copies))
         return Repeat(modules), out
+
+
+def _kept_name(node: Node) -> str:
+    """The name the output of `node` is kept under: its own, or its last part's."""
+    if node.keeps:
+        return node.keeps
+    if node.kind in ("serial", "repeat", "block") and node.children:
+        return _kept_name(node.children[-1])
+    return ""
 
 
 def _merge_types(outs: list[TensorType], merge: str, where: str, what: str) -> tuple[TensorType, int]:
@@ -933,6 +980,7 @@ def build_plain(spec: Spec, x: TensorType, env: Mapping[str, Any], device: Any, 
         model, out, tree = builder.section(spec.model, x, "model", "model", env)
     if out is _NO_INPUT:
         raise SpecError("model: reads none of its inputs; read them with from:")
+    builder.check_reads()
     first = next(iter(named.values())) if named else x
     net = Network(model, spec, first, out, builder.leaves, tree, named_inputs=named, scope=builder.scope)
     net.reads_input_by_name = builder.routes > 0
