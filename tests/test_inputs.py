@@ -165,6 +165,15 @@ def test_cross_attention_to_a_named_sequence() -> None:
     assert all(m.memory is None for m in net.modules() if hasattr(m, "memory"))  # cleared after the forward
     r = archlab.inspect(spec)
     assert r.params == sum(p.numel() for p in net.parameters())
+    # memory: may also stand beside the layer, as from: and name: do: the same network, the same keys
+    beside = {**spec, "model": [*spec["model"][:4], {"cross_attention": {"heads": 2}, "memory": "patches"},
+                                *spec["model"][5:]]}
+    assert list(archlab.build(beside).state_dict()) == list(net.state_dict())
+    flat = {**spec, "model": [{"flatten": None, "from": "image", "name": "v"}, *spec["model"][3:4],
+                              {"cross_attention": {"heads": 2}, "memory": "v"}, *spec["model"][5:]]}
+    with pytest.raises(SpecError, match=r"cross_attention attends to a sequence \(S, D\), and its memory is "
+                                        r"\(192,\) from model\[0\]\.flatten"):
+        archlab.build(flat)
     with pytest.raises(SpecError, match=r"model\[4\]\.cross_attention\.memory: expected the name of an input"):
         archlab.build({**spec, "model": [*spec["model"][:4], {"cross_attention": {"heads": 2, "memory": "nope"}}]})
     with pytest.raises(SpecError, match=r"model\[4\]\.linear: unknown argument .memory."):
@@ -407,3 +416,16 @@ def test_compress_refuses_several_inputs_and_routes_before_writing_anything(tmp_
     with pytest.raises(SpecError, match="quantize: the spec routes named tensors"):
         quantize(skip.model)
     assert len(store.list_runs()) == before  # nothing was written
+
+
+def test_an_input_may_say_it_is_a_sequence() -> None:
+    """(T, D) floats are channels (C, L) by default; `layout: sequence` makes concat join features."""
+    spec = {"inputs": {"audio": {"shape": [4, 16], "layout": "sequence"}, "video": {"shape": [4, 8], "layout": "sequence"}},
+            "model": [{"from": ["audio", "video"]}, {"attention": {"heads": 2}}, {"seq_pool": "mean"}, {"linear": 3}]}
+    net = archlab.build(spec)
+    assert net.model[1].__class__.__name__ == "SelfAttention" and net(net.example_input(2)).shape == (2, 3)
+    assert Spec.from_dict(load_spec(spec).to_dict()) == load_spec(spec)
+    with pytest.raises(SpecError, match=r"inputs.audio.layout: a float input's layout is one of flat, channels, sequence"):
+        load_spec({**spec, "inputs": {"audio": {"shape": [4], "dtype": "long", "layout": "sequence"}}})
+    with pytest.raises(SpecError, match=r"inputs.audio.layout: a sequence is \(T, D\)"):
+        archlab.build({**spec, "inputs": {**spec["inputs"], "audio": {"shape": [4, 16, 2], "layout": "sequence"}}})

@@ -31,11 +31,11 @@ class MemoryUser(nn.Module):
 
 def _need_memory(ctx: BuildContext, name: str) -> TensorType:
     if ctx.memory is None:
-        raise SpecError(f"{name} attends to an encoder's output: use it in a spec's `decoder:` section, "
-                        f"next to an `encoder:`")
+        raise SpecError(f"{name} attends to another sequence: name it with memory: NODE (a sequence named "
+                        f"earlier with name:), or use it in a spec's `decoder:` section, next to an `encoder:`")
     if ctx.memory.rank != 2:
-        raise SpecError(f"{name} needs the encoder to output a sequence (S, D); it gives "
-                        f"{ctx.memory.describe()} (use returns: sequence on recurrent layers)")
+        raise SpecError(f"{name} attends to a sequence (S, D), and its memory is {ctx.memory.describe()} from "
+                        f"{ctx.memory.source} (use returns: sequence on recurrent layers, or name a sequence)")
     return ctx.memory
 
 

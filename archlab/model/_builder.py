@@ -95,7 +95,7 @@ _MAX_DEPTH = MAX_DEPTH
 _MAX_REPEAT = 10_000
 _MAX_LAYERS = MAX_LAYERS
 MERGES = ("concat", "add", "mean")
-ROUTE_KEYS = ("from", "merge", "name", "share")  # keys a node may carry beside its layer (merge: not on a parallel)
+ROUTE_KEYS = ("from", "merge", "name", "share", "memory")  # keys beside a node's layer (merge: not on a parallel)
 # What the first node of a spec with several inputs receives: nothing, until it reads one with from:.
 _NO_INPUT = TensorType((), "none", "none", "no input")
 
@@ -566,6 +566,8 @@ class _Builder:
                env: Mapping[str, Any]) -> tuple[nn.Module, TensorType]:
         """A node with `from:` (what it reads), `merge:` (how several reads join) and/or `name:`."""
         keys = ("from", "name", "share") if "parallel" in node else ROUTE_KEYS  # a parallel's merge is its own
+        if "memory" in node and "parallel" not in node:  # beside the layer as from: is, or among its arguments
+            node = _memory_into_arguments(node, path)
         if self.names is None:
             raise SpecError(f"{path}: from: and name: route named tensors in a spec's model: section; "
                             f"this section cannot use them (remove {', '.join(k for k in keys if k in node)})")
@@ -601,6 +603,8 @@ class _Builder:
             self.names[keeps] = TensorType(out.shape, out.dtype, out.layout, out.source)
             if "share" not in route:
                 self.sharable[keeps] = (module, x, out)
+        if inner is not None and not reads and not keeps:  # only memory: beside the layer, now its argument
+            return module, out
         if ROUTE in module.__dict__:  # the node's own module routes already (a block of one routed node)
             module = Serial(module)
         module.__dict__[ROUTE] = Route(self.scope, reads, merge, dim, keeps, path=path)
@@ -924,6 +928,20 @@ class _Builder:
         out = TensorType(x.shape, x.dtype, x.layout, x.source)
         self.last = Node("repeat", where, first, out, name=var, children=tuple(copies))
         return Repeat(modules), out
+
+
+def _memory_into_arguments(node: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """`{cross_attention: {heads: 4}, memory: patches}` -> `{cross_attention: {heads: 4, memory: patches}}`."""
+    layers = [k for k in node if k not in ROUTE_KEYS]
+    if len(layers) != 1 or layers[0] in COMPOSITES:
+        raise SpecError(f"{path}.memory: names what one attention layer attends to, e.g. "
+                        f"{{cross_attention: {{heads: 4}}, memory: patches}}. Received: a node of {layers or 'no layer'}")
+    layer, args = layers[0], node[layers[0]]
+    if args is not None and not isinstance(args, Mapping):
+        raise SpecError(f"{path}.{layer}: with memory:, write the layer's arguments as a mapping, e.g. "
+                        f"{{{layer}: {{heads: {thaw(args)!r}}}, memory: {thaw(node['memory'])}}}")
+    rest = {k: v for k, v in node.items() if k not in (layer, "memory")}
+    return FrozenDict({**rest, layer: FrozenDict({**(args or {}), "memory": node["memory"]})})
 
 
 def _kept_name(node: Node) -> str:

@@ -95,18 +95,20 @@ def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | N
                             f"input: {{shape: [...]}}")
         resolved = {name: resolve_input(i, env, f"inputs.{name}") if i.shape else i for name, i in spec.inputs.items()}
         spec = dataclasses.replace(spec, inputs=FrozenDict(resolved))
-        named = {name: _input_type(i.shape, i.dtype, f"inputs.{name}") for name, i in resolved.items()}
+        named = {name: _input_type(i.shape, i.dtype, f"inputs.{name}", i.layout) for name, i in resolved.items()}
         return build_plain(spec, next(iter(named.values())), env, device, seed, named=named)
     if spec.input is None or not spec.input.shape:
         raise SpecError("input: the spec has no input shape; add `input: {shape: [1, 28, 28]}` "
                         "or pass one (--input 1,28,28, or the data set gives it at train time)")
-    x = _input_type(spec.input.shape, spec.input.dtype, "input")
+    x = _input_type(spec.input.shape, spec.input.dtype, "input", spec.input.layout)
     return KINDS.get(kind).build(spec, x, env, device, seed)
 
 
-def _input_type(shape: tuple[int, ...], dtype: str, where: str) -> TensorType:
+def _input_type(shape: tuple[int, ...], dtype: str, where: str, layout: str | None = None) -> TensorType:
     if not shape:
         raise SpecError(f"{where}: the input has no shape; give it one, e.g. {{shape: [1, 28, 28]}} "
                         f"(or the data set gives it at train time)")
     shape = check_shape(shape, f"{where}.shape")
-    return TensorType(shape, dtype, default_layout(shape, dtype), where)
+    if layout == "sequence" and len(shape) != 2:
+        raise SpecError(f"{where}.layout: a sequence is (T, D). Received: shape {list(shape)}")
+    return TensorType(shape, dtype, layout or default_layout(shape, dtype), where)

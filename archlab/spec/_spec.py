@@ -221,11 +221,14 @@ class InputSpec:
     shape: tuple[int, ...]
     dtype: str = "float"
     vocab: int | None = None  # token ids are 0..vocab-1 (long inputs; example batches use it)
+    layout: str | None = None  # what the dims mean, where the default guess is not it: (T, D) as a sequence
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"shape": list(self.shape), "dtype": self.dtype}
         if self.vocab is not None:
             d["vocab"] = self.vocab
+        if self.layout is not None:
+            d["layout"] = self.layout
         return d
 
 
@@ -348,11 +351,12 @@ class Spec:
                                 f"train_x_NAME.npy; csv: ?text=COLUMN)")
             (name, current), = self.inputs.items()
             new = InputSpec(tuple(shape) if shape is not None else current.shape, dtype or current.dtype,
-                            current.vocab)
+                            current.vocab, current.layout)
             return dataclasses.replace(self, inputs=FrozenDict({name: new}))
         current = self.input or InputSpec(())
         return dataclasses.replace(self, input=InputSpec(
-            tuple(shape) if shape is not None else current.shape, dtype or current.dtype, current.vocab))
+            tuple(shape) if shape is not None else current.shape, dtype or current.dtype, current.vocab,
+            current.layout))
 
     def _with_named_inputs(self, named: DataInputs) -> Spec:
         given = ", ".join(named)
@@ -371,7 +375,7 @@ class Spec:
         new = {}
         for name, current in self.inputs.items():
             shape, dtype = named[name]
-            new[name] = InputSpec(tuple(shape), dtype, current.vocab)
+            new[name] = InputSpec(tuple(shape), dtype, current.vocab, current.layout)
         return dataclasses.replace(self, inputs=FrozenDict(new))
 
     def with_train(self, **settings: Any) -> Spec:
@@ -604,7 +608,8 @@ def _parse(data: Any, where: str) -> Spec:
     )
 
 
-_INPUT_KEYS = ("shape", "dtype", "vocab")
+_INPUT_KEYS = ("shape", "dtype", "vocab", "layout")
+INPUT_LAYOUTS = ("flat", "channels", "sequence")  # of float inputs; token ids are always (T,) tokens
 
 
 def _parse_input(raw: Any, where: str) -> InputSpec | None:
@@ -628,17 +633,22 @@ def _parse_input(raw: Any, where: str) -> InputSpec | None:
     dtype = raw.get("dtype", "float")
     if dtype not in INPUT_DTYPES:
         raise SpecError(f"{where}.dtype: expected one of {', '.join(INPUT_DTYPES)}. Received: {dtype!r}")
+    layout = raw.get("layout")
+    if layout is not None and (layout not in INPUT_LAYOUTS or dtype != "float"):
+        raise SpecError(f"{where}.layout: a float input's layout is one of {', '.join(INPUT_LAYOUTS)} (a (T, D) "
+                        f"input is channels (C, L) unless it says sequence); token ids have none. Received: "
+                        f"{thaw(layout)!r} on a {dtype} input")
     vocab = raw.get("vocab")
     if isinstance(vocab, str) and "$" in vocab or any(isinstance(d, str) and "$" in d for d in shape):
         if dtype != "long" and vocab is not None:
             raise SpecError(f"{where}.vocab: only token ids have a vocabulary; add dtype: long or drop 'vocab'")
-        return InputSpec(tuple(shape), dtype, vocab)  # vars: resolved when built (`resolve_input`)
+        return InputSpec(tuple(shape), dtype, vocab, layout)  # vars: resolved when built (`resolve_input`)
     if vocab is not None:
         if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
             raise SpecError(f"{where}.vocab: expected a positive number of token ids. Received: {thaw(vocab)!r}")
         if dtype != "long":
             raise SpecError(f"{where}.vocab: only token ids have a vocabulary; add dtype: long or drop 'vocab'")
-    return InputSpec(tuple(shape), dtype, vocab)
+    return InputSpec(tuple(shape), dtype, vocab, layout)
 
 
 def _parse_inputs(raw: Any, where: str) -> Mapping[str, InputSpec] | None:
@@ -668,7 +678,7 @@ def resolve_input(declared: InputSpec, env: Mapping[str, Any], where: str) -> In
     vocab = substitute(declared.vocab, env, f"{where}.vocab")
     if vocab is not None and (isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1):
         raise SpecError(f"{where}.vocab: expected a positive number of token ids. Received: {thaw(vocab)!r}")
-    return InputSpec(shape, declared.dtype, vocab)
+    return InputSpec(shape, declared.dtype, vocab, declared.layout)
 
 
 def check_shape(shape: Any, where: str) -> tuple[int, ...]:
