@@ -429,3 +429,10 @@ def test_an_input_may_say_it_is_a_sequence() -> None:
         load_spec({**spec, "inputs": {"audio": {"shape": [4], "dtype": "long", "layout": "sequence"}}})
     with pytest.raises(SpecError, match=r"inputs.audio.layout: a sequence is \(T, D\)"):
         archlab.build({**spec, "inputs": {**spec["inputs"], "audio": {"shape": [4, 16, 2], "layout": "sequence"}}})
+
+
+def test_build_takes_a_shape_per_named_input() -> None:
+    net = archlab.build(TWO_TOWERS, input_shape={"image": (1, 6, 6), "question": (3,)})
+    assert net.input_types["image"].shape == (1, 6, 6) and net.input_types["question"].describe() == "(3,) long"
+    with pytest.raises(SpecError, match="inputs.question: the data has no input of that name"):
+        archlab.build(TWO_TOWERS, input_shape={"image": (1, 6, 6)})

@@ -88,7 +88,7 @@ def model_card(shipped: Shipped, params: int, macs: int, target: Path) -> str:
         lines += [shipped.spec.description, ""]
     shape = "x".join(map(str, prep.get("input_shape", [])))
     named = getattr(shipped.model, "input_types", {}) if getattr(shipped.model, "input_names", ()) else {}
-    inputs = ([f"| inputs | {', '.join(f'{n} {t.describe()}' for n, t in named.items())} ({prep.get('kind')}) |"]
+    inputs = ([f"| inputs | {', '.join(f'{n} {t.describe()}' for n, t in named.items())} |"]
               if named else [f"| input | {shape} {prep.get('input_dtype', '')} ({prep.get('kind')}) |"])
     lines += ["| | |", "|---|---|",
               f"| task | {shipped.task} |",
@@ -102,12 +102,12 @@ def model_card(shipped: Shipped, params: int, macs: int, target: Path) -> str:
         names = prep["class_names"]
         shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
         lines.append(f"| classes | {shown} |")
-    lines += ["", "## Preprocessing", "", _describe(prep), "",
+    lines += ["", "## Preprocessing", "", _describe(prep, named), "",
               "## Use", "", "```python", "import archlab, torch",
               f"net = archlab.load({str(target)!r})   # a plain torch.nn.Module, eval mode; nothing unpickled",
               *(["images = net.sample(16)   # (16, C, H, W) in [0, 1]"] if shipped.task in ("vae", "gan") else []),
               "```", "", "```sh",
-              *([] if shipped.task in ("vae", "gan") else
+              *([] if shipped.task in ("vae", "gan") or (named and prep.get("kind") != "table") else
                 [f"archlab predict {target} --input INPUT --out predictions.csv"]),
               *([] if named else [f"archlab export {target} --onnx model.onnx --verify"]), "```", "",
               "Files: spec.yaml (the architecture), model.safetensors (weights), preprocessing.json "
@@ -115,8 +115,11 @@ def model_card(shipped: Shipped, params: int, macs: int, target: Path) -> str:
     return "\n".join(lines)
 
 
-def _describe(prep: dict) -> str:
+def _describe(prep: dict, named: dict | None = None) -> str:
     kind = prep.get("kind")
+    if named and kind != "table":
+        return (f"Several named inputs ({', '.join(named)}), each as the training data gives it; call the model "
+                f"with archlab.Inputs({', '.join(n + '=...' for n in named)}).")
     if kind == "image":
         return "Images: 8-bit pixels scaled to [0, 1] (PNG files are converted to the model's channels)."
     if kind == "table":

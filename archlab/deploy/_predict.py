@@ -70,6 +70,11 @@ def predict(source: str | Path | Shipped, input_path: str | Path, out: str | Pat
     target = None if out is None else Path(out).expanduser()
     if target is not None and target.is_dir():
         raise ArchlabError(f"--out {target}: is a folder; expected a file name such as predictions.csv")
+    names = getattr(shipped.model, "input_names", ())
+    if names and shipped.preprocessing.get("kind") != "table":
+        raise ArchlabError(f"predict: the model reads {len(names)} named inputs ({', '.join(names)}); predict reads "
+                           f"several inputs only from a csv table (with text columns) like the one it was trained "
+                           f"on. From Python: net = archlab.load(FOLDER); net(archlab.Inputs({', '.join(n + '=...' for n in names)}))")
     inputs = read_inputs(input_path, shipped.preprocessing)
     net = shipped.model.eval()
     if task == "language_model":
@@ -141,8 +146,9 @@ def _check_named(x: Any, net: torch.nn.Module) -> None:
     if not isinstance(x, Inputs) or not types:
         got = f"named inputs ({', '.join(x.names)})" if isinstance(x, Inputs) else "one array"
         want = f"{len(types)} named inputs ({', '.join(types)})" if types else "one input"
-        raise DataError(f"predict: the model reads {want}; the file gives {got}. Several inputs are read from a "
-                        f".csv file with the columns of the table the model was trained on")
+        fix = (" Several inputs are read from a .csv file with the columns of the table the model was trained on"
+               if types else "")
+        raise DataError(f"predict: the model reads {want}; the file gives {got}.{fix}")
     for name, t in types.items():
         if name not in x:
             raise DataError(f"predict: the model reads input {name!r}; the file gives {', '.join(x.names)}")

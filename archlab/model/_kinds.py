@@ -83,7 +83,11 @@ def build(spec: Spec | str | Mapping[str, Any], input_shape: tuple[int, ...] | N
         spec = spec.with_vars(vars, strict=False)
     if spec.spaces:
         spec = spec.with_defaults()
-    if input_shape is not None:
+    if isinstance(input_shape, Mapping):  # several named inputs: {name: shape}
+        declared = spec.input_specs
+        spec = spec.with_input(named={n: (tuple(shape), declared[n].dtype if n in declared else "float")
+                                      for n, shape in input_shape.items()})
+    elif input_shape is not None:
         spec = spec.with_input(tuple(input_shape), dtype)
     elif dtype is not None:
         spec = spec.with_input(None, dtype)

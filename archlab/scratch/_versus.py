@@ -106,6 +106,9 @@ def _flat(split: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_data(info: Any, uri: str) -> None:
+    if info.inputs is not None:
+        raise DataError(f"--data {uri}: scratch trains on {SUPPORTED_DATA}, one input. Received: {info.name}, with "
+                        f"{len(info.inputs)} inputs ({', '.join(info.inputs)}); use --data digits")
     if info.task != "classify" or info.input_dtype != "float" or not info.num_classes:
         raise DataError(f"--data {uri}: scratch trains on {SUPPORTED_DATA}. Received: {info.name}, a {info.task} "
                         f"data set with {info.input_dtype} input; use --data digits")

@@ -345,10 +345,10 @@ class Spec:
             return self._with_named_inputs(named)
         if self.inputs is not None:
             if len(self.inputs) > 1:
-                raise SpecError(f"inputs: the spec reads {len(self.inputs)} inputs ({', '.join(self.inputs)}); one "
-                                f"unnamed input shape (--input, or a data set of one x) cannot fill them. Give them "
-                                f"their shapes in the spec, or a data set of one array per input (npy: "
-                                f"train_x_NAME.npy; csv: ?text=COLUMN)")
+                raise SpecError(f"inputs: the spec reads {len(self.inputs)} inputs ({', '.join(self.inputs)}) and was "
+                                f"given one unnamed input (a data set of one x, or --input); train it on data that has "
+                                f"these inputs (npy: train_x_NAME.npy per input; csv: ?text=COLUMN; digits-qa), and "
+                                f"inspect it with the shapes it declares (no --input)")
             (name, current), = self.inputs.items()
             new = InputSpec(tuple(shape) if shape is not None else current.shape, dtype or current.dtype,
                             current.vocab, current.layout)
@@ -656,6 +656,9 @@ def _parse_inputs(raw: Any, where: str) -> Mapping[str, InputSpec] | None:
     if raw is None:
         return None
     if isinstance(raw, list | tuple):
+        if raw and all(isinstance(r, Mapping) for r in raw):
+            raise SpecError(f"{where}: names each input: a mapping of name to its shape, e.g. inputs: {{image: "
+                            f"{{shape: [1, 28, 28]}}, tokens: {{shape: [32], dtype: long}}}}. Received: a list")
         raise SpecError(f"{where}: names several inputs, each with its shape (inputs: {{image: {{shape: [1, 28, 28]}}, "
                         f"...}}); for one unnamed input write input: {brief(thaw(raw))}")
     if not isinstance(raw, Mapping) or not raw:
