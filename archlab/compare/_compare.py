@@ -332,10 +332,14 @@ def compare(specs: Sequence[str | Spec | Mapping[str, Any]], data: str = "digits
     # Fail fast: every candidate must build for this data and fit its task before any training.
     concrete: dict[str, Spec] = {}
     for c in cands:
-        spec = c.spec.with_vars(info.vars(), strict=False).with_input(info.input_shape, info.input_dtype, named=info.named_inputs())
-        s = resolve_settings(spec, overrides)
-        net = build(spec, device="meta")
-        make_task(s.task or info.task, info.num_classes, info.vocab_size).check_output(net.output_shape)
+        try:
+            spec = c.spec.with_vars(info.vars(), strict=False).with_input(
+                info.input_shape, info.input_dtype, named=info.named_inputs())
+            s = resolve_settings(spec, overrides)
+            net = build(spec, device="meta")
+            make_task(s.task or info.task, info.num_classes, info.vocab_size).check_output(net.output_shape)
+        except SpecError as e:  # name the candidate: several may share a path or a layer
+            raise type(e)(f"candidate {c.label}: {e}") from None
         concrete[c.label] = spec
 
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
