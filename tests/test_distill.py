@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from archlab.cli import app
 from archlab.compress import distill
-from archlab.core import SpecError, StoreError, TrainingError
+from archlab.core import DataError, SpecError, StoreError, TrainingError
 from archlab.runs import open_store
 from archlab.train import KD_ALPHA, KD_TEMPERATURE, distillation_loss, fit, load_run_model, resume
 
@@ -211,7 +211,8 @@ def test_a_teacher_of_another_input_shape_task_or_status_is_refused(home, tables
     _, teacher = home
     regressor = fit(REG, data=tables["reg"], task="regress", epochs=1, quiet=True).run_id
     n = _runs()
-    with pytest.raises(SpecError, match="reads samples of shape \\(1, 8, 8\\).*Received: data samples \\(2,\\)") as e:
+    with pytest.raises(DataError, match="reads samples of shape \\(1, 8, 8\\); the data gives \\(2,\\). Received: "
+                                        "data samples \\(2,\\); distil on data the teacher reads") as e:
         distill(teacher, MLP, data=tables["three"], epochs=1, quiet=True)
     _one_line(e)
     with pytest.raises(SpecError, match="needs a classification task.*Received: a regress student") as e:

@@ -43,6 +43,7 @@ from ._init_from import (
     plan_init,
     read_source,
 )
+from ._inputs_fit import check_inputs_fit, check_vocab_fits
 from ._optim import StepContext, autocast, make_optimizer, make_schedule
 from ._progress import EpochProgress, TaskProgress
 from ._runinfo import (
@@ -115,7 +116,9 @@ __all__ = [
     "convert_hf_gpt2",
     "distillation_loss",
     "divergence_rule",
+    "check_inputs_fit",
     "check_resumable",
+    "check_vocab_fits",
     "epoch_order",
     "evaluate",
     "evaluate_gan",

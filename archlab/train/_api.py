@@ -22,6 +22,7 @@ from ..spec import Spec, load_spec
 from ._checkpoint import has_checkpoint, load_checkpoint
 from ._distributed import has_any_checkpoint, load_distributed_weights, newest_checkpoint, rank_info
 from ._generative import GenerativeTask
+from ._inputs_fit import check_inputs_fit
 from ._runinfo import check_resumable
 from ._settings import IO_SETTINGS, TrainSettings, resolve_settings
 from ._tasks import TASKS, task_for
@@ -155,11 +156,9 @@ def evaluate(run_id: str, data: str | None = None, *, store: SQLiteRunStorage | 
     # The run's own target column; another table is read with the same column name.
     dataset = load_dataset(uri, seed=settings.seed, root=data_root, target=settings.target if is_csv else None,
                            stream=settings.stream)
-    # A GAN's own input is its latent code; the data must fit the images it makes.
-    expected = tuple(net.data_shape)
-    if tuple(dataset.info.input_shape) != expected:
-        raise ArchlabError(f"--data {uri}: samples of shape {tuple(dataset.info.input_shape)} do not fit the "
-                           f"model's input {expected}; evaluate on data shaped like the run's own ({record.data})")
+    # Its inputs by name, shape and dtype, and its embeddings' vocabularies (a GAN: its images).
+    check_inputs_fit(net, dataset.info, where=f"--data {uri}",
+                     fix=f"evaluate on data with the inputs of the run's own ({record.data})")
     if split not in ("train", "val", "test"):
         raise ArchlabError(f"--split must be train, val or test. Received: {split!r}")
     task = task_for(Spec.from_dict(thaw(record.spec)), settings, dataset.info)

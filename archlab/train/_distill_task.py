@@ -19,8 +19,9 @@ The student's epochs log `train_loss` (the CE part: comparable with `val_loss`) 
 The teacher's forward costs time on every step (2.9x a 128-unit MLP's run with a zoo:cnn
 teacher, bench/distill.py) and memory that the pre-run memory check does not count.
 A teacher that cannot teach this student is refused before the run is recorded: a task
-other than classify or language_model, a different task, another input shape, or another
-number of classes (or vocabulary).
+other than classify or language_model, a different task, inputs that do not fit the data
+(by name, shape and dtype; `archlab.train._inputs_fit`), an embedding too small for the
+data's token ids, or another number of classes (or vocabulary).
 
     fit("spec.yaml", data="digits", teacher="r20260101-abcd", kd_temperature=4, kd_alpha=0.9)
 """
@@ -41,6 +42,7 @@ from ..model import build
 from ..runs import BEST_WEIGHTS, SQLiteRunStorage
 from ..spec import Spec
 from ._checkpoint import has_checkpoint, load_checkpoint
+from ._inputs_fit import check_inputs_fit
 from ._optim import StepContext
 from ._settings import TrainSettings
 from ._tasks import Task
@@ -199,10 +201,10 @@ def distill_task(base: Task, settings: TrainSettings, info: DataInfo, store: SQL
     if theirs != base.name:
         raise SpecError(f"teacher {record.run_id}: is a {theirs or 'untagged'} run; this student's task is "
                         f"{base.name}. Received: teacher task {theirs!r}; distil from a {base.name} run")
-    want, have = tuple(teacher.data_shape), tuple(info.input_shape)
-    if want != have:
-        raise SpecError(f"teacher {record.run_id}: reads samples of shape {want}; this data set's are {have}. "
-                        f"Received: data samples {have}; distil on the teacher's data ({record.data})")
+    # The teacher sees every batch the student sees: its inputs by name, shape and dtype, and
+    # its embeddings' vocabularies, must fit this data as well as the student's do.
+    check_inputs_fit(teacher, info, where=f"teacher {record.run_id} on data {info.name}",
+                     fix=f"distil on data the teacher reads, e.g. its own ({record.data})")
     settings = dataclasses.replace(
         settings, teacher=record.run_id,
         kd_temperature=KD_TEMPERATURE if settings.kd_temperature is None else settings.kd_temperature,

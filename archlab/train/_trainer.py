@@ -19,7 +19,8 @@ checkpoint. `max_minutes` ends training after the step that spends the budget (t
 partial epoch is validated and recorded). An `on_epoch` callback may raise `StopRun`.
 
 Before anything is allocated or recorded, the model is built on the meta device: its
-output is checked against the task and a training step's memory against what is available
+output is checked against the task, its embeddings' vocabularies against the data's token
+ids (`archlab.train._inputs_fit`) and a training step's memory against what is available
 (`archlab.train._memory`). A last batch of one sample is dropped when the model has batch
 norm, which cannot normalise one value per channel in training mode (`--batch-size 1256`
 on digits' 1,257 training images): each epoch then trains on all samples but one, a
@@ -99,6 +100,7 @@ from ._init_from import (
     hold_batchnorm,
     plan_run_init,
 )
+from ._inputs_fit import check_vocab_fits
 from ._memory import check_memory
 from ._optim import StepContext, autocast, make_schedule
 from ._settings import TrainSettings
@@ -289,6 +291,7 @@ class Trainer:
         # memory, before anything is recorded or allocated.
         meta = build(self.spec, seed=s.seed, device="meta")
         task.check_output(meta.output_shape)
+        check_vocab_fits(meta, info, where=f"--data {data_uri}")  # else "index out of range" mid-epoch
         check_memory(meta, s, info, self.device)
         if s.activation_checkpointing and not checkpoint_repeats(meta) and not any(map(is_checkpointed, meta.modules())):
             raise SpecError(NOTHING_TO_CHECKPOINT)  # before anything is recorded
