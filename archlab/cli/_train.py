@@ -91,6 +91,7 @@ def train_cmd(
             code = launch(_child_argv(ctx), nproc=nproc or 1, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
                           rdzv_id=rdzv_id, rdzv_timeout=rdzv_timeout)
             raise typer.Exit(code)
+    finished = False
     try:
         run = _train(spec, data, resume, quiet, target, set, dict(
             epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
@@ -100,6 +101,7 @@ def train_cmd(
             max_minutes=max_minutes, stream=stream, workers=workers, init_from=init_from, map=map or None,
             partial=partial or None, freeze=freeze or None, bn=bn,
             accumulate=accumulate, strategy=strategy, activation_checkpointing=activation_checkpointing or None))
+        finished = True
     except KeyboardInterrupt as e:
         # typer would swallow the interrupt into a bare exit code; say how to go on.
         if info.primary:
@@ -113,7 +115,7 @@ def train_cmd(
         if info.distributed:
             from ..train import shutdown
 
-            shutdown()
+            shutdown(synchronize=finished)
     if not info.primary:
         return
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in run.test_metrics.items())
