@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from savedbytes import real_saved_bytes
+from torch import nn
 
 from archlab import build, inspect
-from archlab.layers import attention_kernel
+from archlab.layers import LAYERS, TensorType, attention_kernel, register_layer
 from archlab.model._autocast import MetaAutocast
 
 
@@ -99,3 +100,52 @@ def test_a_recurrent_layer_says_its_kernel_workspace_is_left_out() -> None:
     assert 1.5 <= real / priced.activations <= 2.5
     assert "recurrent kernels' workspace" in priced.left_out
     assert "recurrent" not in inspect("zoo:cnn").memory.left_out
+
+
+# --------------------------------------------- a graph that frees what it saved, mid-forward
+
+
+class _Probed(nn.Module):
+    """A linear layer that also computes a probe of its input and never reads it. The probe's
+    graph, and what its ops saved (relu's and sigmoid's outputs), is freed before the layer
+    returns: a real step does not hold it, and its storages' ids go to later tensors."""
+
+    def __init__(self, features: int, out: int):
+        super().__init__()
+        self.linear = nn.Linear(features, out)
+        self.probe = nn.Linear(features, 8 * features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.sigmoid(torch.relu(self.probe(x)) * 2.0)  # computed, never read
+        return self.linear(x)
+
+
+@pytest.fixture
+def probed_layer():
+    # A registered layer: a spec the builder accepts whatever it comes to refuse about nodes
+    # whose output nothing reads (the probe lives inside one leaf).
+    @register_layer("test_probed")
+    def test_probed(x: TensorType, out: int) -> tuple[nn.Module, TensorType]:
+        """A linear layer that computes and drops a probe of its input (a test layer)."""
+        (features,) = x.expect(rank=1)
+        return _Probed(features, out), x.derive((out,))
+
+    yield
+    del LAYERS._items["test_probed"]
+
+
+def test_what_a_dead_part_of_the_graph_saved_is_not_held(probed_layer: None) -> None:
+    # Two probed layers in a row: the second is priced from the first's cached cost (a replay).
+    probed = {"input": {"shape": [16]}, "model": [{"linear": 16}, {"test_probed": {"out": 16}},
+                                                  {"test_probed": {"out": 16}}, {"linear": 10}]}
+    plain = {"input": {"shape": [16]}, "model": [{"linear": 16}, {"linear": 16}, {"linear": 16}, {"linear": 10}]}
+    for batch in (1, 3):
+        real = {_real_saved_bytes(probed, batch) for _ in range(3)}
+        priced = {inspect(probed, batch=batch, device="cpu").memory.activations for _ in range(3)}
+        # The same number every run, the inspector's and the real step's; and the probes add
+        # nothing: the step holds what the same network without them holds.
+        assert real == priced == {_real_saved_bytes(plain, batch)} == {inspect(plain, batch=batch).memory.activations}
+    m = inspect(probed, device="cpu").memory
+    # Per sample: each linear's input (4 x 16 x 4 bytes), the log-softmax (10 x 4) and the target;
+    # fixed: the loss's total weight (one fp32 value).
+    assert (m.activations_per_sample, m.activations_fixed) == (4 * 16 * 4 + 10 * 4 + 8, 4)
