@@ -42,7 +42,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..core import SpecError, parse_size, thaw
-from ..layers import LAYERS, PRICED_DEVICE, MemoryUser, SelfAttention, attention_kernel
+from ..layers import (
+    LAYERS,
+    PRICED_DEVICE,
+    CrossAttention,
+    MemoryUser,
+    SelfAttention,
+    attention_kernel,
+)
 from ..spec import Spec, load_spec
 from ._autocast import DEVICES, MetaAutocast
 from ._builder import (
@@ -819,14 +826,19 @@ def _route_row(node: Node, flops: int) -> LayerCost:
 
 
 def _attention_priced(net: nn.Module, device: str, dtype: torch.dtype) -> str:
-    """Which attention kernels the training step was priced with, in words ("" without any)."""
-    kinds = set()
+    """Which attention kernels the training step was priced with, in words ("" without any):
+    self-attention's, then cross-attention's (as its layers ran them on the meta device)."""
+    kinds, cross = set(), set()
     for m in net.modules():
         if isinstance(m, SelfAttention):
             kernel = attention_kernel(device, dtype, m.dropout, m.head_dim)
             why = f"dropout {m.dropout:g}" if m.dropout else "no dropout"
             kinds.add(f"{kernel} ({why}, {dtype_name(dtype)} on {device})")
-    return "; ".join(sorted(kinds))
+        elif isinstance(m, CrossAttention) and m.priced is not None:
+            kernel, masked = m.priced
+            why = "padding mask" if masked else "no mask"
+            cross.add(f"cross-attention {kernel} ({why}, {dtype_name(dtype)} on {device})")
+    return "; ".join([*sorted(kinds), *sorted(cross)])
 
 
 def dtype_name(dtype: torch.dtype) -> str:
