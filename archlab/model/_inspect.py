@@ -389,9 +389,11 @@ def _leaf_key(leaf: Any, module: nn.Module) -> tuple | None:
 def _priced_loss(net: Network, y: Any) -> tuple[torch.Tensor | None, str]:
     """The loss a training step adds to the graph, as the trainer computes it (on fp32 logits):
     cross-entropy over the last dim where it has several entries (classes, or a vocabulary at
-    every position), else mean squared error. Other kinds (seq2seq, VAE, GAN) build their loss
-    from several outputs: not priced, and said so."""
-    if net.kind != "plain" or not isinstance(y, torch.Tensor) or not y.is_floating_point():
+    every position), else mean squared error. A seq2seq network's is the cross-entropy over
+    the vocabulary at each target position (padding ignored, which saves the same tensors).
+    Other kinds (VAE, GAN) build their loss from several outputs: not priced, and said so."""
+    seq2seq = net.kind == "seq2seq" and isinstance(y, torch.Tensor) and y.dim() == 3 and y.shape[-1] > 1
+    if (net.kind != "plain" and not seq2seq) or not isinstance(y, torch.Tensor) or not y.is_floating_point():
         return None, f"not priced for a {net.kind} network"
     out = y.float()
     if out.shape[-1] > 1:
