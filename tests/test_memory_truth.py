@@ -2,7 +2,8 @@
 
 Method: the real step builds the network with real weights, runs the forward pass and the
 loss the trainer computes (cross-entropy on fp32 logits) under a saved-tensor hook, and sums
-the storages autograd keeps for backward (each once, weights and buffers excluded). That is
+the storages autograd still holds for backward once the loss exists (each once, weights and
+buffers excluded; tests/savedbytes.py). That is
 the same quantity the inspector measures on the meta device, so the two must agree: exactly,
 where the inspector runs the same kernels (the fused or the math attention path, whichever
 PyTorch picks for the dropout), and within the issue's 10% in every case tested here.
@@ -17,23 +18,42 @@ from savedbytes import real_saved_bytes
 from torch import nn
 
 from archlab import build, inspect
-from archlab.layers import LAYERS, TensorType, attention_kernel, register_layer
+from archlab.layers import (
+    LAYERS,
+    TensorType,
+    attention_kernel,
+    cross_attention_kernel,
+    register_layer,
+)
 from archlab.model._autocast import MetaAutocast
 
 
-def _real_saved_bytes(spec: str, batch: int, vars: dict | None = None, autocast=None) -> int:
+def _real_saved_bytes(spec: str | dict, batch: int, vars: dict | None = None, autocast=None) -> int:
     return real_saved_bytes(build(spec, seed=0, vars=vars), batch, autocast)
 
 
 # Two-input networks too: the step's saved tensors include what each tower and the merge keep.
 SMALL_BERT = {"vocab": 200, "dim": 32, "heads": 4, "depth": 2, "context": 16}
+# Question tokens attend to image patches (cross-attention to a named sequence, no mask).
+PATCH_ATTENTION = {
+    "inputs": {"image": {"shape": [1, 8, 8]}, "question": {"shape": [2], "dtype": "long", "vocab": 14}},
+    "model": [{"conv2d": {"out": 32, "kernel": 2, "stride": 2}, "from": "image"},
+              {"reshape": {"shape": [32, 16], "layout": "channels"}},
+              {"permute": {"dims": [1, 0], "layout": "sequence"}},
+              {"layernorm": None, "name": "patches"},
+              {"embedding": {"vocab": 14, "dim": 32}, "from": "question"},
+              {"cross_attention": {"heads": 4, "memory": "patches"}},
+              {"seq_pool": "mean"}, {"linear": 64}, "relu", {"linear": 10}]}
+# An encoder-decoder: cross-attention under the source's padding mask, and the seq2seq loss.
 CASES = [("zoo:cnn", None), ("zoo:gpt-mini", None), ("zoo:gpt-mini", {"dropout": 0.0}),
-         ("zoo:digits-qa", None), ("zoo:bert-base", SMALL_BERT)]
-IDS = ["cnn", "gpt-mini-dropout", "gpt-mini-no-dropout", "digits-qa", "bert-small"]
+         ("zoo:digits-qa", None), ("zoo:bert-base", SMALL_BERT), (PATCH_ATTENTION, None),
+         ("zoo:seq2seq-transformer", None)]
+IDS = ["cnn", "gpt-mini-dropout", "gpt-mini-no-dropout", "digits-qa", "bert-small", "patch-attention",
+       "seq2seq-transformer"]
 
 
 @pytest.mark.parametrize("spec, vars", CASES, ids=IDS)
-def test_fp32_activations_equal_a_real_cpu_step(spec: str, vars: dict | None) -> None:
+def test_fp32_activations_equal_a_real_cpu_step(spec: str | dict, vars: dict | None) -> None:
     for batch in (1, 3):
         real = _real_saved_bytes(spec, batch, vars)
         priced = inspect(spec, batch=batch, vars=vars, device="cpu").memory.activations
@@ -42,7 +62,7 @@ def test_fp32_activations_equal_a_real_cpu_step(spec: str, vars: dict | None) ->
 
 
 @pytest.mark.parametrize("spec, vars", CASES, ids=IDS)
-def test_bf16_activations_equal_a_real_cpu_autocast_step(spec: str, vars: dict | None) -> None:
+def test_bf16_activations_equal_a_real_cpu_autocast_step(spec: str | dict, vars: dict | None) -> None:
     real = _real_saved_bytes(spec, 2, vars, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
     # The emulation on real tensors saves what torch.autocast saves ...
     assert _real_saved_bytes(spec, 2, vars, autocast=MetaAutocast(torch.bfloat16, "cpu")) == real
@@ -70,6 +90,30 @@ def test_attention_kernel_names_the_kernel_pytorch_runs_on_cpu(dropout: float) -
     y = F.scaled_dot_product_attention(q, q, q, dropout_p=dropout, is_causal=True)
     fused = y.grad_fn.name().startswith("ScaledDotProductFlashAttention")
     assert attention_kernel("cpu", torch.float32, dropout, 4) == ("flash" if fused else "math")
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_cross_attention_kernel_names_the_kernel_pytorch_runs_on_cpu(masked: bool) -> None:
+    q = torch.randn(2, 2, 3, 4, requires_grad=True)
+    kv = torch.randn(2, 2, 5, 4, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :] if masked else None
+    y = F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask)
+    fused = y.grad_fn.name().startswith("ScaledDotProductFlashAttention")
+    assert cross_attention_kernel("cpu", torch.float32, 4, masked) == ("flash" if fused else "math")
+
+
+def test_the_report_names_the_cross_attention_kernel() -> None:
+    # Before, the meta device ran PyTorch's math path for cross-attention (it has no kernel to
+    # choose), which saves the T x S matrices a CPU step does not: 12,356 B against 9,828 B.
+    m = inspect(PATCH_ATTENTION, device="cpu").memory
+    assert m.attention == "cross-attention flash (no mask, fp32 on cpu)"
+    assert m.activations == _real_saved_bytes(PATCH_ATTENTION, 1) == 9828
+    s2s = inspect("zoo:seq2seq-transformer", device="cpu").memory
+    assert s2s.attention == "flash (no dropout, fp32 on cpu); cross-attention flash (padding mask, fp32 on cpu)"
+    assert s2s.loss == "cross-entropy over 13 at each of 13 positions"
+    # On CUDA flash attention takes no mask: a padded source goes to the memory-efficient kernel.
+    cuda = inspect("zoo:seq2seq-transformer", device="cuda", dtype="bf16").memory
+    assert cuda.attention == "flash (no dropout, bf16 on cuda); cross-attention efficient (padding mask, bf16 on cuda)"
 
 
 def test_the_loss_and_its_fp32_logits_are_part_of_the_step() -> None:
