@@ -510,8 +510,8 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
                 mode.uncounted[k][0] = unc0[k]
             else:
                 del mode.uncounted[k]
-        # What it saved is gone with its graph once the caller drops y: `x` is a stand-in made
-        # for this run, linked to nothing the forward keeps.
+        # What it saved dies with its graph once the caller drops y: nothing the forward keeps
+        # links to this run's output (a graph points back to its inputs, never forward).
         return (cost, y) if cost is not None else None
 
     def record_only(x: torch.Tensor, real: Any, path: str) -> _LeafCost | None:
