@@ -11,7 +11,7 @@ from ._attention import (
     math_attention,
 )
 from ._basic import LearnedPositions, SinusoidalPositions
-from ._cross import MemoryUser
+from ._cross import CrossAttention, MemoryUser, cross_attention_kernel
 from ._inputs import Inputs, cat_inputs
 from ._registry import (
     LAYERS,
@@ -31,6 +31,7 @@ __all__ = [
     "AdditiveAttention",
     "BuildContext",
     "Built",
+    "CrossAttention",
     "Inputs",
     "LAYERS",
     "LAYOUTS",
@@ -44,6 +45,7 @@ __all__ = [
     "TensorType",
     "attention_kernel",
     "cat_inputs",
+    "cross_attention_kernel",
     "default_layout",
     "math_attention",
     "pair",

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import SpecError
-from ._attention import AdditiveAttention, SelfAttention, attention_dims
+from ._attention import (
+    PRICED_DEVICE,
+    AdditiveAttention,
+    SelfAttention,
+    attention_dims,
+    attention_kernel,
+)
 from ._basic import MLP, make_norm
 from ._registry import BuildContext, Built, TensorType, positive, probability, register_layer
 
@@ -39,6 +45,21 @@ def _need_memory(ctx: BuildContext, name: str) -> TensorType:
     return ctx.memory
 
 
+def cross_attention_kernel(device: str, dtype: torch.dtype, head_dim: int, masked: bool) -> str:
+    """The kernel F.scaled_dot_product_attention runs (torch 2.13) for cross-attention: no
+    dropout, no causal mask, and a padding mask where the source has padding (`masked`).
+    On CPU the fused (flash) kernel takes a mask; on CUDA flash takes none, so a masked
+    cross-attention runs the memory-efficient kernel. The fused kernels save q, k, v, the
+    output, a log-sum-exp and the mask (as an additive float mask); math saves the T x S matrix.
+
+    >>> cross_attention_kernel("cpu", torch.float32, 32, True), cross_attention_kernel("cuda", torch.bfloat16, 32, True)
+    ('flash', 'efficient')
+    """
+    if device == "cpu" or not masked:
+        return attention_kernel(device, dtype, 0.0, head_dim)
+    return "efficient" if head_dim <= 512 else "math"
+
+
 class CrossAttention(MemoryUser):
     """Multi-head scaled dot-product attention from the decoder (queries) to the memory."""
 
@@ -48,6 +69,8 @@ class CrossAttention(MemoryUser):
         self.q = nn.Linear(dim, heads * head_dim, bias=bias)
         self.kv = nn.Linear(memory_dim, 2 * heads * head_dim, bias=bias)
         self.proj = nn.Linear(heads * head_dim, dim, bias=bias)
+        # What the inspector last priced (kernel, masked); set only on the meta device.
+        self.priced: tuple[str, bool] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
         memory, mask = self._memory()
@@ -56,8 +79,22 @@ class CrossAttention(MemoryUser):
         q = self.q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k, v = self.kv(memory).view(b, s, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, S, hd) each
         attn_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, S)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        y = self._attend(q, k, v, attn_mask)  # (B, H, T, hd)
         return self.proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d) + mask) v. On the meta device (the inspector) PyTorch has no
+        kernel to choose and runs the math path, which saves the T x S matrices: this runs the
+        op training on PRICED_DEVICE would run instead, so it saves what a real step saves."""
+        if q.device.type != "meta":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        kernel = cross_attention_kernel(PRICED_DEVICE.get(), q.dtype, q.shape[-1], mask is not None)
+        self.priced = kernel, mask is not None
+        if mask is not None and mask.dtype == torch.bool:  # as PyTorch turns it into an additive mask
+            mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill_(mask.logical_not(), float("-inf"))
+        if kernel == "math":
+            return torch.ops.aten._scaled_dot_product_attention_math(q, k, v, mask, 0.0, False)[0]
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask)[0]
 
 
 @register_layer("cross_attention")

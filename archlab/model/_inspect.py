@@ -14,8 +14,10 @@ Memory for one training step, split as PyTorch holds it under mixed precision
 (`torch.autocast`): fp32 weights, fp32 gradients of trainable weights, optimizer state
 (SGD with momentum: 1 copy, Adam/AdamW: 2 copies) and the activations autograd saves for
 backward, measured from the tensors autograd actually saves (a saved-tensor hook, each
-storage counted once, weights excluded), in the compute dtype. Allocator slack, CUDA
-context and temporary workspace are not included: the figures are a floor, not a ceiling.
+storage counted once, weights excluded) and still holds once the loss exists (a part of the
+graph nothing reads is freed mid-forward, with what it saved: _held.py), in the compute
+dtype. Allocator slack, CUDA context and temporary workspace are not included: the figures
+are a floor, not a ceiling.
 
 The activations are measured in training mode at batches 2 and 3, which give the line
 `fixed + per_sample * batch`, and at the batch asked for. One exception: batch norm cannot
@@ -40,7 +42,14 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..core import SpecError, parse_size, thaw
-from ..layers import LAYERS, PRICED_DEVICE, MemoryUser, SelfAttention, attention_kernel
+from ..layers import (
+    LAYERS,
+    PRICED_DEVICE,
+    CrossAttention,
+    MemoryUser,
+    SelfAttention,
+    attention_kernel,
+)
 from ..spec import Spec, load_spec
 from ._autocast import DEVICES, MetaAutocast
 from ._builder import (
@@ -51,6 +60,7 @@ from ._builder import (
     checkpoint_repeats,
     is_checkpointed,
 )
+from ._held import Held, Replayed, SavedLog, unpack
 from ._kinds import build
 from ._meta_rules import meta_output
 from ._network import Node
@@ -379,9 +389,11 @@ def _leaf_key(leaf: Any, module: nn.Module) -> tuple | None:
 def _priced_loss(net: Network, y: Any) -> tuple[torch.Tensor | None, str]:
     """The loss a training step adds to the graph, as the trainer computes it (on fp32 logits):
     cross-entropy over the last dim where it has several entries (classes, or a vocabulary at
-    every position), else mean squared error. Other kinds (seq2seq, VAE, GAN) build their loss
-    from several outputs: not priced, and said so."""
-    if net.kind != "plain" or not isinstance(y, torch.Tensor) or not y.is_floating_point():
+    every position), else mean squared error. A seq2seq network's is the cross-entropy over
+    the vocabulary at each target position (padding ignored, which saves the same tensors).
+    Other kinds (VAE, GAN) build their loss from several outputs: not priced, and said so."""
+    seq2seq = net.kind == "seq2seq" and isinstance(y, torch.Tensor) and y.dim() == 3 and y.shape[-1] > 1
+    if (net.kind != "plain" and not seq2seq) or not isinstance(y, torch.Tensor) or not y.is_floating_point():
         return None, f"not priced for a {net.kind} network"
     out = y.float()
     if out.shape[-1] > 1:
@@ -410,28 +422,27 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
     handles = []
     patched = []
     exclude = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
-    saved: dict[int, int] = {}
-    recording: list[list[tuple[int, int]]] = []
-    extra = [0]  # bytes saved inside leaves that were not run again
-    keep: list[torch.Tensor] = []  # what replayed leaves "saved": alive, so no storage id is reused
+    # What autograd saves, held by the graph node that saved it: counted once the loss exists,
+    # where it is still alive (_held.py says why not when packed).
+    log = SavedLog(exclude)
+    recording: list[SavedLog] = []  # the saves of the leaf running now (and of the leaves around it)
+    anchor: list[torch.Tensor] = []  # a trainable empty tensor that gives replayed outputs a grad
     # Inside a checkpointed segment (torch.utils.checkpoint, non-reentrant) nothing is kept for
     # backward: torch's own saved-tensor hooks take the segment's saves (the innermost hooks
     # win), and only the segment's input is saved, by torch, under the outer hooks. What the
     # segment would have saved goes to `segment` instead; it is saved again, one segment at a
     # time, while that segment's backward runs.
-    segment: list[list] = []  # [saves by storage, bytes of replayed leaves] of the open segment
+    segment: list[list] = []  # [the open segment's saves (a SavedLog), the holder of its input]
     depth = [0]
 
-    def keep_saved(cdata: int, nbytes: int) -> None:
-        (segment[0][0] if segment else saved)[cdata] = nbytes
+    def saving() -> SavedLog:
+        return segment[0][0] if segment else log
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in exclude:
-            keep_saved(storage._cdata, storage.nbytes())
-            if recording:
-                recording[-1].append((storage._cdata, storage.nbytes()))
-        return t
+    def pack(t: torch.Tensor) -> Held:
+        held = saving().pack(t)
+        if recording:
+            recording[-1].add(held)
+        return held
 
     def leaf_forward(module: nn.Module, path: str, static: tuple | None) -> Any:
         """The leaf's forward, charging its ops to `path` (and, with a cache, priced once)."""
@@ -460,51 +471,47 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
 
     def record(key: tuple, x: torch.Tensor, real: Any, path: str) -> Any:
         flops0, macs0, unc0 = mode.flops[path], mode.macs, {k: v[0] for k, v in mode.uncounted.items()}
-        recording.append([])
+        recording.append(SavedLog(exclude))
         try:
             y = real(x)
         finally:
             stored = recording.pop()
         if not isinstance(y, torch.Tensor) or y.device.type != "meta":
             return y
+        cache[key] = leaf_cost(x, y, stored, flops0, macs0, unc0, path)
+        return y
+
+    def leaf_cost(x: torch.Tensor, y: torch.Tensor, stored: SavedLog, flops0: int, macs0: int,
+                  unc0: dict[str, int], path: str) -> _LeafCost:
+        """What the leaf that just turned x into y cost, and what its graph holds now it returned."""
+        held, _ = stored.held()
         xin, yout = x.untyped_storage()._cdata, y.untyped_storage()._cdata
-        cache[key] = _LeafCost(
+        return _LeafCost(
             flops=mode.flops[path] - flops0, macs=mode.macs - macs0,
             uncounted={k: v[0] - unc0.get(k, 0) for k, v in mode.uncounted.items() if v[0] > unc0.get(k, 0)},
-            saves_input=any(c == xin for c, _ in stored), saves_output=any(c == yout for c, _ in stored),
-            internal_bytes=sum(n for c, n in dict(stored).items() if c not in (xin, yout)),
+            saves_input=xin in held, saves_output=yout in held,
+            internal_bytes=sum(n for c, n in held.items() if c not in (xin, yout)),
             out_view_of_input=xin == yout,
             out_meta=(tuple(y.shape), y.stride(), y.storage_offset(), y.untyped_storage().nbytes() // y.element_size(),
                       y.dtype, y.requires_grad))
-        return y
 
     def measure(x: torch.Tensor, real: Any, path: str) -> tuple[_LeafCost, torch.Tensor] | None:
         """Run the leaf on `x` and return its cost; leave no trace in this pass's figures."""
         flops0, macs0, unc0 = mode.flops[path], mode.macs, {k: v[0] for k, v in mode.uncounted.items()}
-        recording.append([])
+        recording.append(SavedLog(exclude))
         try:
             y = real(x)
         finally:
             stored = recording.pop()
-        cost = None
-        if isinstance(y, torch.Tensor):
-            xin, yout = x.untyped_storage()._cdata, y.untyped_storage()._cdata
-            cost = _LeafCost(
-                flops=mode.flops[path] - flops0, macs=mode.macs - macs0,
-                uncounted={k: v[0] - unc0.get(k, 0) for k, v in mode.uncounted.items() if v[0] > unc0.get(k, 0)},
-                saves_input=any(c == xin for c, _ in stored), saves_output=any(c == yout for c, _ in stored),
-                internal_bytes=sum(n for c, n in dict(stored).items() if c not in (xin, yout)),
-                out_view_of_input=xin == yout,
-                out_meta=(tuple(y.shape), y.stride(), y.storage_offset(),
-                          y.untyped_storage().nbytes() // y.element_size(), y.dtype, y.requires_grad))
+        cost = leaf_cost(x, y, stored, flops0, macs0, unc0, path) if isinstance(y, torch.Tensor) else None
         mode.flops[path], mode.macs = flops0, macs0
         for k in list(mode.uncounted):
             if k in unc0:
                 mode.uncounted[k][0] = unc0[k]
             else:
                 del mode.uncounted[k]
-        for c, _ in stored:
-            (segment[0][0] if segment else saved).pop(c, None)
+        # What it saved dies with its graph once the caller drops y: nothing the forward keeps
+        # links to this run's output (a graph points back to its inputs, never forward).
         return (cost, y) if cost is not None else None
 
     def record_only(x: torch.Tensor, real: Any, path: str) -> _LeafCost | None:
@@ -568,22 +575,19 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
         for op, calls in hit.uncounted.items():
             mode.uncounted.setdefault(op, [0, path])[0] += calls
         shape, stride, offset, elems, out_dtype, grad = hit.out_meta
-        with torch._C.DisableTorchFunction():  # plain tensors, outside the pricing
+
+        def make() -> torch.Tensor:
             if hit.out_view_of_input:
-                y = x.as_strided(shape, stride, offset)
-            else:
-                base = torch.empty(elems, dtype=out_dtype, device="meta", requires_grad=grad)
-                y = base.as_strided(shape, stride, offset)
-        if hit.saves_input:
-            keep_saved(x.untyped_storage()._cdata, x.untyped_storage().nbytes())
-        if hit.saves_output:
-            keep_saved(y.untyped_storage()._cdata, y.untyped_storage().nbytes())
-        keep.extend((x, y))
-        if segment:
-            segment[0][1] += hit.internal_bytes
-        else:
-            extra[0] += hit.internal_bytes
-        return y
+                return x.as_strided(shape, stride, offset)
+            return torch.empty(elems, dtype=out_dtype, device="meta").as_strided(shape, stride, offset)
+
+        with torch._C.DisableTorchFunction():  # plain tensors, outside the pricing
+            if not grad:  # no graph: the leaf's ops saved nothing a real step keeps
+                return make()
+            if not anchor:
+                anchor.append(torch.empty(0, device="meta", requires_grad=True))
+            # Linked to x, holding what the leaf saved: alive as long as the leaf's graph would be.
+            return Replayed.apply(x, anchor[0], make, hit.saves_input, hit.saves_output, hit.internal_bytes, saving())
 
     for leaf in net.layers:
         module = leaf_modules[leaf.module_name]
@@ -623,17 +627,20 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
     def enter_segment(_m: nn.Module, args: tuple) -> None:
         if not segment:
             inp = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            if inp is not None and inp.untyped_storage()._cdata not in exclude:
-                saved[inp.untyped_storage()._cdata] = inp.untyped_storage().nbytes()  # torch keeps it
-            segment.append([{}, 0])
+            # torch keeps the segment's input, on the node of its output (see leave_segment)
+            kept = log.add(Held(storages=(inp.untyped_storage(),))) if inp is not None else None
+            segment.append([SavedLog(exclude), kept])
         depth[0] += 1
 
-    def leave_segment(_m: nn.Module, _a: tuple, _o: Any) -> None:
+    def leave_segment(_m: nn.Module, _a: tuple, out: Any) -> None:
         depth[0] -= 1
         if depth[0] == 0:
-            saves, replayed = segment.pop()
-            again = sum(n for c, n in saves.items() if c not in saved) + replayed
-            mode.recompute = max(mode.recompute, again)
+            saves, kept = segment.pop()
+            inner, replayed = saves.held()
+            outer, _ = log.held()
+            mode.recompute = max(mode.recompute, sum(n for c, n in inner.items() if c not in outer) + replayed)
+            if kept is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
+                out.grad_fn.metadata["archlab_checkpoint_input"] = kept
 
     if train:
         for module in net.modules():
@@ -646,13 +653,13 @@ def _forward_cost(net: Network, batch: int, dtype: torch.dtype, train: bool = Tr
     autocast = MetaAutocast(dtype, device) if dtype != torch.float32 else contextlib.nullcontext()
     priced = PRICED_DEVICE.set(device)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode, autocast:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack), mode, autocast:
             y = net(x)
+            loss = None
             if train:  # the loss and its fp32 logits belong to the step (206 MB a sample for GPT-2)
-                mode.loss = _priced_loss(net, y)[1]
-        activation_bytes = sum(saved.values()) + extra[0]
-        del y  # the graph (and every saved storage) lived until the sum above
-        keep.clear()
+                loss, mode.loss = _priced_loss(net, y)
+        activation_bytes = log.held_bytes()  # what the graph holds now the loss exists
+        del y, loss
     finally:
         PRICED_DEVICE.reset(priced)
         for h in handles:
@@ -821,14 +828,19 @@ def _route_row(node: Node, flops: int) -> LayerCost:
 
 
 def _attention_priced(net: nn.Module, device: str, dtype: torch.dtype) -> str:
-    """Which attention kernels the training step was priced with, in words ("" without any)."""
-    kinds = set()
+    """Which attention kernels the training step was priced with, in words ("" without any):
+    self-attention's, then cross-attention's (as its layers ran them on the meta device)."""
+    kinds, cross = set(), set()
     for m in net.modules():
         if isinstance(m, SelfAttention):
             kernel = attention_kernel(device, dtype, m.dropout, m.head_dim)
             why = f"dropout {m.dropout:g}" if m.dropout else "no dropout"
             kinds.add(f"{kernel} ({why}, {dtype_name(dtype)} on {device})")
-    return "; ".join(sorted(kinds))
+        elif isinstance(m, CrossAttention) and m.priced is not None:
+            kernel, masked = m.priced
+            why = "padding mask" if masked else "no mask"
+            cross.add(f"cross-attention {kernel} ({why}, {dtype_name(dtype)} on {device})")
+    return "; ".join([*sorted(kinds), *sorted(cross)])
 
 
 def dtype_name(dtype: torch.dtype) -> str:
