@@ -13,44 +13,17 @@ pricing of the same step is printed beside it (no GPU here to measure it).
 
 from __future__ import annotations
 
-import contextlib
 import time
-import weakref
 
 import torch
-import torch.nn.functional as F
 
 from archlab import build, inspect
-
-
-class _Saved:
-    """What autograd keeps in place of a saved tensor: alive as long as the node that saved it.
-    A detached alias, so that an op saving its own output makes no reference cycle."""
-
-    __slots__ = ("__weakref__", "tensor")
-
-    def __init__(self, tensor: torch.Tensor) -> None:
-        self.tensor = tensor
+from archlab.model import real_step_saved_bytes
 
 
 def real_saved_bytes(spec: str, batch: int, vars: dict | None = None, bf16: bool = False) -> int:
-    net = build(spec, seed=0, vars=vars).train()
-    weights = {t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]}
-    packed: list[weakref.ref[_Saved]] = []
-
-    def pack(t: torch.Tensor) -> _Saved:
-        saved = _Saved(t.detach())
-        packed.append(weakref.ref(saved))
-        return saved
-
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.tensor), autocast:
-        out = net(net.example_input(batch)).float()
-        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), torch.zeros(out.shape[:-1].numel(), dtype=torch.long))
-    held = {s.tensor.untyped_storage()._cdata: s.tensor.untyped_storage().nbytes()
-            for s in (ref() for ref in packed) if s is not None}
-    del loss  # the graph lived until the sum above
-    return sum(n for c, n in held.items() if c not in weights)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else None
+    return real_step_saved_bytes(build(spec, seed=0, vars=vars), batch, autocast)
 
 
 def main() -> None:

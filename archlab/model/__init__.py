@@ -15,6 +15,7 @@ from ._decode import KVCache, generate
 from ._generative import GAN_BETAS, GENERATIVE_TASKS, GANNetwork, VAENetwork, generative_task
 from ._generative import _eval as eval_mode  # the VAE and GAN tasks (archlab.train) use these two
 from ._generative import _normal as normal_noise
+from ._held import real_step_saved_bytes
 from ._inspect import (
     OPTIMIZER_STATES,
     Inspection,
@@ -62,5 +63,6 @@ __all__ = [
     "is_checkpointed",
     "network_kind",
     "normal_noise",
+    "real_step_saved_bytes",
     "require_one_input",
 ]

@@ -99,3 +99,31 @@ class Replayed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor) -> None:  # noqa: ANN001
         raise RuntimeError("the inspector's meta graph is never run backward")
+
+
+def real_step_saved_bytes(net: torch.nn.Module, batch: int, autocast: object = None, seed: int = 0) -> int:
+    """What one real training forward holds for backward once its loss exists, measured on real
+    tensors: the network in training mode on `net.example_input(batch)` and the trainer's loss
+    (cross-entropy on fp32 logits), under a saved-tensor hook; weights and buffers excluded.
+    The quantity `inspect` prices on the meta device (tests and bench/memory_truth.py hold the
+    two against each other).
+
+    >>> from archlab import build
+    >>> real_step_saved_bytes(build({"input": [4], "model": [{"linear": 8}, "relu", {"linear": 2}]}), 3) > 0
+    True
+    """
+    import contextlib
+
+    import torch.nn.functional as F
+
+    net.train()
+    log = SavedLog({t.untyped_storage()._cdata for t in [*net.parameters(), *net.buffers()]})
+    torch.manual_seed(seed)
+    x = net.example_input(batch)
+    with torch.autograd.graph.saved_tensors_hooks(log.pack, unpack), autocast or contextlib.nullcontext():
+        out = net(x).float()
+        target = torch.zeros(out.shape[:-1].numel(), dtype=torch.long)
+        loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), target)
+    held = log.held_bytes()
+    del loss  # the graph lived until the sum above
+    return held
