@@ -129,10 +129,10 @@ def test_the_vocab_error_names_the_layer_the_sizes_and_the_var():
         model[2] = {"embedding": {"vocab": vocab, "dim": 8}, "from": "question"}
         return {**spec, "model": model}
 
-    # a literal, an expression: no var to name; the data's own var: the spec's, not --set
+    # a literal, an expression: no var to name; a data var the data does not set is --set like any
     for vocab, fix in ((10, "raise the embedding's vocab to 14 or more"),
                        ("${words * 1}", "raise the embedding's vocab to 14 or more"),
-                       ("$vocab_size", "set vars.vocab_size: 14 in the spec")):
+                       ("$vocab_size", "--set vocab_size=14 (or raise the embedding's vocab to 14)")):
         with pytest.raises(SpecError) as e:
             check_vocab_fits(meta(embedding(vocab), data), data, where="--data qa")
         assert one_line(e).endswith(fix)

@@ -356,6 +356,14 @@ def test_set_num_classes_that_the_data_set_overrides_is_refused(archlab_home):
     assert fit(TINY_SPEC, data="digits", quiet=True, epochs=1, vars={"num_classes": 10}).status == "finished"
 
 
+def test_set_a_data_var_that_the_data_set_does_not_set_is_the_specs(archlab_home):
+    """digits has no vocabulary: a spec's own vocab_size var is the user's to set."""
+    spec = {"vars": {"vocab_size": 5}, "model": ["flatten", {"linear": "$vocab_size"}, {"linear": "$num_classes"}],
+            "train": {"epochs": 1}}
+    run = fit(spec, data="digits", quiet=True, vars={"vocab_size": 7})
+    assert run.spec.vars["vocab_size"] == 7 and sum(p.numel() for p in run.model.parameters()) == 64 * 7 + 7 + 7 * 10 + 10
+
+
 TINY_SPEC = {"name": "tiny", "model": ["flatten", {"linear": "$num_classes"}]}
 
 

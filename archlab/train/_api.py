@@ -28,7 +28,8 @@ from ._settings import IO_SETTINGS, TrainSettings, resolve_settings
 from ._tasks import TASKS, task_for
 from ._trainer import Run, Trainer, absolute_data_uri, load_weights
 
-# Data-derived vars: the data set sets them; a --set that disagrees is refused.
+# Data-derived vars: where the data set sets one, a --set that disagrees is refused; where it
+# does not (vocab_size of a table with two text columns, of images), the spec's var is the user's.
 _DATA_VARS = ("num_classes", "vocab_size")
 
 
@@ -65,9 +66,8 @@ def fit(spec: Spec | str | Mapping[str, Any], data: str = "digits", *, store: SQ
     dataset = load_dataset(data, seed=s.seed, root=data_root, target=s.target, stream=s.stream)
     for name in _DATA_VARS:
         given, found = (vars or {}).get(name), dataset.info.vars().get(name)
-        if given is not None and given != found:
-            have = f"has {found}" if found is not None else "has none"
-            raise SpecError(f"--set {name}={given}: the data set sets {name} itself ({data} {have}). "
+        if given is not None and found is not None and given != found:
+            raise SpecError(f"--set {name}={given}: the data set sets {name} itself ({data} has {found}). "
                             f"Received: {name}={given!r}; drop --set {name}")
     trainer = Trainer(spec, dataset, s, _store(store), data_uri=absolute_data_uri(data), quiet=quiet, tags=tags,
                       on_epoch=on_epoch, on_start=on_start, initial_weights=initial_weights)

@@ -30,8 +30,6 @@ __all__ = ["check_inputs_fit", "check_vocab_fits"]
 
 # What the builder names a leaf's input when it reads a spec input directly (TensorType.source).
 _UNNAMED, _NAMED = "input", "inputs."
-# Vars the data set sets itself: `--set` refuses them (archlab.train._api._DATA_VARS).
-_DATA_VARS = ("num_classes", "vocab_size")
 
 
 def model_inputs(net: Any) -> dict[str, TensorType]:
@@ -143,8 +141,6 @@ def _raise_vocab(spec: Any, path: str, have: int, needed: int) -> str:
     (`vocab: $words` -> `--set words=14`), else the argument itself."""
     var = _vocab_var(spec, path)
     if var is not None and spec.resolved_vars().get(var) == have:
-        if var in _DATA_VARS:  # the data sets it; with several inputs it sets none, so it is the spec's
-            return f"set vars.{var}: {needed} in the spec"
         return f"--set {var}={needed} (or raise the embedding's vocab to {needed})"
     return f"raise the embedding's vocab to {needed} or more"
 
